@@ -1,0 +1,115 @@
+"""Base class for albu-defects transforms, bridging albumentations 2.0.x and AlbumentationsX.
+
+Subclasses implement one pure hook, :meth:`DefectTransform.sample`, that draws every random
+parameter from the ``rng`` it is given and returns them as a dict; ``apply_*`` methods then call
+pure functions with those parameters. The bridge below routes that one hook to whichever sampling
+API the installed albumentations expects:
+
+- albumentations 2.0.x calls ``get_params_dependent_on_data(params, data)`` and seeds
+  ``self.random_generator`` from ``Compose(seed=...)``;
+- AlbumentationsX rejects classes that define ``get_params*`` and calls
+  ``sample_parameters(params, data, targets, sampling)`` with an invocation-local generator.
+
+Only one of the two methods is defined, chosen when this module is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import albumentations as A
+import numpy as np
+from albumentations.core.type_definitions import Targets
+
+from .validation import check_image, check_mask_shape, image_hw
+
+__all__ = ["IS_ALBUMENTATIONS_X", "DefectTransform", "public_class_fullname"]
+
+#: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
+IS_ALBUMENTATIONS_X: bool = hasattr(A.DualTransform, "sample_parameters")
+
+if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
+    from albumentations.core.transform_params import SampledParams
+
+
+def public_class_fullname(cls: type) -> str:
+    """The stable serialization name of an albu-defects class: ``albu_defects.<ClassName>``.
+
+    Pinned so YAML files keep loading when code moves between modules.
+    """
+    return f"albu_defects.{cls.__name__}"
+
+
+class DefectTransform(A.DualTransform):
+    """A DualTransform whose random parameters come from one pure hook, :meth:`sample`.
+
+    Subclasses:
+    - declare every ``__init__`` argument in ``InitSchema`` and store it as ``self.<same name>``
+      (albumentations serializes by reading attributes of the same name);
+    - implement ``sample(params, data, rng)``: check inputs, draw parameters from ``rng`` only;
+    - optionally implement ``extra_outputs(params, data)`` to add keys (labels, weights) to the
+      result of an applied call, and ``default_outputs(data)`` for the same keys when the
+      transform is skipped (``p``), so a DataLoader always sees the same keys.
+    """
+
+    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS)
+
+    @classmethod
+    def get_class_fullname(cls) -> str:
+        return public_class_fullname(cls)
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Draw this call's parameters from ``rng``. ``params`` holds ``shape``; ``data`` the inputs."""
+        return {}
+
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Keys to add to the output of an applied call (default: none)."""
+        return {}
+
+    def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Keys to add to the output when the transform is not applied (default: none)."""
+        return {}
+
+    def check_inputs(self, data: dict[str, Any]) -> None:
+        """Reject unsupported images and masks of the wrong size before sampling."""
+        image = data.get("image")
+        if image is None and data.get("images") is not None:
+            image = data["images"][0]
+        image = check_image(image, "image")
+        hw = image_hw(image)
+        if data.get("mask") is not None:
+            check_mask_shape(data["mask"], hw, "mask")
+        for index, mask in enumerate(data.get("masks") or ()):
+            check_mask_shape(mask, hw, f"masks[{index}]")
+
+    # ----------------------------------------------------------------- the bridge
+    def _sample_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        self.check_inputs(data)
+        return self.sample(params, data, rng)
+
+    def __call__(self, *args: Any, force_apply: bool = False, **kwargs: Any) -> Any:
+        result = super().__call__(*args, force_apply=force_apply, **kwargs)
+        for key, value in self.default_outputs(kwargs).items():
+            result.setdefault(key, value)
+        return result
+
+    if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
+
+        def sample_parameters(self, params: dict[str, Any], data: dict[str, Any], targets: Any, sampling: Any) -> Any:
+            return SampledParams(params=self._sample_checked(params, data, sampling.random_generator))
+
+        def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = super().apply_with_params(sampled_params, *args, **kwargs)
+            result.update(self.extra_outputs(dict(sampled_params.params), kwargs))
+            return result
+
+    else:
+
+        def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+            return self._sample_checked(params, data, self.random_generator)
+
+        def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = super().apply_with_params(params, *args, **kwargs)
+            result.update(self.extra_outputs(params, kwargs))
+            return result

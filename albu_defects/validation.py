@@ -1,0 +1,122 @@
+"""Input checks and dtype helpers shared by every module.
+
+Every public function and transform validates its inputs here, so a bad array is rejected with
+the same clear ``ValueError`` (naming the argument and saying what to fix) wherever it enters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_IMAGE_DTYPES",
+    "as_bool_mask",
+    "check_class_mask",
+    "check_image",
+    "check_mask_shape",
+    "check_probability",
+    "clip_to_dtype",
+    "dtype_max",
+    "image_hw",
+]
+
+#: Image dtypes every transform accepts (and returns unchanged).
+SUPPORTED_IMAGE_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+def _describe(array: Any) -> str:
+    if isinstance(array, np.ndarray):
+        return f"array of shape {array.shape} and dtype {array.dtype}"
+    return f"{type(array).__name__}"
+
+
+def check_image(image: Any, name: str = "image", *, min_side: int = 1) -> np.ndarray:
+    """Return ``image`` if it is an (H, W) or (H, W, C) array of a supported dtype, else raise.
+
+    float32 images must be finite (NaN or inf would silently poison blends and labels).
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {_describe(image)}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] < 1):
+        raise ValueError(f"{name} must have shape (H, W) or (H, W, C), got {image.shape}")
+    if image.dtype not in SUPPORTED_IMAGE_DTYPES:
+        supported = ", ".join(str(d) for d in SUPPORTED_IMAGE_DTYPES)
+        raise ValueError(f"{name} has dtype {image.dtype}; supported dtypes are {supported} (convert it first)")
+    if image.shape[0] < min_side or image.shape[1] < min_side:
+        raise ValueError(f"{name} is {image.shape[0]}x{image.shape[1]} pixels; at least {min_side}x{min_side} needed")
+    if image.dtype == np.float32 and not np.isfinite(image).all():
+        raise ValueError(f"{name} holds NaN or infinite values; clean it before augmenting")
+    return image
+
+
+def image_hw(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of an (H, W) or (H, W, C) array."""
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def check_mask_shape(mask: Any, hw: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """Return ``mask`` if it is an (H, W) or (H, W, 1) array whose size is ``hw``, else raise."""
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {_describe(mask)}")
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must have shape (H, W) or (H, W, 1), got {mask.shape}")
+    if tuple(mask.shape) != tuple(hw):
+        raise ValueError(f"{name} is {mask.shape[0]}x{mask.shape[1]} but must match the image size {hw[0]}x{hw[1]}")
+    return mask
+
+
+def as_bool_mask(mask: Any, hw: tuple[int, int] | None = None, name: str = "mask") -> np.ndarray:
+    """A boolean (H, W) view of a bool or integer mask (nonzero = inside), checked against ``hw``."""
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {_describe(mask)}")
+    if hw is None:
+        hw = (mask.shape[0], mask.shape[1]) if mask.ndim >= 2 else (-1, -1)
+    mask = check_mask_shape(mask, hw, name)
+    if mask.dtype == bool:
+        return mask
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"{name} must be bool or integer (nonzero = inside), got dtype {mask.dtype}")
+    return mask != 0
+
+
+def check_class_mask(mask: Any, hw: tuple[int, int], name: str = "mask", num_classes: int | None = None) -> np.ndarray:
+    """Return an (H, W) class-index mask (0 = background, k = class k) of integer dtype, else raise."""
+    mask = check_mask_shape(mask, hw, name)
+    if mask.dtype == bool or not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"{name} must be an integer class-index mask (0 = background), got dtype {mask.dtype}")
+    if mask.size and mask.min() < 0:
+        raise ValueError(f"{name} holds negative class ids; 0 is background and k > 0 is class k")
+    if num_classes is not None and mask.size and int(mask.max()) > num_classes:
+        raise ValueError(f"{name} holds class id {int(mask.max())} but only classes 1..{num_classes} are known")
+    return mask
+
+
+def check_probability(value: float, name: str) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return float(value)
+
+
+def dtype_max(dtype: np.dtype | type) -> float:
+    """The white level of an image dtype: 255 (uint8), 65535 (uint16), 1.0 (float32)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def clip_to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """Cast float ``values`` to ``dtype``: rounded and clipped for integers, finite for float32.
+
+    float32 is left unclipped (images may be normalised or HDR) but never NaN or infinite.
+    """
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    finite = np.nan_to_num(values, nan=0.0, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+    return finite.astype(dtype, copy=False)
