@@ -1,0 +1,103 @@
+"""Shared benchmark plumbing: timing, machine description, and writing a section of RESULTS.md.
+
+Each ``bench_*.py`` prints its table and, with ``--write``, replaces its own section of
+``RESULTS.md`` (between ``<!-- name -->`` and ``<!-- /name -->``), so scripts never clobber each
+other's results.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MAGNETIC_TILE_ROOT = Path(
+    os.environ.get("ALBU_DEFECTS_MT_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile")
+)
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def machine_info() -> str:
+    """One line naming the machine and the versions that matter."""
+    import albumentations
+    import cv2
+    import numpy
+    import scipy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    versions = [
+        f"Python {platform.python_version()}",
+        f"numpy {numpy.__version__}",
+        f"scipy {scipy.__version__}",
+        f"OpenCV {cv2.__version__}",
+        f"albumentations {albumentations.__version__}",
+    ]
+    try:
+        import torch
+
+        versions.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(versions) + (f"; commit {commit}" if commit else "")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, title: str, body: str, command: str | None = None) -> None:
+    """Replace (or append) the ``name`` section of RESULTS.md with ``body``, stamped with machine and command."""
+    command = command or "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    stamp = time.strftime("%Y-%m-%d")
+    section = (
+        f"<!-- {name} -->\n## {title}\n\n"
+        f"Measured {stamp} on: {machine_info()}.\n\nCommand: `{command}`\n\n{body.strip()}\n<!-- /{name} -->"
+    )
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nWritten by the scripts in `benchmarks/` (run by hand, `--write`).\n"
+    )
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
