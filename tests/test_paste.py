@@ -35,6 +35,6 @@ def test_paste_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="dtype"):
         paste(target, np.zeros((2, 2, 3), np.uint16), np.ones((2, 2), bool), (0, 0))
     with pytest.raises(ValueError, match="channels"):
-        paste(target, np.zeros((2, 2)), np.ones((2, 2), bool), (0, 0))
+        paste(target, np.zeros((2, 2), np.uint8), np.ones((2, 2), bool), (0, 0))
     with pytest.raises(ValueError, match="must match the image size"):
         paste(target, np.zeros((2, 2, 3), np.uint8), np.ones((3, 2), bool), (0, 0))
