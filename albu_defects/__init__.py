@@ -9,7 +9,9 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 from __future__ import annotations
 
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
+from .batch import BatchCompose
 from .blending import paste
+from .contextmix import ContextMix
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
@@ -17,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
+    "BatchCompose",
+    "ContextMix",
     "DefectTransform",
     "Sample",
     "__version__",

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .geometry import placement_overlap
-from .validation import as_bool_mask, check_image, image_hw
+from .validation import as_bool_mask, check_image, check_matching_images, image_hw
 
 __all__ = ["paste"]
 
@@ -27,23 +27,13 @@ class BlendInputs(NamedTuple):
     window: tuple[slice, slice]  # where ``source`` lands on ``target``
 
 
-def _channels(image: np.ndarray) -> int:
-    return 1 if image.ndim == 2 else int(image.shape[2])
-
-
 def check_blend_inputs(
     target: np.ndarray, source: np.ndarray, mask: np.ndarray, top_left: tuple[int, int]
 ) -> BlendInputs | None:
     """Validate a blend call and clip it to the target; ``None`` when nothing of the mask lands on it."""
     check_image(target, "target")
     check_image(source, "source")
-    if source.dtype != target.dtype:
-        raise ValueError(f"source has dtype {source.dtype} but target has {target.dtype}; convert one to match")
-    if _channels(source) != _channels(target) or (source.ndim == 3) != (target.ndim == 3):
-        raise ValueError(
-            f"source has shape {source.shape} and target {target.shape}: they must agree in channels "
-            "(both (H, W), both (H, W, 1), or both (H, W, C) with the same C)"
-        )
+    check_matching_images(target, source, "target", "source")
     mask = as_bool_mask(mask, image_hw(source), "mask")
     if len(top_left) != 2:
         raise ValueError(f"top_left must be (y, x), got {top_left!r}")

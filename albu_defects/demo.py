@@ -46,8 +46,37 @@ def panel_samples(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
     ]
 
 
+def panel_contextmix(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """ContextMix: a defect image resized into a random box of a defect-free one, masks and weights."""
+    import albumentations as A
+
+    from .contextmix import ContextMix
+
+    hosts = _samples_of(samples, "Free")
+    partners = [s for s in samples if s.class_name != "Free"]
+    tiles = []
+    for k in range(3):
+        host, partner = hosts[k % len(hosts)], partners[int(rng.integers(len(partners)))]
+        mix = A.Compose([ContextMix(p=1.0, min_box_side=8)], seed=int(rng.integers(2**31)))
+        for _ in range(20):  # show a clearly visible box (a few draws are tiny or skipped)
+            out = mix(
+                image=host.image,
+                mask=host.class_mask,
+                contextmix_metadata=[{"image": partner.image, "mask": partner.class_mask}],
+            )
+            if 0.15 <= out["mix_weights"][1] <= 0.6:
+                break
+        if k == 0:
+            tiles += [tile(host.image, "host", host.class_mask, True)]
+        tiles += [
+            tile(partner.image, partner.class_name, partner.class_mask, True),
+            tile(out["image"], f"lamB={out['mix_weights'][1]:.2f}", out["mask"], True),
+        ]
+    return "ContextMix: whole partner image resized into a box, class mask mixed (nearest), label by area", tiles
+
+
 #: Rows of the demo picture, top to bottom.
-PANELS: list[Panel] = [panel_samples]
+PANELS: list[Panel] = [panel_samples, panel_contextmix]
 
 
 def build_demo(seed: int = 0) -> np.ndarray:

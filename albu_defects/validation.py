@@ -16,6 +16,7 @@ __all__ = [
     "check_class_mask",
     "check_image",
     "check_mask_shape",
+    "check_matching_images",
     "check_probability",
     "clip_to_dtype",
     "dtype_max",
@@ -49,6 +50,22 @@ def check_image(image: Any, name: str = "image", *, min_side: int = 1) -> np.nda
     if image.dtype == np.float32 and not np.isfinite(image).all():
         raise ValueError(f"{name} holds NaN or infinite values; clean it before augmenting")
     return image
+
+
+def check_matching_images(image: np.ndarray, other: np.ndarray, name: str, other_name: str) -> None:
+    """Raise unless ``other`` can be written into ``image``: same dtype and same channel layout.
+
+    Both must already be valid images (see :func:`check_image`); their sizes may differ.
+    """
+    if other.dtype != image.dtype:
+        raise ValueError(f"{other_name} has dtype {other.dtype} but {name} has {image.dtype}; convert one to match")
+    channels = 1 if image.ndim == 2 else int(image.shape[2])
+    other_channels = 1 if other.ndim == 2 else int(other.shape[2])
+    if channels != other_channels or image.ndim != other.ndim:
+        raise ValueError(
+            f"{other_name} has shape {other.shape} and {name} {image.shape}: they must agree in channels "
+            "(both (H, W), both (H, W, 1), or both (H, W, C) with the same C)"
+        )
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:

@@ -35,6 +35,24 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 2) -> f
     return statistics.median(times)
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Median wall time (ms) of each ``fns[name]()``, timed in interleaved rounds.
+
+    One call of every function per round, so load from other processes hits all of them alike
+    and their ratios stay meaningful on a busy machine.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def machine_info() -> str:
     """One line naming the machine and the versions that matter."""
     import albumentations

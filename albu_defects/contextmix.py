@@ -1,0 +1,599 @@
+"""ContextMix (Kim et al.): paste a whole partner image, resized into a random box, over the host.
+
+Paper ("ContextMix: A context-aware data augmentation method for industrial visual inspection
+systems", section 3, eq. 2-4, Algorithm 1): draw ``lam ~ Beta(alpha, alpha)``, a box of area
+``(1 - lam) * H * W`` around a uniform random centre, clipped to the image; resize the *whole*
+partner image B to the clipped box ``(h, w)`` and paste it. With the clipped box the labels mix as
+``lambda_A = 1 - h*w / (H*W)`` for the host and ``lambda_B * eps_B = h*w / (H*W)`` for the partner,
+which is exactly the fraction of output pixels that came from each image. The reference code uses
+nearest interpolation, one box for the whole batch, and skips mixing when a box side is <= 2 px.
+Section 5.5 variants: square boxes, fixed-size boxes (75 %), one-hot labels (the larger side wins).
+
+Conventions shared by every function here:
+
+- a *box* is ``(y0, x0, y1, x1)`` in pixels, ends exclusive (as :func:`geometry.mask_bbox`); an
+  empty box (``y1 == y0`` or ``x1 == x0``) means "no mixing" and weights ``(1, 0)``;
+- boxes come from explicit uniform draws (:func:`sample_boxes`), so the numpy transform and the
+  torch batch op (:mod:`albu_defects.pytorch`) share one piece of box math;
+- nearest resizing samples source pixel ``floor((i + 0.5) * src / dst)`` (pixel centres, like
+  ``cv2.INTER_NEAREST_EXACT`` and torch ``"nearest-exact"``), computed in integers
+  (:func:`nearest_source_index`) so masks keep their class ids exactly;
+- bboxes are albumentations' internal format (normalised ``x_min, y_min, x_max, y_max`` plus extra
+  columns), keypoints are pixels ``x, y`` plus extra columns (albumentations 2.0: ``z, angle,
+  scale, ...``); no input is ever modified.
+
+The transform :class:`ContextMix` at the bottom samples a box and a partner and calls these.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from pydantic import Field
+from scipy import special
+
+from .base import DefectTransform
+from .validation import check_image, check_mask_shape, check_matching_images, image_hw
+
+__all__ = [
+    "BOX_KINDS",
+    "LABEL_MODES",
+    "ContextMix",
+    "bboxes_into_box",
+    "box_lambda",
+    "check_box_options",
+    "drop_keypoints_in_box",
+    "keypoints_into_box",
+    "mix_weights",
+    "nearest_source_index",
+    "occlude_bboxes",
+    "paste_resized",
+    "resize_image",
+    "sample_boxes",
+    "soft_labels",
+]
+
+BOX_KINDS: tuple[str, ...] = ("beta", "square", "fixed")
+LABEL_MODES: tuple[str, ...] = ("area", "one-hot")
+BoxKind = Literal["beta", "square", "fixed"]
+LabelMode = Literal["area", "one-hot"]
+
+#: Interpolations that use the exact integer nearest rule of :func:`nearest_source_index`.
+NEAREST_FLAGS = (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT)
+
+
+# --------------------------------------------------------------------------------------- boxes
+def check_box_options(alpha: float, box: str, box_size: float, min_box_side: int) -> None:
+    """Raise a ValueError naming the first bad box option (shared by the numpy and torch classes)."""
+    if not float(alpha) > 0:
+        raise ValueError(f"alpha must be > 0 (the Beta(alpha, alpha) parameter), got {alpha}")
+    if box not in BOX_KINDS:
+        raise ValueError(f"box must be one of {BOX_KINDS}, got {box!r}")
+    if not 0.0 < float(box_size) <= 1.0:
+        raise ValueError(f"box_size must lie in (0, 1] (the box's share of the image area), got {box_size}")
+    if isinstance(min_box_side, bool) or int(min_box_side) != min_box_side or min_box_side < 1:
+        raise ValueError(f"min_box_side must be an integer >= 1, got {min_box_side!r}")
+
+
+def box_lambda(u: np.ndarray | float, alpha: float = 1.0, box: BoxKind = "beta", box_size: float = 0.75) -> np.ndarray:
+    """The host's share ``lam`` before clipping, from a uniform draw ``u`` in [0, 1).
+
+    ``"beta"`` and ``"square"``: ``lam ~ Beta(alpha, alpha)`` by its inverse CDF (so any source of
+    uniforms, numpy or torch, gives the same boxes); ``"fixed"``: ``lam = 1 - box_size``.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    if box == "fixed":
+        return np.full(u.shape, 1.0 - float(box_size))
+    lam = np.asarray(special.betaincinv(float(alpha), float(alpha), u), dtype=np.float64)
+    # betaincinv underflows to NaN for denormal u (the quantile there is 0 to double precision).
+    return np.clip(np.where(np.isfinite(lam), lam, np.where(u < 0.5, 0.0, 1.0)), 0.0, 1.0)
+
+
+def sample_boxes(
+    height: int,
+    width: int,
+    draws: np.ndarray,
+    *,
+    alpha: float = 1.0,
+    box: BoxKind = "beta",
+    box_size: float = 0.75,
+    min_box_side: int = 3,
+) -> np.ndarray:
+    """Boxes ``(..., 4)`` = ``(y0, x0, y1, x1)`` (int64) from uniform ``draws`` of shape ``(..., 3)``.
+
+    ``draws[..., 0]`` gives ``lam`` (:func:`box_lambda`), ``draws[..., 1:3]`` the centre row and
+    column. The unclipped box covers ``(1 - lam)`` of the image: ``"beta"`` and ``"fixed"`` keep the
+    image's aspect ratio (sides ``floor(H * sqrt(1 - lam))`` and ``floor(W * sqrt(1 - lam))``),
+    ``"square"`` has both sides ``floor(sqrt((1 - lam) * H * W))`` (at most the shorter image side).
+    The box is centred on the drawn pixel and clipped to the image (so it may be smaller and, near
+    an edge, no longer square); a clipped box with a side below ``min_box_side`` becomes empty (no
+    mixing), as the paper's code skips boxes with a side <= 2 px.
+    """
+    check_box_options(alpha, box, box_size, min_box_side)
+    if height < 1 or width < 1:
+        raise ValueError(f"the image must be at least 1x1 pixels, got {height}x{width}")
+    draws = np.asarray(draws, dtype=np.float64)
+    if draws.shape[-1:] != (3,):
+        raise ValueError(f"draws must have shape (..., 3) (lam, centre y, centre x), got {draws.shape}")
+    if draws.size and not ((draws >= 0).all() and (draws < 1).all()):
+        raise ValueError("draws must be uniform numbers in [0, 1)")
+    cut = np.clip(1.0 - box_lambda(draws[..., 0], alpha, box, box_size), 0.0, 1.0)
+    if box == "square":
+        side = np.minimum(np.floor(np.sqrt(cut * height * width)), min(height, width)).astype(np.int64)
+        cut_h = cut_w = side
+    else:
+        cut_h = np.floor(height * np.sqrt(cut)).astype(np.int64)
+        cut_w = np.floor(width * np.sqrt(cut)).astype(np.int64)
+    centre_y = np.minimum(np.floor(draws[..., 1] * height), height - 1).astype(np.int64)
+    centre_x = np.minimum(np.floor(draws[..., 2] * width), width - 1).astype(np.int64)
+    y0 = np.clip(centre_y - cut_h // 2, 0, height)
+    y1 = np.clip(centre_y - cut_h // 2 + cut_h, 0, height)
+    x0 = np.clip(centre_x - cut_w // 2, 0, width)
+    x1 = np.clip(centre_x - cut_w // 2 + cut_w, 0, width)
+    too_small = ((y1 - y0) < min_box_side) | ((x1 - x0) < min_box_side)
+    return np.stack([y0, x0, np.where(too_small, y0, y1), np.where(too_small, x0, x1)], axis=-1)
+
+
+def _box_ints(box: Sequence[int] | np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` as four ints, checked to lie inside an image of size ``hw``."""
+    if len(box) != 4:
+        raise ValueError(f"box must be (y0, x0, y1, x1), got {box!r}")
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if not (0 <= y0 <= y1 <= hw[0] and 0 <= x0 <= x1 <= hw[1]):
+        raise ValueError(f"box {(y0, x0, y1, x1)} must lie inside the {hw[0]}x{hw[1]} image with y0 <= y1, x0 <= x1")
+    return y0, x0, y1, x1
+
+
+# ------------------------------------------------------------------------------------- labels
+def mix_weights(boxes: np.ndarray, height: int, width: int, label_mode: LabelMode = "area") -> np.ndarray:
+    """Label weights ``(..., 2)`` = ``(lambda_A, lambda_B)`` (float64) of pasted ``boxes``.
+
+    ``"area"`` (eq. 4): ``lambda_B = h*w / (H*W)``, the exact fraction of output pixels that came
+    from the partner, and ``lambda_A = 1 - lambda_B``. ``"one-hot"`` (section 5.5): weight 1 for
+    the image that covers more of the output (the host on a tie), 0 for the other.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    boxes = np.asarray(boxes)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    total = int(height) * int(width)
+    partner = area / total
+    host = (total - area) / total
+    if label_mode == "one-hot":
+        partner = (partner > host).astype(np.float64)
+        host = 1.0 - partner
+    return np.stack([host, partner], axis=-1)
+
+
+def _class_id(label: Any, num_classes: int, name: str) -> int:
+    try:
+        value = operator.index(label)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer class id, got {label!r}") from None
+    if not 0 <= value < num_classes:
+        raise ValueError(f"{name} is {value} but must lie in [0, num_classes) = [0, {num_classes})")
+    return value
+
+
+def soft_labels(
+    label_a: Any, label_b: Any, weights: np.ndarray, num_classes: int, label_smoothing: float = 0.0
+) -> np.ndarray:
+    """Soft target (float32, ``(num_classes,)``): ``w_A * onehot(a) + w_B * onehot(b)``.
+
+    Each one-hot vector is smoothed first (``1 - s + s/K`` on the class, ``s/K`` elsewhere, as
+    timm), so the result still sums to 1.
+    """
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    off = float(label_smoothing) / num_classes
+    target = np.full(num_classes, off, dtype=np.float64)
+    target[_class_id(label_a, num_classes, "label")] += weights[0] * (1.0 - float(label_smoothing))
+    target[_class_id(label_b, num_classes, "the partner's label")] += weights[1] * (1.0 - float(label_smoothing))
+    return target.astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------- pixels
+def nearest_source_index(dst_index: np.ndarray, src_len: int | np.ndarray, dst_len: int | np.ndarray) -> np.ndarray:
+    """Source index of destination pixel(s) ``dst_index`` when resizing ``src_len`` to ``dst_len``.
+
+    ``floor((i + 0.5) * src / dst)`` in integer arithmetic (exact, always in ``[0, src_len)``);
+    broadcasts, so per-sample lengths may be arrays.
+    """
+    dst_index = np.asarray(dst_index, dtype=np.int64)
+    return ((2 * dst_index + 1) * np.asarray(src_len, dtype=np.int64)) // (2 * np.asarray(dst_len, dtype=np.int64))
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
+    """``image`` resized to ``hw``, keeping its dtype and layout ((H, W), (H, W, 1), (H, W, C>4)).
+
+    Nearest flags use :func:`nearest_source_index` (any dtype, class ids exact); other OpenCV flags
+    call ``cv2.resize`` (in chunks of 4 channels, which every OpenCV interpolation supports).
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot resize to {h}x{w}: both sides must be >= 1")
+    if interpolation in NEAREST_FLAGS:
+        rows = nearest_source_index(np.arange(h), image.shape[0], h)
+        cols = nearest_source_index(np.arange(w), image.shape[1], w)
+        return image[rows[:, None], cols[None, :]]
+    if image.ndim == 2:
+        return cv2.resize(image, (w, h), interpolation=interpolation)
+    chunks = [
+        cv2.resize(image[..., start : start + 4], (w, h), interpolation=interpolation).reshape(h, w, -1)
+        for start in range(0, image.shape[2], 4)
+    ]
+    return np.concatenate(chunks, axis=2) if len(chunks) > 1 else chunks[0]
+
+
+def paste_resized(
+    host: np.ndarray, partner: np.ndarray, box: Sequence[int], interpolation: int = cv2.INTER_NEAREST
+) -> np.ndarray:
+    """A copy of ``host`` with the whole ``partner`` resized into ``box`` (eq. 4's ``x~``).
+
+    Works for images and masks alike (same dtype and channel layout required; sizes may differ).
+    Pixels outside the box are the host's; an empty box returns an unchanged copy.
+    """
+    check_matching_images(host, partner, "host", "partner")
+    y0, x0, y1, x1 = _box_ints(box, image_hw(host))
+    out = host.copy()
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = resize_image(partner, (y1 - y0, x1 - x0), interpolation)
+    return out
+
+
+# -------------------------------------------------------------------------------- annotations
+def bboxes_into_box(bboxes: np.ndarray, box: Sequence[int], hw: tuple[int, int]) -> np.ndarray:
+    """Partner bboxes (normalised to the partner image) scaled into ``box`` of an ``hw`` host.
+
+    Boxes are first clipped to the partner image (only its pixels are pasted); boxes with no area
+    left are dropped. Extra columns (labels) are kept. Returns normalised host coordinates.
+    """
+    bboxes = np.asarray(bboxes, dtype=np.float64)
+    y0, x0, y1, x1 = _box_ints(box, hw)
+    if bboxes.size == 0 or y1 == y0 or x1 == x0:
+        return bboxes[:0].astype(np.float32) if bboxes.ndim == 2 else np.zeros((0, 4), np.float32)
+    clipped = np.clip(bboxes[:, :4], 0.0, 1.0)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    out = bboxes[keep].copy()
+    height, width = hw
+    out[:, [0, 2]] = (x0 + clipped[keep][:, [0, 2]] * (x1 - x0)) / width
+    out[:, [1, 3]] = (y0 + clipped[keep][:, [1, 3]] * (y1 - y0)) / height
+    return out.astype(np.float32)
+
+
+def _snap(pixels: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """Pixel coordinates within ``tolerance`` of an integer, made that integer.
+
+    Normalised float32 boxes come back as e.g. 22.0000004 px; without snapping, a box edge that
+    meets the pasted box's edge would count as a sliver left visible.
+    """
+    nearest = np.rint(pixels)
+    return np.where(np.abs(pixels - nearest) < tolerance, nearest, pixels)
+
+
+def occlude_bboxes(
+    bboxes: np.ndarray, box: Sequence[int], hw: tuple[int, int], min_visibility: float = 0.0, min_area: float = 0.0
+) -> np.ndarray:
+    """Host bboxes (normalised) after ``box`` is pasted over them: dropped or clipped to what shows.
+
+    Visibility rule: a box keeps ``visible = area - area(box ∩ pasted box)`` pixels; it is dropped
+    when nothing is visible, or ``visible / area < min_visibility``, or ``visible < min_area``
+    (pixels); the transform takes both thresholds from the Compose's ``BboxParams``, as
+    albumentations' dropout transforms do. A kept box is shrunk to the bounding box of its visible
+    part (which changes it only when the paste covers a whole side strip of it).
+    """
+    bboxes = np.asarray(bboxes, dtype=np.float64)
+    y0, x0, y1, x1 = _box_ints(box, hw)
+    if bboxes.size == 0 or y1 == y0 or x1 == x0:
+        return bboxes.astype(np.float32)
+    height, width = hw
+    bx0, bx1 = _snap(bboxes[:, 0] * width), _snap(bboxes[:, 2] * width)
+    by0, by1 = _snap(bboxes[:, 1] * height), _snap(bboxes[:, 3] * height)
+    area = (bx1 - bx0) * (by1 - by0)
+    overlap = np.clip(np.minimum(bx1, x1) - np.maximum(bx0, x0), 0, None) * np.clip(
+        np.minimum(by1, y1) - np.maximum(by0, y0), 0, None
+    )
+    visible = area - overlap
+    with np.errstate(divide="ignore", invalid="ignore"):
+        visibility = np.where(area > 0, visible / np.where(area > 0, area, 1.0), 0.0)
+    keep = (visible > 0) & (visibility >= min_visibility) & (visible >= min_area)
+    # The visible part's bounding box shrinks along x only when the paste spans the box's full height
+    # and reaches one of its vertical sides (and the same for y).
+    spans_y = (y0 <= by0) & (y1 >= by1)
+    spans_x = (x0 <= bx0) & (x1 >= bx1)
+    new_bx0 = np.where(spans_y & (x0 <= bx0), np.maximum(bx0, x1), bx0)
+    new_bx1 = np.where(spans_y & (x1 >= bx1), np.minimum(bx1, x0), bx1)
+    new_by0 = np.where(spans_x & (y0 <= by0), np.maximum(by0, y1), by0)
+    new_by1 = np.where(spans_x & (y1 >= by1), np.minimum(by1, y0), by1)
+    out = bboxes.copy()
+    out[:, 0], out[:, 2] = new_bx0 / width, new_bx1 / width
+    out[:, 1], out[:, 3] = new_by0 / height, new_by1 / height
+    return out[keep].astype(np.float32)
+
+
+def keypoints_into_box(keypoints: np.ndarray, box: Sequence[int], partner_hw: tuple[int, int]) -> np.ndarray:
+    """Partner keypoints (pixels of the partner image) scaled into ``box`` (pixels of the host).
+
+    Points outside the partner image are dropped (they are not in the pasted content). ``x, y`` are
+    scaled and offset; column 4 (albumentations' keypoint ``scale``) is multiplied by the larger of
+    the two scale factors, as albumentations' ``Resize`` does; other columns are kept.
+    """
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if keypoints.size == 0 or y1 == y0 or x1 == x0:
+        return keypoints.reshape(0, keypoints.shape[1] if keypoints.ndim == 2 else 2).astype(np.float32)
+    ph, pw = partner_hw
+    inside = (keypoints[:, 0] >= 0) & (keypoints[:, 0] < pw) & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < ph)
+    out = keypoints[inside].copy()
+    scale_x, scale_y = (x1 - x0) / pw, (y1 - y0) / ph
+    out[:, 0] = x0 + out[:, 0] * scale_x
+    out[:, 1] = y0 + out[:, 1] * scale_y
+    if out.shape[1] > 4:
+        out[:, 4] *= max(scale_x, scale_y)
+    return out.astype(np.float32)
+
+
+def drop_keypoints_in_box(keypoints: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """Host keypoints (pixels) that stay visible: those outside ``[x0, x1) x [y0, y1)``."""
+    keypoints = np.asarray(keypoints)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if keypoints.size == 0:
+        return keypoints
+    covered = (keypoints[:, 0] >= x0) & (keypoints[:, 0] < x1) & (keypoints[:, 1] >= y0) & (keypoints[:, 1] < y1)
+    return keypoints[~covered]
+
+
+# ---------------------------------------------------------------------------------- transform
+class ContextMix(DefectTransform):
+    """ContextMix: paste a whole partner image, resized into a random box, and mix labels by area.
+
+    Partners arrive through ``data[metadata_key]``, a list of dicts (the way ``A.Mosaic`` takes its
+    extra samples); one is picked at random per call. Each dict holds ``image`` (same dtype and
+    channels as the host; any size) and, whenever the host has the matching target, ``mask`` /
+    ``masks`` (same count), ``bboxes`` (in the Compose's ``BboxParams`` format, with its label
+    fields), ``keypoints`` (the Compose's ``KeypointParams`` format) and ``label``. A host target
+    without its partner counterpart raises ``ValueError`` (an empty list is fine): a partner defect
+    must never be pasted without its label. :class:`albu_defects.BatchCompose` fills the key from a
+    batch.
+
+    Targets: the image gets the partner resized into the box (``interpolation``, default nearest
+    as in the paper); masks get the partner mask resized with nearest (class ids exact); partner
+    bboxes and keypoints are scaled into the box; host bboxes under the box are clipped to their
+    visible part or dropped (see :func:`occlude_bboxes`; thresholds are the Compose's
+    ``BboxParams.min_visibility`` and ``min_area``); host keypoints inside the box are removed.
+
+    Outputs: ``mix_weights`` (float32 ``[lambda_A, lambda_B]``, see :func:`mix_weights`) and, when
+    ``num_classes`` is set, ``soft_label`` (float32 ``(num_classes,)``) built from the host's
+    integer ``label`` (data key ``label``) and the partner's (its dict's ``label``), both required
+    then. When skipped (``p``, or a clipped box with a side below ``min_box_side``) the image is
+    untouched and the outputs are ``[1, 0]`` and the host's own (smoothed) one-hot label, so a
+    DataLoader always sees the same keys.
+
+    Args:
+        alpha: Beta(alpha, alpha) parameter of the host's area share (paper: 1).
+        box: ``"beta"`` (paper), ``"square"`` or ``"fixed"`` (area share ``box_size``), see
+            :func:`sample_boxes`.
+        box_size: the box's share of the image area for ``box="fixed"`` (paper: 0.75).
+        interpolation: OpenCV flag used to resize the partner image (masks always use nearest).
+        label_mode: ``"area"`` (eq. 4) or ``"one-hot"`` (the larger area wins).
+        min_box_side: clipped boxes with a side below this many pixels skip mixing (paper: 3).
+        num_classes: number of classes of ``label``; enables ``soft_label``.
+        label_smoothing: label smoothing applied to each one-hot vector before mixing.
+        metadata_key: data key holding the list of partner dicts.
+        p: probability of applying the transform.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        alpha: float = Field(gt=0)
+        box: BoxKind
+        box_size: float = Field(gt=0, le=1)
+        interpolation: Literal[
+            cv2.INTER_NEAREST,
+            cv2.INTER_NEAREST_EXACT,
+            cv2.INTER_LINEAR,
+            cv2.INTER_CUBIC,
+            cv2.INTER_AREA,
+            cv2.INTER_LANCZOS4,
+        ]
+        label_mode: LabelMode
+        min_box_side: int = Field(ge=1)
+        num_classes: int | None = Field(ge=1)
+        label_smoothing: float = Field(ge=0, le=1)
+        metadata_key: str = Field(min_length=1)
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        box: BoxKind = "beta",
+        box_size: float = 0.75,
+        interpolation: int = cv2.INTER_NEAREST,
+        label_mode: LabelMode = "area",
+        min_box_side: int = 3,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        metadata_key: str = "contextmix_metadata",
+        p: float = 0.5,
+    ):
+        super().__init__(p=p)
+        self.alpha = alpha
+        self.box = box
+        self.box_size = box_size
+        self.interpolation = interpolation
+        self.label_mode = label_mode
+        self.min_box_side = min_box_side
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.metadata_key = metadata_key
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        return [self.metadata_key]
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        host = data["image"]
+        hw = image_hw(host)
+        partners = data.get(self.metadata_key)
+        if not isinstance(partners, Sequence) or isinstance(partners, (str, bytes)) or len(partners) == 0:
+            raise ValueError(
+                f"{self.metadata_key} must be a non-empty list of partner dicts (each with an 'image'), "
+                f"got {type(partners).__name__}"
+            )
+        index = int(rng.integers(len(partners)))
+        draws = rng.random(3)
+        name = f"{self.metadata_key}[{index}]"
+        partner = partners[index]
+        if not isinstance(partner, Mapping) or "image" not in partner:
+            raise ValueError(f"{name} must be a dict with an 'image' array, got {type(partner).__name__}")
+        partner_image = check_image(partner["image"], f"{name}['image']")
+        check_matching_images(host, partner_image, "image", f"{name}['image']")
+        partner_hw = image_hw(partner_image)
+
+        box = sample_boxes(
+            hw[0],
+            hw[1],
+            draws,
+            alpha=self.alpha,
+            box=self.box,
+            box_size=self.box_size,
+            min_box_side=self.min_box_side,
+        )
+        weights = mix_weights(box, hw[0], hw[1], self.label_mode)
+        out: dict[str, Any] = {
+            "box": tuple(int(v) for v in box),
+            "partner_image": partner_image,
+            "mix_weights": weights.astype(np.float32),
+            "partner_mask": None,
+            "partner_masks": None,
+            "partner_bboxes": None,
+            "partner_keypoints": None,
+        }
+        if data.get("mask") is not None:
+            out["partner_mask"] = self._partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
+        if data.get("masks") is not None and len(data["masks"]) > 0:
+            out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
+        if data.get("bboxes") is not None:
+            raw = self._partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
+            out["partner_bboxes"] = bboxes_into_box(raw, out["box"], hw)
+        if data.get("keypoints") is not None:
+            raw = self._partner_annotations(partner, "keypoints", name, np.asarray(data["keypoints"]))
+            out["partner_keypoints"] = keypoints_into_box(raw, out["box"], partner_hw)
+        if self.num_classes is not None:
+            if partner.get("label") is None:
+                raise ValueError(f"{name} has no 'label' but num_classes is set: give every partner its class id")
+            out["soft_label"] = soft_labels(
+                self._host_label(data), partner["label"], weights, self.num_classes, self.label_smoothing
+            )
+        return out
+
+    def _host_label(self, data: dict[str, Any]) -> Any:
+        if data.get("label") is None:
+            raise ValueError("num_classes is set, so the host needs an integer class id under the data key 'label'")
+        return data["label"]
+
+    @staticmethod
+    def _partner_mask(mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str) -> np.ndarray:
+        if mask is None:
+            raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
+        check_mask_shape(mask, partner_hw, name)
+        if mask.dtype != host_mask.dtype:
+            raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
+        # Same layout as the host mask ((H, W) or (H, W, 1)) so the paste is a plain copy.
+        return mask.reshape(mask.shape[:2] + host_mask.shape[2:])
+
+    def _partner_masks(
+        self, masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
+    ) -> list[np.ndarray]:
+        if masks is None or len(masks) != len(host_masks):
+            got = "none" if masks is None else len(masks)
+            raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
+        return [
+            self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]") for k, mask in enumerate(masks)
+        ]
+
+    def _partner_annotations(self, partner: Mapping[str, Any], key: str, name: str, host: np.ndarray) -> np.ndarray:
+        """The partner's bboxes/keypoints in albumentations' internal format (via the Compose's processor)."""
+        if partner.get(key) is None:
+            raise ValueError(f"the host has {key} but {name} has none: pass its {key} (an empty list if it has none)")
+        processor = self.get_processor(key) if hasattr(self, "get_processor") else None
+        if processor is None:  # standalone call: annotations are already in the internal format
+            converted = np.asarray(partner[key], dtype=np.float64)
+        else:
+            label_fields = list(processor.params.label_fields or [])
+            missing = [field for field in label_fields if field not in partner]
+            if missing:
+                raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
+            temp = {"image": partner["image"], key: partner[key], **{field: partner[field] for field in label_fields}}
+            # preprocess() records whether the input was a list; keep the host's record intact.
+            saved = dict(processor.is_sequence_input)
+            try:
+                processor.preprocess(temp)
+            finally:
+                processor.is_sequence_input.clear()
+                processor.is_sequence_input.update(saved)
+            converted = np.asarray(temp[key], dtype=np.float64)
+        columns = host.shape[1] if host.ndim == 2 and host.size else None
+        if converted.size == 0:
+            return converted.reshape(0, columns or (4 if key == "bboxes" else 2))
+        if converted.ndim != 2:
+            raise ValueError(f"{name}['{key}'] must be a list of rows, got shape {converted.shape}")
+        if columns is not None and converted.shape[1] != columns:
+            raise ValueError(
+                f"{name}['{key}'] has {converted.shape[1]} columns after conversion but the host's have {columns}: "
+                "give partners the same extra columns and label fields as the host"
+            )
+        return converted
+
+    # ------------------------------------------------------------------ targets
+    def apply(self, img: np.ndarray, box: tuple[int, int, int, int], partner_image: np.ndarray, **params: Any):
+        return paste_resized(img, partner_image, box, self.interpolation)
+
+    def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int], partner_mask: Any = None, **params: Any):
+        return paste_resized(mask, partner_mask, box, cv2.INTER_NEAREST)
+
+    def apply_to_masks(self, masks: Any, box: tuple[int, int, int, int], partner_masks: Any = None, **params: Any):
+        pasted = [paste_resized(m, pm, box, cv2.INTER_NEAREST) for m, pm in zip(masks, partner_masks, strict=True)]
+        return np.stack(pasted) if isinstance(masks, np.ndarray) else pasted
+
+    def apply_to_bboxes(
+        self, bboxes: np.ndarray, box: tuple[int, int, int, int], partner_bboxes: Any = None, **params: Any
+    ):
+        processor = self.get_processor("bboxes") if hasattr(self, "get_processor") else None
+        min_visibility = float(processor.params.min_visibility) if processor is not None else 0.0
+        min_area = float(processor.params.min_area) if processor is not None else 0.0
+        hw = tuple(params["shape"][:2])
+        kept = occlude_bboxes(bboxes, box, hw, min_visibility, min_area)
+        return _concat_rows(kept, partner_bboxes, bboxes.dtype)
+
+    def apply_to_keypoints(
+        self, keypoints: np.ndarray, box: tuple[int, int, int, int], partner_keypoints: Any = None, **params: Any
+    ):
+        return _concat_rows(drop_keypoints_in_box(keypoints, box), partner_keypoints, keypoints.dtype)
+
+    # ------------------------------------------------------------------ outputs
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        out = {"mix_weights": params["mix_weights"]}
+        if "soft_label" in params:
+            out["soft_label"] = params["soft_label"]
+        return out
+
+    def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"mix_weights": np.array([1.0, 0.0], dtype=np.float32)}
+        if self.num_classes is not None:
+            host = self._host_label(data)
+            out["soft_label"] = soft_labels(host, host, np.array([1.0, 0.0]), self.num_classes, self.label_smoothing)
+        return out
+
+
+def _concat_rows(kept: np.ndarray, added: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """Host rows that survive plus the partner's rows (either may be empty)."""
+    if added is None or len(added) == 0:
+        return kept.astype(dtype, copy=False)
+    if len(kept) == 0:
+        return np.asarray(added).astype(dtype, copy=False)
+    return np.concatenate([kept, added], axis=0).astype(dtype, copy=False)

@@ -1,0 +1,184 @@
+"""Benchmark: ``albu_defects.pytorch.ContextMix`` against plain CutMix (the floor) and kornia.
+
+Same run, same tensors. For each batch shape and mode, every method pastes with the *same* boxes
+and pairing (a fresh set per timing round, drawn with the shared box sampler), so the ratios
+compare pixel work only:
+
+- **ContextMix** = ``ContextMix(mode=..., inplace=...).apply(images, None, perm, boxes)`` (nearest,
+  the paper's setting): the whole partner image resized into the box by index gathers, with the
+  op's scratch buffers reused between calls;
+- **plain CutMix** = what timm and torchvision do: build the permuted batch (``x[perm]``), then
+  slice-copy the box from it (one slice per batch, or a Python loop over samples in per-sample
+  mode); in place (timm) or on a clone (torchvision), matching ContextMix's ``inplace``;
+- **box-only CutMix** = a leaner CutMix that gathers only the box from the partners (reference);
+- **kornia** ``RandomCutMixV2(use_correct_lambda=True)`` (its own boxes; ``same_on_batch`` in batch
+  mode; out of place; no uint8 support);
+- **full call** = ``ContextMix(num_classes=10)(images, labels)`` end to end (draws, paste, soft
+  targets; its own boxes).
+
+Targets: batch mode <= 1.5x plain CutMix batch mode; per-sample mode <= 2x plain per-sample CutMix.
+
+Usage: ``python benchmarks/bench_contextmix.py [--repeats N] [--write]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from _common import interleaved_median_ms, markdown_table, write_section
+
+from albu_defects.contextmix import sample_boxes
+from albu_defects.pytorch import ContextMix
+
+CONFIGS = [((64, 3, 224, 224), torch.float32), ((256, 3, 32, 32), torch.float32), ((64, 3, 256, 256), torch.uint8)]
+TARGETS = {"batch": 1.5, "sample": 2.0}
+
+
+def plain_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray, inplace: bool) -> torch.Tensor:
+    """CutMix as timm/torchvision write it: permuted batch, then slice copies of the same boxes."""
+    partner = images[perm]
+    out = images if inplace else images.clone()
+    if boxes.ndim == 1:
+        y0, x0, y1, x1 = (int(v) for v in boxes)
+        out[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+    else:
+        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+            out[i, :, y0:y1, x0:x1] = partner[i, :, y0:y1, x0:x1]
+    return out
+
+
+def box_only_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray, inplace: bool) -> torch.Tensor:
+    """A leaner CutMix: gather only the box pixels of the partners (no permuted copy of the batch)."""
+    out = images if inplace else images.clone()
+    if boxes.ndim == 1:
+        y0, x0, y1, x1 = (int(v) for v in boxes)
+        out[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
+    else:
+        patches = [
+            images[j, :, y0:y1, x0:x1].clone()
+            for j, (y0, x0, y1, x1) in zip(perm.tolist(), boxes.tolist(), strict=True)
+        ]
+        for i, ((y0, x0, y1, x1), patch) in enumerate(zip(boxes.tolist(), patches, strict=True)):
+            out[i, :, y0:y1, x0:x1] = patch
+    return out
+
+
+def kornia_cutmix(mode: str):
+    try:
+        from kornia.augmentation import RandomCutMixV2
+    except ImportError:  # pragma: no cover - kornia is a test extra
+        return None
+    return RandomCutMixV2(data_keys=["input", "class"], use_correct_lambda=True, same_on_batch=mode == "batch")
+
+
+def time_row(images, labels, sets, mode: str, inplace: bool, kornia) -> dict[str, float]:
+    """Interleaved medians of every method on the same boxes and pairings ``sets`` (one per round)."""
+    n = images.shape[0]
+    streams = {name: itertools.cycle(sets) for name in ("ours", "plain", "box")}
+    op = ContextMix(mode=mode, inplace=inplace)
+    full = ContextMix(num_classes=10, mode=mode, inplace=inplace, seed=0)
+
+    def ours():
+        perm, boxes = next(streams["ours"])
+        return op.apply(images, None, perm, np.broadcast_to(boxes, (n, 4)))
+
+    def plain():
+        perm, boxes = next(streams["plain"])
+        return plain_cutmix(images, perm, boxes, inplace)
+
+    def box_only():
+        perm, boxes = next(streams["box"])
+        return box_only_cutmix(images, perm, boxes, inplace)
+
+    fns = {"ours": ours, "plain": plain, "box": box_only, "full": lambda: full(images, labels)}
+    if kornia is not None and not inplace:
+        fns["kornia"] = lambda: kornia(images, labels)
+    return interleaved_median_ms(fns, repeats=len(sets) - 2, warmup=2)
+
+
+def run(repeats: int) -> str:
+    torch.manual_seed(0)
+    rows = []
+    for shape, dtype in CONFIGS:
+        n, _, height, width = shape
+        images = (torch.rand(shape) * 255).to(dtype) if dtype == torch.uint8 else torch.rand(shape)
+        labels = torch.randint(0, 10, (n,))
+        rng = np.random.default_rng(0)
+        for mode in ("batch", "sample"):
+            count = 1 if mode == "batch" else n
+            sets = []
+            for _ in range(repeats + 2):  # warmup included: every method sees the same sequence of boxes
+                boxes = sample_boxes(height, width, rng.random((count, 3)))
+                sets.append((torch.from_numpy(rng.permutation(n)), boxes[0] if mode == "batch" else boxes))
+            kornia = kornia_cutmix(mode) if dtype != torch.uint8 else None
+            for inplace in (True, False):
+                times = time_row(images, labels, sets, mode, inplace, kornia)
+                ratio = times["ours"] / times["plain"]
+                kornia_ms = times.get("kornia")
+                if dtype == torch.uint8:
+                    kornia_cell = "n/a (no uint8)"
+                else:
+                    kornia_cell = "-" if kornia_ms is None else f"{kornia_ms:.3g} ({kornia_ms / times['plain']:.1f}x)"
+                rows.append(
+                    [
+                        f"({', '.join(map(str, shape))}) {str(dtype).replace('torch.', '')}",
+                        mode,
+                        "in place" if inplace else "out of place",
+                        times["ours"],
+                        times["plain"],
+                        f"{ratio:.2f}x",
+                        f"<= {TARGETS[mode]}x: {'met' if ratio <= TARGETS[mode] else 'NOT met'}",
+                        times["box"],
+                        f"{times['ours'] / times['box']:.2f}x",
+                        times["full"],
+                        kornia_cell,
+                    ]
+                )
+                print(" | ".join(str(v) for v in rows[-1]), flush=True)
+    header = [
+        "batch",
+        "mode",
+        "writes",
+        "ContextMix ms",
+        "plain CutMix ms",
+        "ratio",
+        "target",
+        "box-only CutMix ms",
+        "ContextMix / box-only",
+        "full call ms",
+        "kornia ms (vs plain)",
+    ]
+    notes = (
+        "Medians of interleaved rounds (one call of every method per round, same boxes and pairing per round). "
+        "ContextMix = `ContextMix.apply` with the round's boxes, nearest; plain CutMix = permuted batch + slice copy "
+        "(timm in place, torchvision on a clone), the target's floor; box-only CutMix gathers only the box "
+        "(reference); full call = `ContextMix(num_classes=10)(images, labels)` with its own draws and soft targets; "
+        "kornia = `RandomCutMixV2(use_correct_lambda=True)` with its own boxes (out of place only, no uint8), its "
+        "ratio is against plain CutMix out of place. Targets: batch <= 1.5x, per-sample <= 2x plain CutMix."
+    )
+    return markdown_table(header, rows) + "\n\n" + notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timing rounds per row (default: 15)")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    body = run(args.repeats)
+    print(body)
+    if args.write:
+        write_section("contextmix", "ContextMix batch op vs plain CutMix and kornia (CPU)", body)
+
+
+if __name__ == "__main__":
+    main()
