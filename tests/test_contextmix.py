@@ -530,3 +530,18 @@ def test_batch_compose_is_generic_and_checks_its_batch():
         BatchCompose(ContextMix())
     with pytest.raises(ValueError, match="num_partners"):
         BatchCompose([ContextMix()], num_partners=0)
+
+
+def test_readme_yaml_example_loads(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## ContextMix", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.yaml"
+    path.write_text(example)
+    loaded = A.load(str(path), data_format="yaml")
+    assert isinstance(loaded, BatchCompose) and isinstance(loaded.transforms[0], ContextMix)
+    loaded.set_random_seed(0)
+    out = loaded(**{k: v for k, v in make_batch(3).items() if k in ("images", "labels")})
+    assert out["soft_label"].shape == (3, 6)
