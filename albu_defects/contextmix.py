@@ -432,7 +432,8 @@ class ContextMix(DefectTransform):
 
     @property
     def targets_as_params(self) -> list[str]:
-        return [self.metadata_key]
+        # Declared so albumentations checks them and ``Compose(strict=True)`` accepts the keys.
+        return [self.metadata_key] + (["label"] if self.num_classes is not None else [])
 
     # ------------------------------------------------------------------ sampling
     def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

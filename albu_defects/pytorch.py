@@ -18,6 +18,7 @@ CPU, which suits CPU training or keeps the GPU free of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -69,7 +70,7 @@ class ScratchBuffers:
 
     def get(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A contiguous tensor of ``shape`` (contents undefined), reusing the ``name`` buffer when it fits."""
-        numel = int(np.prod(shape))
+        numel = math.prod(shape)
         key = f"{name}/{dtype}/{device}"
         buffer = self._store.get(key)
         if buffer is None or buffer.numel() < numel:
@@ -114,17 +115,19 @@ def _flat_rows(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(-1, images.shape[-1])
 
 
+_WORDS = ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2))
+
+
 def _wide_rows(rows: torch.Tensor) -> torch.Tensor:
     """(R, W) rows reinterpreted as the widest integer words that tile them (a view, same bytes).
 
     Row copies (``index_select``, ``index_copy_``) cost per *element*; copying a uint8 row as int64
     words moves the same bytes with 8x fewer elements. Falls back to ``rows`` when no word fits.
     """
-    row_bytes = rows.shape[1] * rows.element_size()
-    offset_bytes = rows.storage_offset() * rows.element_size()
-    for word in (torch.int64, torch.int32, torch.int16):
-        size = torch.empty((), dtype=word).element_size()
-        if size > rows.element_size() and row_bytes % size == 0 and offset_bytes % size == 0 and rows.is_contiguous():
+    element = rows.element_size()
+    row_bytes, offset_bytes = rows.shape[1] * element, rows.storage_offset() * element
+    for word, size in _WORDS:
+        if size > element and row_bytes % size == 0 and offset_bytes % size == 0 and rows.is_contiguous():
             return rows.view(word)
     return rows
 
