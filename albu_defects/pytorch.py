@@ -99,8 +99,8 @@ def paste_resized_batch(
 
     Nearest (any dtype) is an index gather: source pixel ``floor((i + 0.5) * H / h)`` as in the
     numpy transform. With one box it reads only the box's source rows of the partners and gathers
-    straight into the box; with a box per sample it gathers full-size rows and columns and writes
-    with one ``torch.where``. ``"bilinear"`` resamples in float32 (``F.interpolate`` /
+    their columns straight into the box; with a box per sample it works on box rows only (see
+    :func:`_paste_per_sample_nearest`). ``"bilinear"`` resamples in float32 (``F.interpolate`` /
     ``grid_sample``, half-pixel centres). ``inplace=True`` writes into ``images`` and returns it;
     ``buffers`` (a :class:`ScratchBuffers`) reuses scratch memory across calls.
     """
@@ -186,6 +186,10 @@ def _paste(
     return torch.where(inside.to(device), pasted, images, out=images if inplace else pasted)
 
 
+#: Per-sample boxes are processed in this many height classes (padding each to its tallest box).
+HEIGHT_GROUPS = 4
+
+
 def _paste_per_sample_nearest(
     images: torch.Tensor,
     partner_index: np.ndarray,
@@ -196,45 +200,52 @@ def _paste_per_sample_nearest(
 ) -> torch.Tensor:
     """Nearest paste with a box per sample, as row operations with no mask and no loop over samples.
 
-    For every active sample and box row ``a`` (padded to the tallest box ``hmax``; the padding
-    repeats the box's last row, so duplicate writes carry identical values), one ``index_select``
-    fetches the host row and the partner's source row side by side, ``[host | partner]``; one
-    ``gather`` with a per-sample column map (host column outside the box, ``W + source column``
-    inside) resizes and composites the row at once; ``index_copy_`` writes the rows back.
+    For every active sample and box row ``a`` (padded to the tallest box of its height class; the
+    padding repeats the box's last row, so duplicate writes carry identical values), one
+    ``index_select`` fetches the host row and the partner's source row side by side,
+    ``[host | partner]``; one ``gather`` with a per-sample column map (host column outside the box,
+    ``W + source column`` inside) resizes and composites the row at once; after every row is read,
+    one ``index_copy_`` writes them back. Samples are sorted by box height and split into
+    :data:`HEIGHT_GROUPS` classes (a loop over classes, not samples), which cuts the padding from
+    ~1.7x to ~1.2x the box rows for a batch of 64 with ``alpha=1``.
     """
     _, channels, height, width = images.shape
     device = images.device
     samples = np.flatnonzero(active)
-    y0, x0, y1, x1 = boxes[samples].T
-    heights, widths = y1 - y0, x1 - x0
-    box_rows = np.minimum(np.arange(int(heights.max()))[None, :], heights[:, None] - 1)  # (n_active, hmax)
-    host_rows = _row_index(samples, channels, height, y0[:, None] + box_rows)
-    partner_rows = _row_index(
-        partner_index[samples], channels, height, nearest_source_index(box_rows, height, heights[:, None])
-    )
+    by_height = samples[np.argsort(-(boxes[samples, 2] - boxes[samples, 0]), kind="stable")]
+    groups = [g for g in np.array_split(by_height, min(HEIGHT_GROUPS, len(by_height))) if len(g)]
+    group_rows = [len(g) * channels * int((boxes[g, 2] - boxes[g, 0]).max()) for g in groups]
+    mixed = buffers.get("pasted", (sum(group_rows), width), images.dtype, device)
+    source = _wide_rows(_flat_rows(images))
+    destinations, offset = [], 0
     cols = np.arange(width)[None, :]
-    inside = (cols >= x0[:, None]) & (cols < x1[:, None])
-    partner_cols = nearest_source_index(np.clip(cols - x0[:, None], 0, widths[:, None] - 1), width, widths[:, None])
-    column_map = np.where(inside, width + partner_cols, cols)  # (n_active, W) into [host | partner]
+    for group, rows_in_group in zip(groups, group_rows, strict=True):
+        y0, x0, y1, x1 = boxes[group].T
+        heights, widths = y1 - y0, x1 - x0
+        box_rows = np.minimum(np.arange(int(heights.max()))[None, :], heights[:, None] - 1)  # (g, hmax)
+        host_rows = _row_index(group, channels, height, y0[:, None] + box_rows)
+        partner_rows = _row_index(
+            partner_index[group], channels, height, nearest_source_index(box_rows, height, heights[:, None])
+        )
+        inside = (cols >= x0[:, None]) & (cols < x1[:, None])
+        partner_cols = nearest_source_index(np.clip(cols - x0[:, None], 0, widths[:, None] - 1), width, widths[:, None])
+        column_map = np.where(inside, width + partner_cols, cols)  # (g, W) into [host | partner]
 
-    count, hmax = len(samples), box_rows.shape[1]
-    pairs = buffers.get("rows", (count * channels * hmax * 2, width), images.dtype, device)
-    torch.index_select(
-        _wide_rows(_flat_rows(images)),
-        0,
-        _index(np.stack([host_rows, partner_rows], axis=-1).ravel(), device),
-        out=_wide_rows(pairs),
-    )
-    mixed_rows = buffers.get("pasted", (count, channels, hmax, width), images.dtype, device)
-    torch.gather(
-        pairs.view(count, channels, hmax, 2 * width),
-        3,
-        _index(column_map, device).view(count, 1, 1, width).expand(count, channels, hmax, width),
-        out=mixed_rows,
-    )
+        count, hmax = len(group), box_rows.shape[1]
+        pairs = buffers.get("rows", (rows_in_group * 2, width), images.dtype, device)
+        pair_rows = _index(np.stack([host_rows, partner_rows], axis=-1).ravel(), device)
+        torch.index_select(source, 0, pair_rows, out=_wide_rows(pairs))
+        torch.gather(
+            pairs.view(count, channels, hmax, 2 * width),
+            3,
+            _index(column_map, device).view(count, 1, 1, width).expand(count, channels, hmax, width),
+            out=mixed[offset : offset + rows_in_group].view(count, channels, hmax, width),
+        )
+        destinations.append(host_rows)
+        offset += rows_in_group
     out = images if inplace else images.clone(memory_format=torch.contiguous_format)
     target = out if out.is_contiguous() else out.contiguous()
-    _wide_rows(_flat_rows(target)).index_copy_(0, _index(host_rows, device), _wide_rows(mixed_rows.view(-1, width)))
+    _wide_rows(_flat_rows(target)).index_copy_(0, _index(np.concatenate(destinations), device), _wide_rows(mixed))
     if target is not out:
         out.copy_(target)
     return out
@@ -416,7 +427,7 @@ class ContextMix:
         n, _, height, width = images.shape
         kind = self._label_kind(labels, n, height, width)
         perm = torch.as_tensor(np.asarray(perm, dtype=np.int64) if not isinstance(perm, torch.Tensor) else perm.cpu())
-        boxes = np.asarray(boxes, dtype=np.int64).reshape(n, 4)
+        boxes = np.broadcast_to(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), (n, 4))
         weights = mix_weights(boxes, height, width, self.label_mode)
         self.last_perm, self.last_boxes, self.last_weights = perm, boxes, weights.astype(np.float32)
         # One shared box takes the fast path that reads only the box's source rows.

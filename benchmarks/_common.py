@@ -35,11 +35,14 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2) -> dict[str, float]:
-    """Median wall time (ms) of each ``fns[name]()``, timed in interleaved rounds.
+def interleaved_times_ms(
+    fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall times (ms) of ``repeats`` calls of each ``fns[name]()``, timed in interleaved rounds.
 
     One call of every function per round, so load from other processes hits all of them alike
-    and their ratios stay meaningful on a busy machine.
+    and their ratios stay meaningful on a busy machine. Take the median (or, on a very noisy
+    machine, the minimum) of each list.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -50,7 +53,7 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int = 2
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def machine_info() -> str:

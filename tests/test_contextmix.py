@@ -545,3 +545,38 @@ def test_readme_yaml_example_loads(tmp_path):
     loaded.set_random_seed(0)
     out = loaded(**{k: v for k, v in make_batch(3).items() if k in ("images", "labels")})
     assert out["soft_label"].shape == (3, 6)
+
+
+def test_annotations_and_partner_dicts_are_not_modified():
+    import copy
+
+    host_boxes, host_points = [[1, 1, 8, 8]], [[2.0, 3.0]]
+    partner = {
+        "image": np.ones((6, 9), np.uint8),
+        "mask": np.ones((6, 9), np.uint8),
+        "bboxes": [[0, 0, 4, 4]],
+        "cls": ["p"],
+        "keypoints": [[1.0, 1.0]],
+        "label": 1,
+    }
+    read_only(partner["image"], partner["mask"])
+    snapshot = copy.deepcopy(partner)
+    compose = A.Compose(
+        [ContextMix(p=1.0, num_classes=2, min_box_side=1)],
+        bbox_params=A.BboxParams("pascal_voc", label_fields=["cls"]),
+        keypoint_params=A.KeypointParams("xy"),
+        seed=1,
+    )
+    compose(
+        image=np.zeros((12, 12), np.uint8),
+        mask=np.zeros((12, 12), np.uint8),
+        bboxes=host_boxes,
+        cls=["h"],
+        keypoints=host_points,
+        label=0,
+        **{KEY: [partner]},
+    )
+    assert host_boxes == [[1, 1, 8, 8]] and host_points == [[2.0, 3.0]]
+    assert partner.keys() == snapshot.keys()
+    for key, value in snapshot.items():
+        assert np.array_equal(partner[key], value) if isinstance(value, np.ndarray) else partner[key] == value
