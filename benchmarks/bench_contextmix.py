@@ -162,7 +162,9 @@ def run(repeats: int, statistic: str = "median") -> str:
     ]
     notes = (
         f"{statistic.capitalize()} of {repeats} interleaved rounds (one call of every method per round, same boxes "
-        "and pairing per round). "
+        "and pairing per round"
+        + ("; the minimum because other jobs shared the machine" if statistic == "min" else "")
+        + "). "
         "ContextMix = `ContextMix.apply` with the round's boxes, nearest; plain CutMix = permuted batch + slice copy "
         "(timm in place, torchvision on a clone), the target's floor; box-only CutMix gathers only the box "
         "(reference); full call = `ContextMix(num_classes=10)(images, labels)` with its own draws and soft targets; "
