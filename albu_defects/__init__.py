@@ -8,6 +8,7 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 
 from __future__ import annotations
 
+from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
 from .blending import paste
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
@@ -17,9 +18,14 @@ __version__ = "0.1.0"
 __all__ = [
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
+    "DefectBank",
+    "DefectBankWarning",
+    "DefectEntry",
     "DefectTransform",
     "Sample",
     "__version__",
+    "bank_reference",
     "load_samples",
     "paste",
+    "resolve_bank",
 ]
