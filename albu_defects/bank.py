@@ -387,11 +387,11 @@ def _nonzero_values(label_mask: np.ndarray) -> list[int]:
 
 @dataclass
 class _Source:
-    """One source image found in a folder (or given as an array)."""
+    """One source image found in a folder."""
 
     source_id: str
-    image: Path | np.ndarray | None
-    mask: Path | np.ndarray | None
+    image: Path | None
+    mask: Path | None
     class_name: str | None = None  # Magnetic Tile: the folder's class (None = free)
     problem: _SourceProblem | None = None
 
