@@ -8,18 +8,29 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 
 from __future__ import annotations
 
+from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
 from .blending import paste
+from .color import color_jitter, sample_color_jitter
+from .cropliq import CropLiq
+from .cutpaste import CutPaste
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANOMALY_LABEL_KEY",
+    "ANOMALY_MASK_KEY",
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
+    "AnomalySynthesis",
+    "CropLiq",
+    "CutPaste",
     "DefectTransform",
     "Sample",
     "__version__",
+    "color_jitter",
     "load_samples",
     "paste",
+    "sample_color_jitter",
 ]
