@@ -271,7 +271,8 @@ def liquify(
     moved = moved_pixels(dx, dy, move_threshold)
     if moved.any():
         window = out[y : y + h, x : x + w]
-        window[moved] = warp_patch(image[y : y + h, x : x + w], dx, dy)[moved]
+        warped = warp_patch(image[y : y + h, x : x + w], dx, dy)
+        np.copyto(window, warped, where=moved if window.ndim == 2 else moved[..., None])
     return out
 
 
@@ -324,12 +325,15 @@ class Region(NamedTuple):
                 return None
             return y0 + int(rng.integers(0, y1 - y0 - h + 1)), x0 + int(rng.integers(0, x1 - x0 - w + 1))
         origins = self.valid_origins(h, w)
-        if origins is None:
+        count = 0 if origins is None else int(np.count_nonzero(origins))
+        if count == 0:
             return None
-        flat = np.flatnonzero(origins)
-        if flat.size == 0:
-            return None
-        oy, ox = divmod(int(flat[rng.integers(flat.size)]), origins.shape[1])
+        if count >= origins.size // 8:  # mostly valid: rejection sampling, still uniform, no index list
+            for _ in range(64):
+                oy, ox = int(rng.integers(origins.shape[0])), int(rng.integers(origins.shape[1]))
+                if origins[oy, ox]:
+                    return y0 + oy, x0 + ox
+        oy, ox = divmod(int(np.flatnonzero(origins)[rng.integers(count)]), origins.shape[1])
         return y0 + oy, x0 + ox
 
 
@@ -357,11 +361,18 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     """
     check_image(image, "image")
     hw = image_hw(image)
-    gray = image.astype(np.float32) if image.ndim == 2 else image.astype(np.float32).mean(axis=2)
     scale = min(1.0, FOREGROUND_THUMBNAIL_SIDE / max(hw))
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 3:
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)  # grey first: one channel to shrink
+    elif channels == 1:
+        gray = np.ascontiguousarray(image.reshape(hw))
+    else:
+        gray = image.astype(np.float32).mean(axis=2)
     if scale < 1.0:
         size = (max(1, round(hw[1] * scale)), max(1, round(hw[0] * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    gray = gray.astype(np.float32)
     low, high = float(gray.min()), float(gray.max())
     if high <= low:
         return np.zeros(hw, bool)
@@ -504,9 +515,8 @@ class CropLiq(AnomalyTransform):
         whole = Region.from_box((0, 0, *hw))
         if self.region == "image":
             return whole
-        if self.region == "auto":
-            found = Region.from_mask(foreground_mask(image))
-            return found if found is not None and found.fits(side, side) else whole
+        if self.region == "auto":  # whole image when no object is found (checked by the caller's draw)
+            return Region.from_mask(foreground_mask(image)) or whole
         if self.region == "bbox":
             bboxes = data.get("bboxes")
             if bboxes is None or len(bboxes) == 0:
@@ -540,8 +550,9 @@ class CropLiq(AnomalyTransform):
         region = self.object_region(image, data, rng)
         for _ in range(MAX_DRAWS):
             patch = sample_patch(region, self.area_range, self.aspect_range, rng)
-            if patch is None:  # pragma: no cover - object_region guarantees an 8x8 fit
-                raise ValueError("no patch fits inside the region")
+            if patch is None:  # only an automatic estimate can be this small: fall back to the image
+                region = Region.from_box((0, 0, *image_hw(image)))
+                patch = sample_patch(region, self.area_range, self.aspect_range, rng)
             kind = str(rng.choice(WARP_KINDS)) if self.warp == "random" else self.warp
             y, x, h, w = patch
             dx, dy = sample_warp_field(h, w, kind, self.strength_range, rng)

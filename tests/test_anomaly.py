@@ -130,3 +130,16 @@ def test_successive_anomalies_accumulate_in_the_mask():
 def test_rejects_bad_arguments(build, fragment):
     with pytest.raises(ValueError, match=fragment):
         build()
+
+
+def test_demo_panels_show_the_anomaly_masks(samples):
+    from albu_defects.demo import PANELS, panel_cropliq, panel_cutpaste
+
+    assert panel_cropliq in PANELS and panel_cutpaste in PANELS
+    for panel in (panel_cropliq, panel_cutpaste):
+        title, tiles = panel(samples, np.random.default_rng(0))
+        assert "outlined" in title and len(tiles) >= 5
+        for t in tiles:
+            assert t.dtype == np.uint8 and t.ndim == 3
+        outlined = [((t[..., 2] > 200) & (t[..., 1] < 80)).any() for t in tiles]  # red outline pixels
+        assert sum(outlined) >= 5

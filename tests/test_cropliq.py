@@ -219,7 +219,12 @@ def test_cropliq_auto_region_stays_on_the_object():
         out = run(CropLiq(region="auto", p=1.0), seed, image=image)
         assert out["anomaly_mask"].any() and not (out["anomaly_mask"] & ~disc).any()
     flat = np.full((40, 40), 90, np.uint8)  # no object found: the whole image is used
-    assert run(CropLiq(region="auto", p=1.0), 0, image=flat)["anomaly_label"] == 1
+    assert run(CropLiq(region="auto", p=1.0), 0, image=flat)["anomaly_mask"].any()
+    speck = np.full((60, 60), 20, np.uint8)
+    speck[30:34, 30:34] = 250  # an "object" too small for an 8x8 patch: the whole image is used
+    for seed in range(5):
+        out = run(CropLiq(region="auto", p=1.0), seed, image=speck)
+        assert out["anomaly_mask"].any() and not (changed(out["image"], speck) & ~out["anomaly_mask"]).any()
 
 
 def test_cropliq_on_the_bundled_samples(samples):
