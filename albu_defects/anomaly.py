@@ -107,11 +107,16 @@ class AnomalyTransform(DefectTransform):
         return normal_outputs(data)
 
 
+def input_image(data: dict[str, Any]) -> np.ndarray | None:
+    """The image of a call: ``image``, else the first of ``images``, else ``None``."""
+    if data.get("image") is not None:
+        return data["image"]
+    return data["images"][0] if data.get("images") is not None else None
+
+
 def normal_outputs(data: dict[str, Any]) -> dict[str, Any]:
     """The anomaly keys of an untouched sample: label 0 and an empty mask of the image's size."""
-    image = data.get("image")
-    if image is None and data.get("images") is not None:
-        image = data["images"][0]
+    image = input_image(data)
     if image is None:
         return {ANOMALY_LABEL_KEY: 0}
     return {ANOMALY_LABEL_KEY: 0, ANOMALY_MASK_KEY: np.zeros(image_hw(image), bool)}

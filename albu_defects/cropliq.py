@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
+from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform, input_image
 from .geometry import connected_components, mask_bbox
 from .validation import as_bool_mask, check_image, check_range, image_hw
 
@@ -546,7 +546,7 @@ class CropLiq(AnomalyTransform):
         return found
 
     def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = data["image"] if data.get("image") is not None else data["images"][0]
+        image = input_image(data)
         region = self.object_region(image, data, rng)
         for _ in range(MAX_DRAWS):
             patch = sample_patch(region, self.area_range, self.aspect_range, rng)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from pydantic import field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
+from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform, input_image
 from .blending import paste
 from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
 from .validation import check_image, check_range, image_hw
@@ -248,7 +248,7 @@ class CutPaste(AnomalyTransform):
         super().check_inputs(data)
         if self.variant != "scar":
             return
-        image = data["image"] if data.get("image") is not None else data["images"][0]
+        image = input_image(data)
         hw = image_hw(image)
         rows, cols = max_scar_extent(self.scar_height_range, self.scar_width_range, self.rotation_range)
         need = (max(rows, max(self.scar_height_range)), max(cols, max(self.scar_width_range)))
@@ -260,7 +260,7 @@ class CutPaste(AnomalyTransform):
             )
 
     def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = data["image"] if data.get("image") is not None else data["images"][0]
+        image = input_image(data)
         H, W = image_hw(image)
         if self.variant == "normal":
             ratio = float(rng.uniform(*self.area_ratio_range))
