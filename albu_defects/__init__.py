@@ -8,24 +8,35 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 
 from __future__ import annotations
 
+from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
 from .blending import paste
+from .color import color_jitter, sample_color_jitter
+from .cropliq import CropLiq
+from .cutpaste import CutPaste
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANOMALY_LABEL_KEY",
+    "ANOMALY_MASK_KEY",
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
+    "__version__",
+    "AnomalySynthesis",
+    "bank_reference",
+    "color_jitter",
+    "CropLiq",
+    "CutPaste",
     "DefectBank",
     "DefectBankWarning",
     "DefectEntry",
     "DefectTransform",
-    "Sample",
-    "__version__",
-    "bank_reference",
     "load_samples",
     "paste",
     "resolve_bank",
+    "Sample",
+    "sample_color_jitter",
 ]

@@ -46,8 +46,55 @@ def panel_samples(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
     ]
 
 
+def _zoom(image: np.ndarray, mask: np.ndarray, margin: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``image`` (and ``mask``) around the mask's box, for a close-up tile."""
+    from .geometry import mask_bbox
+
+    y0, x0, y1, x1 = mask_bbox(mask) or (0, 0, *mask.shape)
+    window = (slice(max(0, y0 - margin), y1 + margin), slice(max(0, x0 - margin), x1 + margin))
+    return image[window], mask[window]
+
+
+def panel_cropliq(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """CropLiq on defect-free tiles: each warp kind, its anomaly mask outlined, plus close-ups."""
+    import albumentations as A
+
+    from .cropliq import CropLiq
+
+    free = sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[:2]  # the larger tiles
+    tiles = []
+    for index, warp in enumerate(("push", "swirl", "bloat", "pinch", "strokes")):
+        sample = free[index % len(free)]
+        transform = CropLiq(warp=warp, area_range=(0.05, 0.12), strength_range=(0.6, 0.9), p=1.0)
+        out = A.Compose([transform], seed=int(rng.integers(2**31)))(image=sample.image)
+        tiles.append(tile(out["image"], warp, out["anomaly_mask"]))
+        if warp in ("push", "swirl"):
+            before, _ = _zoom(sample.image, out["anomaly_mask"])
+            after, moved = _zoom(out["image"], out["anomaly_mask"])
+            tiles += [tile(before, f"{warp}: before"), tile(after, f"{warp}: after", moved)]
+    return "CropLiq: fold-free liquify of a patch inside the tile, border fixed (anomaly mask outlined)", tiles
+
+
+def panel_cutpaste(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """CutPaste normal and scar on defect-free tiles, pasted pixels outlined."""
+    import albumentations as A
+
+    from .cutpaste import CutPaste
+
+    free = _samples_of(samples, "Free")
+    tiles = []
+    for index, variant in enumerate(("normal", "normal", "scar", "scar", "scar")):
+        sample = free[index % len(free)]
+        out = A.Compose([CutPaste(variant=variant, p=1.0)], seed=int(rng.integers(2**31)))(image=sample.image)
+        tiles.append(tile(out["image"], variant, out["anomaly_mask"]))
+        if index == 2:
+            after, pasted = _zoom(out["image"], out["anomaly_mask"], margin=10)
+            tiles.append(tile(after, "scar: close-up", pasted))
+    return "CutPaste: a jittered patch / rotated scar pasted elsewhere (pasted pixels outlined)", tiles
+
+
 #: Rows of the demo picture, top to bottom.
-PANELS: list[Panel] = [panel_samples]
+PANELS: list[Panel] = [panel_samples, panel_cropliq, panel_cutpaste]
 
 
 def build_demo(seed: int = 0) -> np.ndarray:
