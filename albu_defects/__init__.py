@@ -12,9 +12,11 @@ from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
 from .blending import paste
+from .class_weights import ClassWeights, losses_to_probabilities
 from .color import color_jitter, sample_color_jitter
 from .cropliq import CropLiq
 from .cutpaste import CutPaste
+from .guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
@@ -27,6 +29,8 @@ __all__ = [
     "__version__",
     "AnomalySynthesis",
     "bank_reference",
+    "CLASS_VECTOR_KEY",
+    "ClassWeights",
     "color_jitter",
     "CropLiq",
     "CutPaste",
@@ -34,9 +38,13 @@ __all__ = [
     "DefectBankWarning",
     "DefectEntry",
     "DefectTransform",
+    "GuidedCropPaste",
     "load_samples",
+    "losses_to_probabilities",
     "paste",
     "resolve_bank",
     "Sample",
     "sample_color_jitter",
+    "synthesize",
+    "synthesize_to_folder",
 ]
