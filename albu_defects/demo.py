@@ -93,8 +93,32 @@ def panel_cutpaste(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     return "CutPaste: a jittered patch / rotated scar pasted elsewhere (pasted pixels outlined)", tiles
 
 
+def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """Guided-Crop on the defect-free tiles: the base, then results with the class mask tinted and blob boxes."""
+    import albumentations as A
+
+    from .bank import DefectBank
+    from .guided_crop import GuidedCropPaste
+    from .samples import sample_root
+    from .visualize import draw_bboxes, label_tile, overlay_class_mask
+
+    bank = DefectBank.from_folder(sample_root(), progress=False)
+    transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)
+    pipeline = A.Compose([transform], bbox_params=A.BboxParams(format="pascal_voc"), seed=int(rng.integers(2**31)))
+    tiles = []
+    for sample in _samples_of(samples, "Free")[:3]:
+        tiles.append(tile(sample.image, "defect-free base"))
+        for _ in range(2):
+            out = pipeline(image=sample.image, mask=np.zeros(sample.image.shape, np.uint8), bboxes=[])
+            shown = overlay_class_mask(to_display(out["image"], TILE_HEIGHT), out["mask"])
+            draw_bboxes(shown, out["bboxes"], scale=TILE_HEIGHT / out["image"].shape[0])
+            names = "+".join(bank.classes[k] for k in np.flatnonzero(out["class_vector"]))
+            tiles.append(label_tile(shown, names))
+    return "Guided-Crop: real defect blobs pasted, flipped and scrolled (class mask tinted, blob boxes)", tiles
+
+
 #: Rows of the demo picture, top to bottom.
-PANELS: list[Panel] = [panel_samples, panel_cropliq, panel_cutpaste]
+PANELS: list[Panel] = [panel_samples, panel_cropliq, panel_cutpaste, panel_guided_crop]
 
 
 def build_demo(seed: int = 0) -> np.ndarray:

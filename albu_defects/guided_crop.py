@@ -539,6 +539,7 @@ class GuidedCropPlan(NamedTuple):
     classes: tuple[int, ...]  # class id of each defect as drawn (primary first)
     defects: tuple[PlacedDefect, ...]  # paint order: the last one is in front
     stage: GlobalStage
+    order: tuple[int, ...] = ()  # defects[j] is the drawn defect order[j] (the random priority)
 
 
 class GuidedCropResult(NamedTuple):
@@ -582,7 +583,7 @@ def plan_guided_crop(
     priority = rng.permutation(len(defects))  # paint order: the highest priority is pasted last
     ordered = tuple(defects[i] for i in priority)
     stage = sample_global_stage(hw, empty_borders(image, options.border_threshold), options, rng)
-    return GuidedCropPlan(classes, ordered, stage)
+    return GuidedCropPlan(classes, ordered, stage, tuple(int(i) for i in priority))
 
 
 def _class_vector(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -773,9 +774,15 @@ class GuidedCropPaste(DefectTransform):
     # -- serialization: the bank as its path, the live weights left out --------------------------
     def get_transform_init_args(self) -> dict[str, Any]:
         args = super().get_transform_init_args()
-        args["bank"] = bank_reference(self.bank)
         args.pop("class_weights", None)
+        if isinstance(self.bank, DefectBank) and self.bank.path is not None:
+            args["bank"] = str(self.bank.path)
         return args
+
+    def to_dict_private(self) -> dict[str, Any]:
+        state = super().to_dict_private()
+        state["bank"] = bank_reference(self.bank)  # an unsaved bank cannot be serialized: ValueError
+        return state
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -869,7 +876,8 @@ class GuidedCropPaste(DefectTransform):
             rows[i, :4] = (x0 / w, y0 / h, x1 / w, y1 / h)
             rows[i, 4:user_columns] = class_id
             for j, field in enumerate(label_fields):
-                rows[i, user_columns + j] = self._encode_label(field, class_id, bank.classes[class_id - 1])
+                name = bank.classes[class_id - 1]
+                rows[i, user_columns + j] = self._encode_label(field, class_id, name, moved is not None)
         if moved is None:
             return rows.astype(existing.dtype if existing.dtype.kind == "f" else np.float32)
         return np.concatenate([moved, rows.astype(moved.dtype)])
@@ -880,30 +888,38 @@ class GuidedCropPaste(DefectTransform):
         fields = getattr(getattr(processor, "params", None), "label_fields", None)
         return list(fields or [])
 
-    def _encode_label(self, field: str, class_id: int, class_name: str) -> float:
-        """The encoded value of a new box's label in ``field`` (registered with the Compose's label encoder)."""
+    def _encode_label(self, field: str, class_id: int, class_name: str, boxes_came_in: bool) -> float:
+        """The encoded value of a new box's label in ``field``, registered with the Compose's label encoder.
+
+        albumentations 2.0 encodes a field per call: numbers pass through as they are, anything else
+        through a persistent label encoder. A field whose labels are numbers in this call (or in its
+        first call ever) takes class ids only; otherwise the encoder learns the id or the name.
+        """
         manager = getattr(self.processors.get("bboxes"), "label_manager", None)
         metadata_by_field = getattr(manager, "metadata", None)
         if metadata_by_field is None:  # another albumentations: labels are the class id
             return float(class_id)
         metadata = metadata_by_field["bboxes"].get(field)
-        if metadata is None:  # no box came in: this call defines the field (open to ids and names)
+        if metadata is None:  # no box ever came in: this call defines the field (open to ids and names)
             from albumentations.core.label_manager import LabelEncoder, LabelMetadata
 
             encoder = LabelEncoder()
             encoder.is_numerical = False
             metadata = LabelMetadata(input_type=list, is_numerical=False, encoder=encoder)
             metadata_by_field["bboxes"][field] = metadata
-        if metadata.is_numerical:
+        encoder = metadata.encoder
+        numeric = metadata.is_numerical or encoder is None or (boxes_came_in and encoder.is_numerical)
+        if numeric:
             if self.bbox_label == "name":
                 raise ValueError(
                     f"label field {field!r} holds numbers, so new boxes cannot be labelled by class name; "
                     "use bbox_label='id' or string labels"
                 )
             return float(class_id)
+        encoder.is_numerical = False  # the flag describes the last call's labels; none came in this one
         label: int | str = class_name if self.bbox_label == "name" else int(class_id)
-        metadata.encoder.update([label])
-        return float(metadata.encoder.classes_[label])
+        encoder.update([label])
+        return float(encoder.classes_[label])
 
     # -- outputs -----------------------------------------------------------------------------------
     def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
