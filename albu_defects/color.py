@@ -103,6 +103,9 @@ def color_jitter(
         return cv2.transform(image, affine).reshape(image.shape)
     mean_gray = float(means.mean())
     gain, offset = brightness * contrast, (1.0 - contrast) * brightness * mean_gray
+    if image.dtype == np.uint8:  # the same float32 arithmetic on the 256 levels, applied as a lookup table
+        table = clip_to_dtype(np.arange(256, dtype=np.float32) * np.float32(gain) + np.float32(offset), np.uint8)
+        return cv2.LUT(image, table).reshape(image.shape)
     return clip_to_dtype(image.astype(np.float32) * np.float32(gain) + np.float32(offset), image.dtype)
 
 
