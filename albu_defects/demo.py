@@ -106,9 +106,9 @@ def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[
     transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)
     pipeline = A.Compose([transform], bbox_params=A.BboxParams(format="pascal_voc"), seed=int(rng.integers(2**31)))
     tiles = []
-    for sample in _samples_of(samples, "Free")[:3]:
+    for sample in sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[:2]:  # the larger tiles
         tiles.append(tile(sample.image, "defect-free base"))
-        for _ in range(2):
+        for _ in range(3):
             out = pipeline(image=sample.image, mask=np.zeros(sample.image.shape, np.uint8), bboxes=[])
             shown = overlay_class_mask(to_display(out["image"], TILE_HEIGHT), out["mask"])
             draw_bboxes(shown, out["bboxes"], scale=TILE_HEIGHT / out["image"].shape[0])
