@@ -9,7 +9,7 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 from __future__ import annotations
 
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
-from .blending import paste
+from .blending import local_contrast, paste, poisson_blend
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
@@ -21,5 +21,7 @@ __all__ = [
     "Sample",
     "__version__",
     "load_samples",
+    "local_contrast",
     "paste",
+    "poisson_blend",
 ]
