@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -208,31 +209,35 @@ def _diag_grid(shape: tuple[int, int]) -> np.ndarray:
     return _neighbour_sum(np.ones(shape))
 
 
-def _laplacian_apply(x: np.ndarray, diag: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``A x`` on the crop grid for ``x`` that is zero outside ``mask``; the result is masked too."""
-    y = diag[:, :, None] * x - _neighbour_sum(x)
-    y *= mask[:, :, None]
-    return y
-
-
 def _relative_residual(x: np.ndarray, rhs: np.ndarray, diag: np.ndarray, mask: np.ndarray) -> float:
     """Largest per-channel ``||A x - b|| / ||b||`` (0 where ``b`` is 0 and so is the residual)."""
-    res = _laplacian_apply(x, diag, mask) - rhs * mask[:, :, None]
-    rn = np.sqrt((res * res).sum(axis=(0, 1)))
-    bn = np.sqrt((rhs * rhs * mask[:, :, None]).sum(axis=(0, 1)))
-    return float(np.max(np.where(bn > 0, rn / np.where(bn > 0, bn, 1.0), rn)))
+    apply_a = _MaskedLaplacian(mask, diag)
+    worst = 0.0
+    for channel in range(x.shape[2]):
+        b = rhs[:, :, channel] * apply_a.maskf
+        res = apply_a(np.ascontiguousarray(x[:, :, channel]) * apply_a.maskf) - b
+        rn, bn = math.sqrt(_dot(res, res)), math.sqrt(_dot(b, b))
+        worst = max(worst, rn / bn if bn > 0 else rn)
+    return worst
 
 
 # ---- direct banded Cholesky ------------------------------------------------------------------
 
+
+class _BlasThreads(NamedTuple):
+    get: object
+    set: object
+
+
 _BLAS_LOCK = threading.Lock()
-_BLAS_SETTER: list[object] = []  # [] = not looked up yet, [None] = unavailable, [fn] = found
+_BLAS: list[_BlasThreads | None] = []  # [] = not looked up yet
+_BLAS_USERS = [0, 0]  # [callers inside _single_threaded_blas, thread count to restore]
 
 
-def _blas_thread_setter():
-    """``openblas_set_num_threads_local`` of scipy's bundled OpenBLAS, or ``None`` if there is none."""
-    if not _BLAS_SETTER:
-        setter = None
+def _blas_threads() -> _BlasThreads | None:
+    """Thread-count getter and setter of scipy's bundled OpenBLAS, or ``None`` if there is none."""
+    if not _BLAS:
+        found = None
         try:
             import scipy
 
@@ -241,18 +246,21 @@ def _blas_thread_setter():
                 os.path.join(base, ".dylibs", "*openblas*")
             ):
                 lib = ctypes.CDLL(path)
-                fn = getattr(lib, "openblas_set_num_threads_local", None)
-                if fn is not None:
-                    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                    setter = fn
+                getter = next((getattr(lib, n) for n in _BLAS_GETTERS if hasattr(lib, n)), None)
+                setter = next((getattr(lib, n) for n in _BLAS_SETTERS if hasattr(lib, n)), None)
+                if getter is not None and setter is not None:
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    found = _BlasThreads(getter, setter)
                     break
         except OSError:  # pragma: no cover - an exotic scipy build: run with its default threads
-            setter = None
-        _BLAS_SETTER.append(setter)
-    return _BLAS_SETTER[0]
+            found = None
+        _BLAS.append(found)
+    return _BLAS[0]
 
 
-_BLAS_USERS = [0, 0]  # [callers inside _single_threaded_blas, thread count to restore]
+_BLAS_GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
 
 @contextmanager
@@ -260,13 +268,14 @@ def _single_threaded_blas():
     """Run LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
     them down (5x measured on 2 busy cores). Best effort: a no-op where scipy has no OpenBLAS. The
     first caller in sets one thread, the last one out restores the previous count."""
-    setter = _blas_thread_setter()
-    if setter is None:
+    blas = _blas_threads()
+    if blas is None:
         yield
         return
     with _BLAS_LOCK:
         if _BLAS_USERS[0] == 0:
-            _BLAS_USERS[1] = setter(1)
+            _BLAS_USERS[1] = int(blas.get())
+            blas.set(1)
         _BLAS_USERS[0] += 1
     try:
         yield
@@ -274,7 +283,7 @@ def _single_threaded_blas():
         with _BLAS_LOCK:
             _BLAS_USERS[0] -= 1
             if _BLAS_USERS[0] == 0:
-                setter(_BLAS_USERS[1])
+                blas.set(_BLAS_USERS[1])
 
 
 def _bandwidth(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -530,9 +539,7 @@ def _solve_whole_image(region: _Region, rhs: np.ndarray) -> np.ndarray:
     """The mask covers the whole target: no Dirichlet pixel, a pure Neumann problem, solved exactly
     by a DCT-II. Its solution is unique up to a constant: the mean is pinned to the target's mean."""
     h, w = region.mask.shape
-    ey = 2 - 2 * np.cos(np.pi * np.arange(h) / h)
-    ex = 2 - 2 * np.cos(np.pi * np.arange(w) / w)
-    eig = ey[:, None] + ex[None, :]
+    eig = _axis_transform(h, True, True).eigenvalues[:, None] + _axis_transform(w, True, True).eigenvalues[None, :]
     eig[0, 0] = 1.0
     coeffs = scipy.fft.dctn(rhs, type=2, axes=(0, 1))
     coeffs /= eig[:, :, None]
@@ -737,9 +744,9 @@ def _core_contrast(image: np.ndarray, core: np.ndarray, band: np.ndarray) -> flo
     return float(np.abs(values[core].mean(axis=0) - values[band].mean(axis=0)).mean())
 
 
-def _auto_uses_opencv(inputs: BlendInputs) -> bool:
+def _auto_uses_opencv(inputs: BlendInputs, mode: Mode) -> bool:
     """The static half of the auto rule (see :func:`poisson_blend`)."""
-    if _opencv_unusable(inputs) is not None:
+    if mode != "normal" or _opencv_unusable(inputs) is not None:
         return False
     height, width = inputs.target.shape[:2]
     wy, wx = inputs.window
@@ -803,7 +810,8 @@ def poisson_blend(
     do: non-uint8 images, masks under 3 px on a side, regions spanning the whole target, and masks
     that its erosion deletes entirely (features under 7 px wide).
 
-    ``method="auto"`` uses OpenCV only where it is faithful: uint8, a region at least 1 px away from
+    ``method="auto"`` uses OpenCV only where it is faithful: normal mode (cv2's MIXED_CLONE mixes over
+    the whole bounding box), uint8, a region at least 1 px away from
     the target's border, of at least ``AUTO_OPENCV_MIN_PIXELS`` (4,000) pixels, that keeps at least
     ``AUTO_OPENCV_MIN_KEPT`` (80 %) of its pixels through OpenCV's 3-px erosion; and after the call,
     the contrast between the mask's eroded core and the band around it must be at least 75 % of the
@@ -816,7 +824,7 @@ def poisson_blend(
     inputs = check_blend_inputs(target, source, mask, top_left)
     if inputs is None:
         return target.copy()
-    if method == "opencv" or (method == "auto" and _auto_uses_opencv(inputs)):
+    if method == "opencv" or (method == "auto" and _auto_uses_opencv(inputs, mode)):
         result = _opencv_blend(inputs, mode)
         if method == "opencv" or _opencv_kept_contrast(inputs, result):
             return result

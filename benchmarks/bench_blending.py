@@ -120,6 +120,12 @@ def measure(pair: Pair, repeats: int) -> dict:
     }
     if results["opencv"] is not None:
         fns["opencv"] = lambda: poisson_blend(*args, method="opencv")
+        # The bare call on images already in 3 channels: the peer without our guards' overhead.
+        src3, dst3 = cv2.cvtColor(pair.source, cv2.COLOR_GRAY2BGR), cv2.cvtColor(pair.target, cv2.COLOR_GRAY2BGR)
+        mask255 = pair.mask.astype(np.uint8) * 255
+        y0, x0, y1, x1 = mask_bbox(pair.mask)
+        center = (pair.top_left[1] + x0 + (x1 - x0) // 2, pair.top_left[0] + y0 + (y1 - y0) // 2)
+        fns["cv2"] = lambda: cv2.seamlessClone(src3, dst3, mask255.copy(), center, cv2.NORMAL_CLONE)
     row["ms"] = time_interleaved(fns, repeats)
     label = placed(pair, pair.label)
     region = placed(pair, pair.mask)
@@ -133,7 +139,7 @@ def measure(pair: Pair, repeats: int) -> dict:
 
 
 def summarize(rows: list[dict]) -> tuple[str, dict]:
-    methods = ("opencv", "exact", "auto", "paste")
+    methods = ("cv2", "opencv", "exact", "auto", "paste")
     speed_rows, verdict = [], {}
     for name, lo, hi in BUCKETS:
         sel = [r for r in rows if lo <= r["size"] < hi]
@@ -145,25 +151,29 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
             else float("nan")
             for m in methods
         }
-        both = [r for r in sel if "opencv" in r["ms"]]
+        both = [r for r in sel if "cv2" in r["ms"]]
+        ratio_raw = med["exact"] / med["cv2"] if both else float("nan")
         ratio = med["exact"] / med["opencv"] if both else float("nan")
-        pair_ratio = statistics.median([r["ms"]["exact"] / r["ms"]["opencv"] for r in both]) if both else float("nan")
+        pair_ratio = statistics.median([r["ms"]["exact"] / r["ms"]["cv2"] for r in both]) if both else float("nan")
         diffs = [r["diff"] for r in sel if "diff" in r]
         target = TARGET_RATIO.get(name)
-        ok = "" if target is None else ("met" if ratio <= target else "NOT met")
-        verdict[name] = (ratio, target)
+        worst = max(ratio, ratio_raw)
+        ok = "" if target is None else ("met" if worst <= target else "NOT met")
+        verdict[name] = (worst, target)
         speed_rows.append(
             [
                 name,
                 len(sel),
                 int(statistics.median([r["size"] for r in sel])),
+                med["cv2"],
                 med["opencv"],
                 med["exact"],
                 med["auto"],
                 med["paste"],
+                ratio_raw,
                 ratio,
                 pair_ratio,
-                f"<= {target:g}x {ok}" if target else "-",
+                f"<= {target:g}x: {ok}" if target else "-",
                 statistics.mean(diffs) if diffs else float("nan"),
                 len(sel) - len(both),
             ]
@@ -173,13 +183,15 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
             "region px",
             "pairs",
             "median px",
+            "cv2 ms",
             "opencv ms",
             "exact ms",
             "auto ms",
             "paste ms",
-            "exact/opencv (medians)",
-            "exact/opencv (median of pairs)",
-            "target",
+            "exact/cv2",
+            "exact/opencv",
+            "exact/cv2 per pair (median)",
+            "target (both ratios)",
             "mean abs exact-opencv in mask",
             "opencv rejected",
         ],
@@ -232,9 +244,13 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
     )
     body = (
         "Median ms per blend of a grayscale defect crop into a defect-free tile (blend region = defect "
-        "mask dilated by 3 px), by region size. `opencv` is `poisson_blend(method='opencv')` "
-        "(cv2.seamlessClone behind its guards, gray converted to 3 channels and back); `exact` is the "
-        "masked Perez solve (relative residual <= 1e-6). Ratios: exact over opencv, same run.\n\n"
+        "mask dilated by 3 px), by region size; methods take turns on each pair, so they share the "
+        "machine's load. `cv2` is the bare `cv2.seamlessClone` call on images already converted to 3 "
+        "channels; `opencv` is `poisson_blend(method='opencv')` (the same call behind its guards, gray "
+        "converted to 3 channels and back); `exact` is the masked Perez solve (relative residual "
+        "<= 1e-6); `auto` is the default; `paste` the hard cut-paste. Ratios are medians of exact over "
+        "the peer, same run; the target must hold against both peers. `opencv rejected`: regions its "
+        "guards refuse (every blend of the bucket is still timed for the other methods).\n\n"
         f"{speed}\n\n"
         "Local contrast kept (median over defects of method contrast / the source's own contrast; "
         "contrast = |mean over the defect's own mask - mean over the 3-px ring around it|):\n\n"
