@@ -225,10 +225,14 @@ def _relative_residual(x: np.ndarray, rhs: np.ndarray, diag: np.ndarray, mask: n
 
 
 class _BlasThreads(NamedTuple):
+    """The thread-count functions of an OpenBLAS library."""
+
     get: object
     set: object
 
 
+_BLAS_GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _BLAS_LOCK = threading.Lock()
 _BLAS: list[_BlasThreads | None] = []  # [] = not looked up yet
 _BLAS_USERS = [0, 0]  # [callers inside _single_threaded_blas, thread count to restore]
@@ -259,10 +263,6 @@ def _blas_threads() -> _BlasThreads | None:
     return _BLAS[0]
 
 
-_BLAS_GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
-
-
 @contextmanager
 def _single_threaded_blas():
     """Run LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
@@ -287,7 +287,8 @@ def _single_threaded_blas():
 
 
 def _bandwidth(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Row-major unknown index per crop pixel (-1 outside), the down-neighbour index offsets, bandwidth."""
+    """Row-major unknown index of each masked pixel (meaningless elsewhere), the mask of vertical
+    masked pairs, and the bandwidth of the Laplacian in that order (largest vertical index gap)."""
     index = np.cumsum(mask.ravel()).reshape(mask.shape) - 1
     down = mask[:-1] & mask[1:]
     offsets = index[1:][down] - index[:-1][down]
@@ -317,11 +318,10 @@ def _solve_banded(region: _Region, rhs: np.ndarray, diag: np.ndarray, index: np.
     return out
 
 
-def _solve_splu(region: _Region, rhs: np.ndarray, diag: np.ndarray) -> np.ndarray:
-    """Sparse LU: the robust fallback (never expected to run; kept for safety)."""
+def _solve_splu(region: _Region, rhs: np.ndarray, diag: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Sparse LU: the last resort when PCG stalls and the banded factor would be too large."""
     mask = region.mask
     n = int(mask.sum())
-    index = np.cumsum(mask.ravel()).reshape(mask.shape) - 1
     rows, cols = [np.arange(n)], [np.arange(n)]
     vals = [diag[mask]]
     for pair, a, b in (
@@ -588,7 +588,7 @@ def _solve_region(region: _Region, mode: Mode, solver: str = "auto") -> np.ndarr
         x = _solve_banded(region, rhs, diag, index, down, band)
         if x is not None:
             return x
-    return _solve_splu(region, rhs, diag)
+    return _solve_splu(region, rhs, diag, index)
 
 
 def _check_mode(mode: str) -> None:

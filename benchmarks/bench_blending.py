@@ -253,7 +253,10 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
         "guards refuse (every blend of the bucket is still timed for the other methods).\n\n"
         f"{speed}\n\n"
         "Local contrast kept (median over defects of method contrast / the source's own contrast; "
-        "contrast = |mean over the defect's own mask - mean over the 3-px ring around it|):\n\n"
+        "contrast = |mean over the defect's own mask - mean over the 3-px ring around it|). Ratios "
+        "above 1 come from defects cut by their image's border: their ring in the source is partly "
+        "missing, and after placement it holds target pixels. `auto` columns use the default method "
+        "as shipped; the last three columns are the acceptance check on defects under 2,000 px.\n\n"
         f"{contrast}\n\n"
         f"Defects under {SMALL_DEFECT} px where auto kept < half of exact's contrast: **{failures}** (must be 0)."
     )
