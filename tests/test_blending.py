@@ -53,9 +53,9 @@ def _guidance(t, guide, covered, p, q, mode):
     return v
 
 
-def dense_perez(target, source, mask, top_left, mode="normal"):
-    """Float64 Perez solution by a dense solve (small inputs only)."""
-    t, inside, guide, covered = _placed(target, source, mask, top_left)
+def _dense_solve(t, inside, guidance):
+    """Solve sum over in-image neighbours q of (f_p - f_q) = sum of guidance(p, q), with f_q = t_q
+    outside ``inside`` (Dirichlet) and neighbours outside the image left out (Neumann)."""
     height, width = inside.shape
     pixels = list(zip(*np.nonzero(inside), strict=True))
     index = {p: k for k, p in enumerate(pixels)}
@@ -65,18 +65,23 @@ def dense_perez(target, source, mask, top_left, mode="normal"):
         for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
             q = (y + dy, x + dx)
             if not (0 <= q[0] < height and 0 <= q[1] < width):
-                continue  # Neumann: neighbours outside the image are left out
+                continue
             a[k, k] += 1
-            b[k] += _guidance(t, guide, covered, (y, x), q, mode)
+            b[k] += guidance((y, x), q)
             if inside[q]:
                 a[k, index[q]] -= 1
             else:
                 b[k] += t[q]
     out = t.copy()
     if pixels:
-        solution = np.linalg.solve(a, b)
-        for k, p in enumerate(pixels):
-            out[p] = solution[k]
+        out[inside] = np.linalg.solve(a, b)
+    return out
+
+
+def dense_perez(target, source, mask, top_left, mode="normal"):
+    """Float64 Perez solution by a dense solve (small inputs only)."""
+    t, inside, guide, covered = _placed(target, source, mask, top_left)
+    out = _dense_solve(t, inside, lambda p, q: _guidance(t, guide, covered, p, q, mode))
     return out.reshape(target.shape)
 
 
@@ -206,23 +211,8 @@ def test_constant_source_gives_the_harmonic_interpolation_of_the_boundary(case):
     inside = _placed_mask(target, mask, top_left)
     if inside.all():
         return
-    # Independent dense Laplace solve: sum(f_p - f_q) = sum of Dirichlet values, Neumann at borders.
-    t = _hwc(target).astype(np.float64)
-    pixels = list(zip(*np.nonzero(inside), strict=True))
-    index = {p: k for k, p in enumerate(pixels)}
-    a = np.zeros((len(pixels), len(pixels)))
-    b = np.zeros((len(pixels), t.shape[2]))
-    for k, (y, x) in enumerate(pixels):
-        for q in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-            if 0 <= q[0] < t.shape[0] and 0 <= q[1] < t.shape[1]:
-                a[k, k] += 1
-                if inside[q]:
-                    a[k, index[q]] -= 1
-                else:
-                    b[k] += t[q]
-    expected = t.copy()
-    if pixels:
-        expected[inside] = np.linalg.solve(a, b)
+    # Independent dense Laplace solve: zero guidance, Dirichlet values from the target.
+    expected = _dense_solve(_hwc(target).astype(np.float64), inside, lambda p, q: 0.0)
     got = _hwc(poisson_solve(target, source, mask, top_left))
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
