@@ -11,7 +11,7 @@ from __future__ import annotations
 from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
-from .blending import paste
+from .blending import local_contrast, paste, poisson_blend
 from .class_weights import ClassWeights, losses_to_probabilities
 from .color import color_jitter, sample_color_jitter
 from .cropliq import CropLiq
@@ -40,8 +40,10 @@ __all__ = [
     "DefectTransform",
     "GuidedCropPaste",
     "load_samples",
+    "local_contrast",
     "losses_to_probabilities",
     "paste",
+    "poisson_blend",
     "resolve_bank",
     "Sample",
     "sample_color_jitter",
