@@ -15,6 +15,7 @@ from .blending import paste
 from .color import color_jitter, sample_color_jitter
 from .cropliq import CropLiq
 from .cutpaste import CutPaste
+from .dli import DynamicLabelInjection, InjectDefect
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "DefectBankWarning",
     "DefectEntry",
     "DefectTransform",
+    "DynamicLabelInjection",
+    "InjectDefect",
     "load_samples",
     "paste",
     "resolve_bank",
