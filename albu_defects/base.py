@@ -80,7 +80,8 @@ class DefectTransform(A.DualTransform):
         hw = image_hw(image)
         if data.get("mask") is not None:
             check_mask_shape(data["mask"], hw, "mask")
-        for index, mask in enumerate(data.get("masks") or ()):
+        masks = data.get("masks")
+        for index, mask in enumerate(() if masks is None else masks):  # a stacked array has no truth value
             check_mask_shape(mask, hw, f"masks[{index}]")
 
     # ----------------------------------------------------------------- the bridge

@@ -431,16 +431,18 @@ def inject_defect(
 
 
 # --------------------------------------------------------------------------------------- planning
-_DEFECT_BOXES: weakref.WeakKeyDictionary[DefectEntry, tuple[int, int]] = weakref.WeakKeyDictionary()
+_DEFECT_BOXES: dict[int, tuple[weakref.ref[DefectEntry], tuple[int, int]]] = {}
 
 
 def _defect_hw(entry: DefectEntry) -> tuple[int, int]:
-    """Height and width of an entry's mask box (cached per entry)."""
-    hw = _DEFECT_BOXES.get(entry)
-    if hw is None:
-        y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
-        hw = (y1 - y0, x1 - x0)
-        _DEFECT_BOXES[entry] = hw
+    """Height and width of an entry's mask box (cached per entry object while it lives)."""
+    cached = _DEFECT_BOXES.get(id(entry))
+    if cached is not None and cached[0]() is entry:
+        return cached[1]
+    y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
+    hw = (y1 - y0, x1 - x0)
+    key = id(entry)
+    _DEFECT_BOXES[key] = (weakref.ref(entry, lambda _, key=key: _DEFECT_BOXES.pop(key, None)), hw)
     return hw
 
 
