@@ -267,14 +267,11 @@ def _mask_classes(mask: np.ndarray, name: str, num_classes: int) -> frozenset[in
         present = {1} if mask.any() else set()
     elif not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"{name} must be an integer class-index mask (0 = background), got dtype {mask.dtype}")
-    elif mask.dtype == np.uint8:
-        present = {int(v) for v in np.flatnonzero(np.bincount(mask.ravel(), minlength=1))[1:]}
-        present.discard(0)
     else:
-        values = np.unique(mask)
-        if values.size and values[0] < 0:
+        values = mask[mask != 0]  # defects are small: look only at their pixels
+        if values.size and values.min() < 0:
             raise ValueError(f"{name} holds negative class ids; 0 is background and k > 0 is class k")
-        present = {int(v) for v in values if v != 0}
+        present = {int(v) for v in np.unique(values)}
     unknown = sorted(v for v in present if v > num_classes)
     if unknown:
         raise ValueError(

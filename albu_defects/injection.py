@@ -245,12 +245,6 @@ def crop_to_defect(crop: np.ndarray, mask: np.ndarray, context: int) -> tuple[np
     return crop[y0:y1, x0:x1], mask[y0:y1, x0:x1], (y0, x0)
 
 
-def _mask_center(mask: np.ndarray) -> tuple[float, float]:
-    """Centre of a mask's tight box (continuous pixel coordinates)."""
-    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
-    return (y0 + y1) / 2.0, (x0 + x1) / 2.0
-
-
 def transform_defect(
     crop: np.ndarray, mask: np.ndarray, transform: DefectTransformFn, context: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -272,7 +266,8 @@ def transform_defect(
     if crop.ndim == 3 and canvas.ndim == 2:
         canvas = canvas[..., None]
     canvas_mask = cv2.copyMakeBorder(np.asarray(mask, np.uint8), *borders, cv2.BORDER_CONSTANT, value=0)
-    before = _mask_center(canvas_mask)
+    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+    before = (pad_y + (y0 + y1) / 2.0, pad_x + (x0 + x1) / 2.0)
     for _ in range(TRANSFORM_RETRIES):
         out, out_mask = transform(canvas, canvas_mask)
         if not isinstance(out, np.ndarray) or out.dtype != crop.dtype or out.ndim != crop.ndim:
@@ -289,8 +284,9 @@ def transform_defect(
             raise ValueError(f"defect_transform returned a mask of shape {out_mask.shape} for an image {out.shape}")
         out_mask = out_mask != 0
         if out_mask.any():
-            after = _mask_center(out_mask)
-            new_crop, new_mask, _ = crop_to_defect(out, out_mask, context)
+            new_crop, new_mask, (oy, ox) = crop_to_defect(out, out_mask, context)
+            y0, x0, y1, x1 = mask_bbox(new_mask)  # type: ignore[misc]  # small: the cut-down crop
+            after = (oy + (y0 + y1) / 2.0, ox + (x0 + x1) / 2.0)
             return new_crop, new_mask, (after[0] - before[0], after[1] - before[1])
     new_crop, new_mask, _ = crop_to_defect(crop, np.asarray(mask, bool), context)
     return new_crop, new_mask, (0.0, 0.0)
@@ -409,8 +405,13 @@ def inject_defect(
         raise ValueError(f"mask is {mask.shape} but the crop is {image_hw(crop)}; they must match")
     label = np.zeros(hw, bool)
     overlap = placement_overlap(hw, mask.shape, top_left)
+    bbox = None
     if overlap is not None:
         label[overlap.target] = mask[overlap.source]
+        box = mask_bbox(mask[overlap.source])  # the label's box, from the (small) window
+        if box is not None:
+            ty, tx = overlap.target[0].start, overlap.target[1].start
+            bbox = (box[0] + ty, box[1] + tx, box[2] + ty, box[3] + tx)
     if method == "paste":
         with _timed(timings, "paste"):
             out = blending.paste(image, crop, mask, top_left)
@@ -427,7 +428,7 @@ def inject_defect(
                 keep = keep if image.ndim == 2 else keep[..., None]
                 np.copyto(out[window.target], blended[window.target], where=keep)
     new_mask = None if class_mask is None else write_class(class_mask, label, int(class_id))
-    return InjectionResult(out, new_mask, label, mask_bbox(label))
+    return InjectionResult(out, new_mask, label, bbox)
 
 
 # --------------------------------------------------------------------------------------- planning
