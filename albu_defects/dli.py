@@ -206,6 +206,23 @@ def _class_ids(bank: DefectBank, classes: Sequence[str | int] | None, name: str 
     return ids
 
 
+class UnsavedBank(str):
+    """Stands for a never-saved bank in ``to_dict``: ``repr`` works, YAML refuses it with this text.
+
+    (``yaml.safe_dump`` cannot represent a ``str`` subclass and quotes it in its error.)
+    """
+
+
+def _bank_arg(bank: DefectBank | str) -> str:
+    """The serialized ``bank`` argument: the bank's folder, or an :class:`UnsavedBank` marker."""
+    if isinstance(bank, DefectBank) and bank.path is None:
+        return UnsavedBank(
+            f"{bank!r} was never saved, so a pipeline holding it cannot be serialized: call bank.save(path) "
+            "first, or pass the path"
+        )
+    return bank_reference(bank)
+
+
 def _yaml_classes(classes: Sequence[str | int] | None) -> list[str | int] | None:
     if classes is None:
         return None
@@ -508,9 +525,12 @@ class DynamicLabelInjection(A.BaseCompose):
         self.set_random_state(self.random_generator, self.py_random)
 
     def to_dict_private(self) -> dict[str, Any]:
+        return self._init_args(_bank_arg(self.bank))
+
+    def _init_args(self, bank: str) -> dict[str, Any]:
         return {
             "__class_fullname__": self.get_class_fullname(),
-            "bank": bank_reference(self.bank),
+            "bank": bank,
             "classes": self.classes,
             "poisson_p": self.poisson_p,
             "poisson_mode": self.poisson_mode,
@@ -729,7 +749,7 @@ class InjectDefect(DefectTransform):
 
     def to_dict_private(self) -> dict[str, Any]:
         out = super().to_dict_private()
-        out["bank"] = bank_reference(self.bank)
+        out["bank"] = _bank_arg(self.bank)
         out["defect_transform"] = self.defect_transform.to_dict_private()
         if isinstance(out.get("n"), tuple):
             out["n"] = list(out["n"])

@@ -9,6 +9,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -431,8 +432,12 @@ def test_yaml_round_trip_with_bank_path_and_nested_transform(sample_bank, sample
     # a bank given as an object serializes as its folder; an unsaved one cannot be written
     assert DynamicLabelInjection(loaded_bank).to_dict_private()["bank"] == str(bank_path)
     unsaved = DefectBank.from_folder(sample_root(), progress=False)
-    with pytest.raises(ValueError, match="save it first"):
-        A.save(A.Compose([DynamicLabelInjection(unsaved)]), str(tmp_path / "x.yaml"), data_format="yaml")
+    pipe = A.Compose([DynamicLabelInjection(unsaved), InjectDefect(unsaved)])
+    assert (
+        "DynamicLabelInjection(" in repr(pipe) and "never saved" in repr(pipe) and "InjectDefect(" in repr(pipe)
+    )  # printing works
+    with pytest.raises(yaml.YAMLError, match=r"was never saved.*call bank\.save"):
+        A.save(pipe, str(tmp_path / "x.yaml"), data_format="yaml")
 
 
 # ------------------------------------------------------------------------------------ InjectDefect
