@@ -83,7 +83,7 @@ from .injection import (
     PLACEMENTS,
     SIZE_MODES,
     InjectionPlan,
-    inject_defect,
+    apply_plan,
     plan_injection,
     write_class,
 )
@@ -221,6 +221,15 @@ def _bank_arg(bank: DefectBank | str) -> str:
             "first, or pass the path"
         )
     return bank_reference(bank)
+
+
+def _blending(transform: Any) -> dict[str, Any]:
+    """The blending arguments of :func:`~albu_defects.injection.apply_plan` held by a DLI transform."""
+    return {
+        "blend_margin": transform.blend_margin,
+        "poisson_mode": transform.poisson_mode,
+        "poisson_method": transform.poisson_method,
+    }
 
 
 def _yaml_classes(classes: Sequence[str | int] | None) -> list[str | int] | None:
@@ -601,17 +610,7 @@ class DynamicLabelInjection(A.BaseCompose):
                     timings=self.timings,
                     target_name=f"images[{index}]",
                 )
-                result = inject_defect(
-                    images[index],
-                    plan.crop,
-                    plan.mask,
-                    plan.top_left,
-                    method=plan.method,  # type: ignore[arg-type]
-                    blend_margin=self.blend_margin,
-                    poisson_mode=self.poisson_mode,
-                    poisson_method=self.poisson_method,
-                    timings=self.timings,
-                )
+                result = apply_plan(images[index], plan, **_blending(self), timings=self.timings)
                 new_images[index] = result.image
                 new_masks[index] = masks.injected(index, result.label, class_id)
                 injected[index] = class_id
@@ -813,16 +812,7 @@ class InjectDefect(DefectTransform):
     # ------------------------------------------------------------------ targets
     def apply(self, img: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
         for plan in plans:
-            img = inject_defect(
-                img,
-                plan.crop,
-                plan.mask,
-                plan.top_left,
-                method=plan.method,  # type: ignore[arg-type]
-                blend_margin=self.blend_margin,
-                poisson_mode=self.poisson_mode,
-                poisson_method=self.poisson_method,
-            ).image
+            img = apply_plan(img, plan, **_blending(self)).image
         return img
 
     def apply_to_mask(self, mask: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:

@@ -64,6 +64,7 @@ from .validation import check_image, image_hw
 __all__ = [
     "InjectionPlan",
     "InjectionResult",
+    "apply_plan",
     "PLACEMENTS",
     "SIZE_MODES",
     "DefectTransformFn",
@@ -544,4 +545,30 @@ def plan_injection(
         top_left=top_left,
         method=method,
         scale=(scale[0] * factor, scale[1] * factor),
+    )
+
+
+def apply_plan(
+    image: np.ndarray,
+    plan: InjectionPlan,
+    *,
+    blend_margin: int = 0,
+    poisson_mode: str = "mixed",
+    poisson_method: str = "auto",
+    class_mask: np.ndarray | None = None,
+    timings: MutableMapping[str, float] | None = None,
+) -> InjectionResult:
+    """:func:`inject_defect` of a plan from :func:`plan_injection` (its crop, mask, place, method and class)."""
+    return inject_defect(
+        image,
+        plan.crop,
+        plan.mask,
+        plan.top_left,
+        class_mask=class_mask,
+        class_id=plan.class_id,
+        method=plan.method,  # type: ignore[arg-type]
+        blend_margin=blend_margin,
+        poisson_mode=poisson_mode,
+        poisson_method=poisson_method,
+        timings=timings,
     )
