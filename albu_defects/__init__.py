@@ -11,7 +11,7 @@ from __future__ import annotations
 from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
-from .blending import paste
+from .blending import local_contrast, paste, poisson_blend
 from .color import color_jitter, sample_color_jitter
 from .cropliq import CropLiq
 from .cutpaste import CutPaste
@@ -38,7 +38,9 @@ __all__ = [
     "DynamicLabelInjection",
     "InjectDefect",
     "load_samples",
+    "local_contrast",
     "paste",
+    "poisson_blend",
     "resolve_bank",
     "Sample",
     "sample_color_jitter",

@@ -93,6 +93,36 @@ def panel_cutpaste(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     return "CutPaste: a jittered patch / rotated scar pasted elsewhere (pasted pixels outlined)", tiles
 
 
+def panel_blending(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """One defect injected into a defect-free tile by cut-paste, by OpenCV and by the exact solver.
+
+    Tiles are zoomed on the defect; the outline is the blend region (the defect grown by 3 px).
+    """
+    from .blending import paste, poisson_blend
+    from .geometry import dilate_mask, mask_bbox
+
+    target = _samples_of(samples, "Free")[0].image
+    donor = _samples_of(samples, "Crack")[0]
+    y0, x0, y1, x1 = mask_bbox(dilate_mask(donor.mask, 6))  # type: ignore[misc]
+    source = donor.image[y0:y1, x0:x1]
+    region = dilate_mask(donor.mask[y0:y1, x0:x1], 3)  # the defect plus a 3-px ring of its own background
+    ty = int(rng.integers(0, max(1, target.shape[0] - source.shape[0])))
+    tx = int(rng.integers(0, max(1, target.shape[1] - source.shape[1])))
+    placed = np.zeros(target.shape, bool)
+    placed[ty : ty + region.shape[0], tx : tx + region.shape[1]] = region
+    zy0, zx0, zy1, zx1 = mask_bbox(dilate_mask(placed, 10))  # type: ignore[misc]
+    zoom = (slice(zy0, zy1), slice(zx0, zx1))
+    results = [("defect-free target", target), ("cut-paste", paste(target, source, region, (ty, tx)))]
+    try:
+        results.append(("OpenCV", poisson_blend(target, source, region, (ty, tx), method="opencv")))
+    except ValueError:
+        results.append(("OpenCV: rejected", target))
+    results.append(("exact Poisson", poisson_blend(target, source, region, (ty, tx), method="exact")))
+    return "Blending core: one Crack injected (zoomed; outline = blend region)", [
+        tile(image[zoom], text, placed[zoom]) for text, image in results
+    ]
+
+
 def _dli_batch(samples: list[Sample], seed: int) -> tuple[list[Sample], dict]:
     """A batch of the bundled samples (all three defect-free, one of each defect class) and DLI's output."""
     import warnings
@@ -133,7 +163,7 @@ def panel_dli_after(samples: list[Sample], rng: np.random.Generator) -> tuple[st
 
 
 #: Rows of the demo picture, top to bottom.
-PANELS: list[Panel] = [panel_samples, panel_cropliq, panel_cutpaste]
+PANELS: list[Panel] = [panel_samples, panel_blending, panel_cropliq, panel_cutpaste]
 PANELS += [panel_dli_before, panel_dli_after]
 
 
