@@ -388,8 +388,9 @@ def inject_defect(
 ) -> InjectionResult:
     """Inject a defect (``crop`` + bool ``mask``) into ``image`` at ``top_left=(y, x)``.
 
-    ``method="paste"`` copies the mask's pixels; ``"poisson"`` Poisson-blends the mask dilated by
-    ``blend_margin`` (``poisson_mode`` "normal" or "mixed" gradients, ``poisson_method`` as in
+    ``method="paste"`` copies the mask's pixels; ``"poisson"`` Poisson-blends the part of the mask
+    that lands on the target, dilated by ``blend_margin`` (``poisson_mode`` "normal" or "mixed"
+    gradients, ``poisson_method`` as in
     :func:`albu_defects.blending.poisson_blend`), and only pixels of that region are taken from the
     blend (a solver that touches its whole bounding box, like OpenCV's, cannot change anything
     else). ``crop`` must match ``image`` in dtype and channels (see :func:`match_channels`). When
@@ -418,10 +419,11 @@ def inject_defect(
             out = blending.paste(image, crop, mask, top_left)
     else:
         with _timed(timings, "poisson"):
-            region = dilate_mask(mask, int(blend_margin)) if blend_margin else mask
-            blended = blending.poisson_blend(  # type: ignore[attr-defined]
-                image, crop, region, top_left, mode=poisson_mode, method=poisson_method
-            )
+            visible = np.zeros_like(mask)  # the part of the defect that lands on the target
+            if overlap is not None:
+                visible[overlap.source] = mask[overlap.source]
+            region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
+            blended = blending.poisson_blend(image, crop, region, top_left, mode=poisson_mode, method=poisson_method)
             out = image.copy()
             window = placement_overlap(hw, region.shape, top_left)
             if window is not None:

@@ -156,10 +156,11 @@ def test_fill_plan_breaks_ties_at_random():
     channels=st.sampled_from([None, 1, 3]),
     size_mode=st.sampled_from(["relative", "absolute"]),
     placement=st.sampled_from(["random", "source"]),
+    poisson_p=st.sampled_from([0.0, 0.5, 1.0]),
     seed=st.integers(0, 2**16),
 )
 def test_dli_properties_on_synthetic_batches(
-    counts, n_free, fill, fraction, dtype, channels, size_mode, placement, seed
+    counts, n_free, fill, fraction, dtype, channels, size_mode, placement, poisson_p, seed
 ):
     bank = synthetic_bank(dtype, channels if channels != 1 else None)  # a gray bank also feeds (H, W, 1) images
     images, masks = make_batch(np.random.default_rng(seed), counts, n_free, dtype, channels)
@@ -167,7 +168,7 @@ def test_dli_properties_on_synthetic_batches(
     copies = [a.copy() for a in images + masks]
     dli = DynamicLabelInjection(
         bank,
-        poisson_p=0.0,
+        poisson_p=poisson_p,
         fill=fill,
         max_inject_fraction=fraction,
         size_mode=size_mode,
@@ -215,11 +216,12 @@ def test_dli_on_the_bundled_samples(samples, sample_bank, colour):
     images = [s.image if colour == "gray" else cv2.cvtColor(s.image, cv2.COLOR_GRAY2RGB) for s in samples]
     masks = [s.class_mask for s in samples]
     readonly(images + masks)
-    dli = DynamicLabelInjection(sample_bank, poisson_p=0.0, fill="all", seed=3)
+    dli = DynamicLabelInjection(sample_bank, fill="all", seed=3)  # poisson_p=0.5
     out = dli(images=images, masks=masks)
     check_batch(dli, images, masks, out, sample_bank)
     free = [i for i, s in enumerate(samples) if s.class_id == 0]
     assert [i for i, log in enumerate(out["injections"]) if log] == free
+    assert {log["method"] for log in out["injections"] if log} == {"poisson", "paste"}  # both paths, seed 3
     assert out["class_counts_before"]["Fray"] == 1 and out["class_counts_after"]["Fray"] == 2  # rarest first
     if colour == "rgb":  # a gray bank is broadcast: every injected pixel is gray
         for i in free:
@@ -516,7 +518,7 @@ def test_real_magnetic_tile_batches(real_bank, magnetic_tile_root):
     for fill in ("balance", "all"):
         images, masks, labels = _real_batch(magnetic_tile_root, 128, rng, n=48)
         readonly(images + masks)
-        dli = DynamicLabelInjection(real_bank, poisson_p=0.0, fill=fill, seed=1)
+        dli = DynamicLabelInjection(real_bank, fill=fill, seed=1)
         out = dli(images=images, masks=masks)
         check_batch(dli, images, masks, out, real_bank)
         after = list(out["class_counts_after"].values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -302,3 +302,61 @@ def test_plan_injection_with_blend_margin_keeps_context_for_poisson():
     y0, x0, y1, x1 = mask_bbox(plan.mask)
     h, w = plan.mask.shape
     assert min(y0, x0, h - y1, w - x1) >= 3  # context of blend_margin + 1 where the source allows it
+
+
+# ------------------------------------------------------------------------------------ Poisson injection
+@settings(max_examples=20)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    channels=st.sampled_from([None, 1, 3]),
+    target=st.tuples(st.integers(12, 40), st.integers(12, 40)),
+    crop_hw=st.tuples(st.integers(3, 16), st.integers(3, 16)),
+    top_left=st.tuples(st.integers(-6, 30), st.integers(-6, 30)),
+    margin=st.integers(0, 3),
+    mode=st.sampled_from(["normal", "mixed"]),
+    seed=st.integers(0, 2**16),
+)
+def test_poisson_injection_changes_nothing_beyond_the_blend_margin(
+    dtype, channels, target, crop_hw, top_left, margin, mode, seed
+):
+    rng = np.random.default_rng(seed)
+    image = _image(rng, target, dtype, channels)
+    crop = _image(rng, crop_hw, dtype, channels)
+    mask = np.zeros(crop_hw, bool)
+    mask[1:-1, 1:-1] = rng.random((crop_hw[0] - 2, crop_hw[1] - 2)) < 0.7
+    class_mask = np.zeros(target, np.uint16)
+    _readonly(image, crop, mask, class_mask)
+    before = (image.copy(), crop.copy(), mask.copy())
+    result = inject_defect(
+        image,
+        crop,
+        mask,
+        top_left,
+        class_mask=class_mask,
+        class_id=4,
+        method="poisson",
+        blend_margin=margin,
+        poisson_mode=mode,
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(before, (image, crop, mask), strict=True))
+    assert result.image.dtype == image.dtype and result.image.shape == image.shape
+    expected = np.zeros(target, bool)
+    overlap = placement_overlap(target, crop_hw, top_left)
+    if overlap is not None:
+        expected[overlap.target] = mask[overlap.source]
+    assert np.array_equal(result.label, expected)  # the label is the defect's own mask, never grown
+    assert np.array_equal(result.class_mask != 0, expected) and set(np.unique(result.class_mask)) <= {0, 4}
+    changed = np.any((result.image != image).reshape(*target, -1), axis=-1)
+    assert not changed[~dilate_mask(expected, margin)].any()
+
+
+def test_poisson_injection_through_a_solver_that_touches_its_box_keeps_the_rest():
+    """OpenCV's solver changes its whole bounding box; only the blend region may be taken from it."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    crop = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[5:35, 5:10] = mask[5:10, 5:35] = True  # an L: its box holds many pixels outside it
+    result = inject_defect(image, crop, mask, (10, 10), method="poisson", blend_margin=1, poisson_method="opencv")
+    changed = np.any(result.image != image, axis=-1)
+    assert changed.any() and not changed[~dilate_mask(result.label, 1)].any()
