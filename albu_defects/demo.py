@@ -157,9 +157,12 @@ def panel_dli_after(samples: list[Sample], rng: np.random.Generator) -> tuple[st
     batch, out = _dli_batch(samples, int(rng.integers(2**31)))
     tiles = []
     for s, image, mask, log in zip(batch, out["images"], out["masks"], out["injections"], strict=True):
-        text = f"+{log['class_name']} ({log['method']})" if log else f"{s.class_name} (untouched)"
+        text = f"+{log['class_name']} {'P' if log['method'] == 'poisson' else 'CP'}" if log else s.class_name
         tiles.append(tile(image, text, mask, class_mask=True))
-    return f"... after (rarest class first, Poisson or cut-paste): {_counts(out['class_counts_after'])}", tiles
+    title = (
+        f"... after (+ = injected, rarest class first; P Poisson, CP cut-paste): {_counts(out['class_counts_after'])}"
+    )
+    return title, tiles
 
 
 #: Rows of the demo picture, top to bottom.
