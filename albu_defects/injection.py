@@ -354,6 +354,14 @@ def source_top_left(
 
 
 # --------------------------------------------------------------------------------------- injection
+def _gray_in_colour(image: np.ndarray) -> bool:
+    """True for an (H, W, C > 1) image whose channels are all equal."""
+    if image.ndim != 3 or image.shape[2] < 2:
+        return False
+    first = image[..., 0]
+    return all(np.array_equal(first, image[..., c]) for c in range(1, image.shape[2]))
+
+
 def write_class(class_mask: np.ndarray, label: np.ndarray, class_id: int) -> np.ndarray:
     """A copy of a class-index mask with ``class_id`` written on ``label`` (bool, same H, W).
 
@@ -423,7 +431,17 @@ def inject_defect(
             if overlap is not None:
                 visible[overlap.source] = mask[overlap.source]
             region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
-            blended = blending.poisson_blend(image, crop, region, top_left, mode=poisson_mode, method=poisson_method)
+            if _gray_in_colour(image) and _gray_in_colour(crop):
+                # gray stored as colour (e.g. Magnetic Tile read as RGB): every channel solves the same
+                # equation, so solve one and repeat it (the same result, a third of the work)
+                one = blending.poisson_blend(
+                    image[..., :1], crop[..., :1], region, top_left, mode=poisson_mode, method=poisson_method
+                )
+                blended = np.repeat(one, image.shape[2], axis=2)
+            else:
+                blended = blending.poisson_blend(
+                    image, crop, region, top_left, mode=poisson_mode, method=poisson_method
+                )
             out = image.copy()
             window = placement_overlap(hw, region.shape, top_left)
             if window is not None:

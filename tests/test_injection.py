@@ -360,3 +360,20 @@ def test_poisson_injection_through_a_solver_that_touches_its_box_keeps_the_rest(
     result = inject_defect(image, crop, mask, (10, 10), method="poisson", blend_margin=1, poisson_method="opencv")
     changed = np.any(result.image != image, axis=-1)
     assert changed.any() and not changed[~dilate_mask(result.label, 1)].any()
+
+
+def test_poisson_on_gray_stored_as_colour_equals_the_per_channel_solve():
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    crop = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[4:16, 3:17] = True
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    crop_rgb = np.repeat(crop[..., None], 3, axis=2)
+    colour = inject_defect(as_rgb, crop_rgb, mask, (9, 11), method="poisson", blend_margin=2).image
+    single = inject_defect(gray, crop, mask, (9, 11), method="poisson", blend_margin=2).image
+    assert all(np.array_equal(colour[..., c], single) for c in range(3))
+    tinted = as_rgb.copy()
+    tinted[..., 2] //= 2  # not gray any more: every channel is solved on its own
+    out = inject_defect(tinted, crop_rgb, mask, (9, 11), method="poisson", blend_margin=2).image
+    assert np.array_equal(out[..., 0], single) and not np.array_equal(out[..., 2], single)
