@@ -48,6 +48,11 @@ Outputs
     Other keys pass through unchanged; per-image ``bboxes``/``keypoints`` and single-image keys are
     rejected (use :class:`InjectDefect` per sample).
 
+Inside ``A.Compose``
+    A DLI may sit in an ``A.Compose`` (for the seed, YAML, or batch transforms after it). Compose
+    stacks list inputs, so the images must then share one size, and its shape check needs
+    ``is_check_shapes=False`` for one-hot masks. Called directly, DLI has neither restriction.
+
 Errors (``ValueError``)
     A balanced class with no bank entries; a defect larger than a target in ``size_mode="absolute"``
     (names the class, the image and the closest defect); mask class ids unknown to the bank; an image

@@ -581,7 +581,7 @@ def apply_plan(
     """:func:`inject_defect` of a plan from :func:`plan_injection` (its crop, mask, place, method and class)."""
     return inject_defect(
         image,
-        plan.crop,
+        match_channels(plan.crop, image),  # (h, w) <-> (h, w, 1) when a pipeline reshapes 2-D images
         plan.mask,
         plan.top_left,
         class_mask=class_mask,

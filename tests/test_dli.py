@@ -460,6 +460,12 @@ def test_inject_defect_per_sample(sample_bank, samples, tmp_path):
         union[y0:y1, x0:x1] = True
     assert union[out["mask"] != 0].all()  # every injected pixel is inside one of the added boxes
     assert np.array_equal(out["label"], np.array([0, 0, 1, 0, 0], np.uint8))
+    # Poisson: the label is still the defect's own pixels, nothing beyond the blend margin changes
+    blend = InjectDefect(sample_bank, classes=["Break"], n=2, poisson_p=1.0, blend_margin=3, p=1)
+    out = A.Compose([blend], seed=1)(image=image, mask=mask)
+    assert held(out["mask"]) == {2} and np.array_equal(out["label"], np.array([0, 1, 0, 0, 0], np.uint8))
+    changed = out["image"] != image
+    assert changed.any() and not changed[~dilate_mask(out["mask"] != 0, 3)].any()
     # an int label is updated; images holding defects are skipped
     out = A.Compose([t], seed=0)(image=image, mask=mask, label=0)
     assert out["label"] == 3
