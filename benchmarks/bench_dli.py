@@ -135,7 +135,7 @@ def main() -> None:
     single_process(dli, images, masks, labels, batches[:3])  # warm-up
     times, cpu, phases, counts = single_process(dli, images, masks, labels, batches[3:])
     total = sum(times)
-    two_ips = two_workers(dli, images, masks, labels, args.batches)
+    two_ips = two_workers(dli, images, masks, labels, 2 * args.batches)
     rgb = [np.repeat(im[..., None], 3, axis=2) for im in images]  # MT as the reference code loads it
     rgb_times, rgb_cpu, _, _ = single_process(dli, rgb, masks, labels, batches[3:])
     injected = sum(c["free"] for c in counts) / len(counts)
@@ -194,7 +194,8 @@ def main() -> None:
         "is 2 x 64 / the median CPU time of a batch (DLI is single-threaded: two DataLoader workers run two batches "
         "at once), which other processes do not inflate; the DataLoader row is measured end to end (wall clock, "
         "collate included). Other helpers were using the same 2 cores while this ran, so every wall-clock figure "
-        "is pessimistic: re-run on a quiet machine.\n\n"
+        "is pessimistic: re-run on a quiet machine. The RGB row is Magnetic Tile as the reference code loads it "
+        "(three equal channels): its Poisson blends solve one channel and repeat it, the same result.\n\n"
         f"{throughput}\n\nTime per phase in the single process (summed over batches, divided by their number):\n\n"
         f"{split}\n\nClass counts (images holding each class) of the first batches, before and after injection "
         f"(fill='all' injects every defect-free image, rarest class first):\n\n{counts_table}\n"
