@@ -460,6 +460,12 @@ def test_inject_defect_per_sample(sample_bank, samples, tmp_path):
         union[y0:y1, x0:x1] = True
     assert union[out["mask"] != 0].all()  # every injected pixel is inside one of the added boxes
     assert np.array_equal(out["label"], np.array([0, 0, 1, 0, 0], np.uint8))
+    # numeric label fields get the class id, also when the image had no box yet
+    numeric = A.Compose([t], seed=0, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["ids"]))
+    out = numeric(image=image, mask=mask, bboxes=[], ids=[])
+    assert 2 <= len(out["bboxes"]) <= 3 and [int(v) for v in out["ids"]] == [3] * len(out["bboxes"])
+    out = numeric(image=image, mask=mask, bboxes=[[1, 1, 5, 5]], ids=[7])
+    assert [int(v) for v in out["ids"]] == [7] + [3] * (len(out["bboxes"]) - 1)
     # Poisson: the label is still the defect's own pixels, nothing beyond the blend margin changes
     blend = InjectDefect(sample_bank, classes=["Break"], n=2, poisson_p=1.0, blend_margin=3, p=1)
     out = A.Compose([blend], seed=1)(image=image, mask=mask)
