@@ -16,6 +16,7 @@ from .class_weights import ClassWeights, losses_to_probabilities
 from .color import color_jitter, sample_color_jitter
 from .cropliq import CropLiq
 from .cutpaste import CutPaste
+from .dli import DynamicLabelInjection, InjectDefect
 from .guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
@@ -24,12 +25,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ANOMALY_LABEL_KEY",
     "ANOMALY_MASK_KEY",
+    "CLASS_VECTOR_KEY",
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
     "__version__",
     "AnomalySynthesis",
     "bank_reference",
-    "CLASS_VECTOR_KEY",
     "ClassWeights",
     "color_jitter",
     "CropLiq",
@@ -38,7 +39,9 @@ __all__ = [
     "DefectBankWarning",
     "DefectEntry",
     "DefectTransform",
+    "DynamicLabelInjection",
     "GuidedCropPaste",
+    "InjectDefect",
     "load_samples",
     "local_contrast",
     "losses_to_probabilities",

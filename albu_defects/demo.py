@@ -147,8 +147,58 @@ def panel_blending(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     ]
 
 
+def _dli_batch(samples: list[Sample], seed: int) -> tuple[list[Sample], dict]:
+    """A batch of the bundled samples (all three defect-free, one of each defect class) and DLI's output."""
+    import warnings
+
+    from .bank import DefectBank
+    from .dli import DynamicLabelInjection
+    from .samples import sample_root
+
+    batch = [s for s in samples if s.class_name == "Free"]
+    seen: set[str] = set()
+    batch += [s for s in samples if s.class_name != "Free" and not (s.class_name in seen or seen.add(s.class_name))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bank = DefectBank.from_folder(sample_root(), progress=False)
+    dli = DynamicLabelInjection(bank, poisson_p=0.5, seed=seed)
+    return batch, dli(images=[s.image for s in batch], masks=[s.class_mask for s in batch])
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def panel_dli_before(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """Dynamic Label Injection, the batch before: masks tinted by class."""
+    batch, out = _dli_batch(samples, int(rng.integers(2**31)))
+    tiles = [tile(s.image, s.class_name, s.class_mask, class_mask=True) for s in batch]
+    return f"Dynamic Label Injection, batch before (images per class: {_counts(out['class_counts_before'])})", tiles
+
+
+def panel_dli_after(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """Dynamic Label Injection, the batch after: defect-free images got the rarest classes."""
+    batch, out = _dli_batch(samples, int(rng.integers(2**31)))
+    tiles = []
+    for s, image, mask, log in zip(batch, out["images"], out["masks"], out["injections"], strict=True):
+        text = f"+{log['class_name']} {'P' if log['method'] == 'poisson' else 'CP'}" if log else s.class_name
+        tiles.append(tile(image, text, mask, class_mask=True))
+    title = (
+        f"... after (+ = injected, rarest class first; P Poisson, CP cut-paste): {_counts(out['class_counts_after'])}"
+    )
+    return title, tiles
+
+
 #: Rows of the demo picture, top to bottom.
-PANELS: list[Panel] = [panel_samples, panel_blending, panel_cropliq, panel_cutpaste, panel_guided_crop]
+PANELS: list[Panel] = [
+    panel_samples,
+    panel_blending,
+    panel_dli_before,
+    panel_dli_after,
+    panel_guided_crop,
+    panel_cropliq,
+    panel_cutpaste,
+]
 
 
 def build_demo(seed: int = 0) -> np.ndarray:
