@@ -8,22 +8,52 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 
 from __future__ import annotations
 
+from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
 from .base import IS_ALBUMENTATIONS_X, DefectTransform
 from .batch import BatchCompose
-from .blending import paste
+from .blending import local_contrast, paste, poisson_blend
+from .class_weights import ClassWeights, losses_to_probabilities
+from .color import color_jitter, sample_color_jitter
 from .contextmix import ContextMix
+from .cropliq import CropLiq
+from .cutpaste import CutPaste
+from .dli import DynamicLabelInjection, InjectDefect
+from .guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
 from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANOMALY_LABEL_KEY",
+    "ANOMALY_MASK_KEY",
+    "CLASS_VECTOR_KEY",
     "IS_ALBUMENTATIONS_X",
     "MAGNETIC_TILE_CLASSES",
     "BatchCompose",
     "ContextMix",
-    "DefectTransform",
-    "Sample",
     "__version__",
+    "AnomalySynthesis",
+    "bank_reference",
+    "ClassWeights",
+    "color_jitter",
+    "CropLiq",
+    "CutPaste",
+    "DefectBank",
+    "DefectBankWarning",
+    "DefectEntry",
+    "DefectTransform",
+    "DynamicLabelInjection",
+    "GuidedCropPaste",
+    "InjectDefect",
     "load_samples",
+    "local_contrast",
+    "losses_to_probabilities",
     "paste",
+    "poisson_blend",
+    "resolve_bank",
+    "Sample",
+    "sample_color_jitter",
+    "synthesize",
+    "synthesize_to_folder",
 ]

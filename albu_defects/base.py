@@ -80,8 +80,8 @@ class DefectTransform(A.DualTransform):
         hw = image_hw(image)
         if data.get("mask") is not None:
             check_mask_shape(data["mask"], hw, "mask")
-        masks = data.get("masks")  # albumentations stacks a list of masks into one array
-        for index, mask in enumerate(masks if masks is not None else ()):
+        masks = data.get("masks")
+        for index, mask in enumerate(() if masks is None else masks):  # a list, or an (N, H, W) array
             check_mask_shape(mask, hw, f"masks[{index}]")
 
     # ----------------------------------------------------------------- the bridge

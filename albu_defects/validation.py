@@ -18,6 +18,7 @@ __all__ = [
     "check_mask_shape",
     "check_matching_images",
     "check_probability",
+    "check_range",
     "clip_to_dtype",
     "dtype_max",
     "image_hw",
@@ -116,6 +117,24 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return float(value)
+
+
+def check_range(
+    value: Any, name: str, minimum: float = -np.inf, maximum: float = np.inf, *, exclusive_min: bool = False
+) -> tuple[float, float]:
+    """Return ``value`` as a ``(low, high)`` pair of finite floats with ``minimum <= low <= high <= maximum``.
+
+    With ``exclusive_min`` the low end must be strictly above ``minimum`` (e.g. a size ratio > 0).
+    """
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
+    low_ok = low > minimum if exclusive_min else low >= minimum
+    if not (np.isfinite(low) and np.isfinite(high) and low_ok and low <= high <= maximum):
+        bound = f"{minimum} < low" if exclusive_min else f"{minimum} <= low"
+        raise ValueError(f"{name}=({low}, {high}) must satisfy {bound} <= high <= {maximum}")
+    return low, high
 
 
 def dtype_max(dtype: np.dtype | type) -> float:

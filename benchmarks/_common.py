@@ -18,9 +18,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MAGNETIC_TILE_ROOT = Path(
-    os.environ.get("ALBU_DEFECTS_MT_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile")
-)
+
+
+def _find_magnetic_tile() -> Path:
+    """``../shared/data/magnetic_tile`` beside the checkout (or beside a parent folder, for git worktrees)."""
+    if "ALBU_DEFECTS_MT_ROOT" in os.environ:
+        return Path(os.environ["ALBU_DEFECTS_MT_ROOT"])
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared" / "data" / "magnetic_tile").is_dir():
+            return parent / "shared" / "data" / "magnetic_tile"
+    return here.parents[2] / "shared" / "data" / "magnetic_tile"
+
+
+MAGNETIC_TILE_ROOT = _find_magnetic_tile()
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 2) -> float:

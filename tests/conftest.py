@@ -31,10 +31,21 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The real dataset beside the checkout (``../shared/data/magnetic_tile``); override with ALBU_DEFECTS_MT_ROOT.
-MAGNETIC_TILE_ROOT = Path(
-    os.environ.get("ALBU_DEFECTS_MT_ROOT", REPO_ROOT.parent / "shared" / "data" / "magnetic_tile")
-)
+
+
+def _find_magnetic_tile() -> Path:
+    """``../shared/data/magnetic_tile`` beside the checkout (or beside any parent folder, for git worktrees)."""
+    if "ALBU_DEFECTS_MT_ROOT" in os.environ:
+        return Path(os.environ["ALBU_DEFECTS_MT_ROOT"])
+    for parent in REPO_ROOT.parents:
+        candidate = parent / "shared" / "data" / "magnetic_tile"
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "data" / "magnetic_tile"
+
+
+#: The real dataset (override with ALBU_DEFECTS_MT_ROOT); tests using it skip when it is absent.
+MAGNETIC_TILE_ROOT = _find_magnetic_tile()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,225 @@
+"""Pseudo-anomaly synthesis for self-supervised anomaly detection: shared outputs and the N-way composition.
+
+Every anomaly transform (:class:`~albu_defects.CropLiq`, :class:`~albu_defects.CutPaste`) shares the
+outputs defined here, so a DataLoader always sees the same keys:
+
+- ``anomaly_label`` (int): the transform's ``label`` when applied, ``0`` when skipped by ``p``;
+- ``anomaly_mask`` (bool (H, W)): the pixels the transform changed (a superset: a changed pixel is
+  always in it). When an earlier step already wrote an ``anomaly_mask`` of the same size, the new
+  one is its union with it. Geometric transforms later in a pipeline only move it along when it
+  is declared a mask target (``A.Compose(..., additional_targets={"anomaly_mask": "mask"})``);
+  simplest is to put anomaly synthesis last;
+- ``mask`` (only when one is passed in): the anomaly pixels are set to ``mask_class_id`` (``True``
+  for a bool mask); no ``mask`` is created when none is given. ``masks``, ``bboxes`` and
+  ``keypoints`` pass through unchanged (the image geometry does not change).
+
+:class:`AnomalySynthesis` applies one of its anomaly transforms, or none ("normal"), and writes the
+class of what it did under ``anomaly_label``: the 3-way task of CutPaste / CropLiq in one line::
+
+    AnomalySynthesis([CropLiq(), CutPaste(variant="normal")])  # labels 0 normal, 1 CropLiq, 2 CutPaste
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from albumentations.core.composition import BaseCompose
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from pydantic import Field
+
+from .base import DefectTransform, public_class_fullname
+from .validation import check_probability, image_hw
+
+__all__ = [
+    "ANOMALY_LABEL_KEY",
+    "ANOMALY_MASK_KEY",
+    "AnomalySynthesis",
+    "AnomalyTransform",
+    "merge_anomaly_mask",
+]
+
+#: Output key of the anomaly class (0 = normal).
+ANOMALY_LABEL_KEY = "anomaly_label"
+#: Output key of the boolean mask of synthesized anomaly pixels.
+ANOMALY_MASK_KEY = "anomaly_mask"
+
+
+def merge_anomaly_mask(mask: np.ndarray, anomaly: np.ndarray, class_id: int) -> np.ndarray:
+    """A copy of ``mask`` with the ``anomaly`` pixels set to ``class_id`` (``True`` for a bool mask).
+
+    ``mask`` may be (H, W) or (H, W, 1); ``anomaly`` is a bool (H, W) array. Raises ``ValueError``
+    when ``class_id`` does not fit the mask's dtype (it would wrap around silently).
+    """
+    out = mask.copy()
+    if out.dtype == bool:
+        out[anomaly] = True
+        return out
+    if np.issubdtype(out.dtype, np.integer) and not (np.iinfo(out.dtype).min <= class_id <= np.iinfo(out.dtype).max):
+        raise ValueError(f"mask_class_id={class_id} does not fit the mask dtype {out.dtype}; use a wider mask dtype")
+    out[anomaly] = class_id
+    return out
+
+
+class AnomalyInitSchema(BaseTransformInitSchema):
+    """Init arguments every anomaly transform shares."""
+
+    label: int = Field(ge=1, description="anomaly_label written when applied (0 is reserved for normal)")
+    mask_class_id: int = Field(ge=1, description="value written into `mask` on anomaly pixels")
+
+
+class AnomalyTransform(DefectTransform):
+    """Base of the anomaly transforms: label and mask outputs, pass-through of unchanged geometry.
+
+    ``sample()`` of a subclass must return the full-size boolean ``anomaly_mask`` among its params.
+    """
+
+    label: int
+    mask_class_id: int
+
+    def apply_to_mask(self, mask: np.ndarray, anomaly_mask: np.ndarray, **params: Any) -> np.ndarray:
+        return merge_anomaly_mask(mask, anomaly_mask, self.mask_class_id)
+
+    def apply_to_masks(self, masks: Any, **params: Any) -> Any:
+        return masks  # instance masks: an anomaly belongs to none of them
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
+        return bboxes
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
+        return keypoints
+
+    def read_only_keys(self) -> tuple[str, ...]:
+        """Data keys this transform reads but must hand back untouched (even if declared mask targets)."""
+        return ()
+
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        anomaly = params[ANOMALY_MASK_KEY]
+        previous = data.get(ANOMALY_MASK_KEY)
+        if isinstance(previous, np.ndarray) and previous.shape[:2] == anomaly.shape:
+            anomaly = anomaly | (previous.reshape(anomaly.shape) != 0)
+        outputs = {ANOMALY_LABEL_KEY: int(self.label), ANOMALY_MASK_KEY: anomaly}
+        outputs.update({key: data[key] for key in self.read_only_keys() if key in data})
+        return outputs
+
+    def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        return normal_outputs(data)
+
+
+def input_image(data: dict[str, Any]) -> np.ndarray | None:
+    """The image of a call: ``image``, else the first of ``images``, else ``None``."""
+    if data.get("image") is not None:
+        return data["image"]
+    return data["images"][0] if data.get("images") is not None else None
+
+
+def normal_outputs(data: dict[str, Any]) -> dict[str, Any]:
+    """The anomaly keys of an untouched sample: label 0 and an empty mask of the image's size."""
+    image = input_image(data)
+    if image is None:
+        return {ANOMALY_LABEL_KEY: 0}
+    return {ANOMALY_LABEL_KEY: 0, ANOMALY_MASK_KEY: np.zeros(image_hw(image), bool)}
+
+
+class AnomalySynthesis(BaseCompose):
+    """Apply one of ``transforms`` (or none: a "normal" sample) and write its class under ``anomaly_label``.
+
+    Args:
+        transforms: anomaly transforms (:class:`~albu_defects.CropLiq`, :class:`~albu_defects.CutPaste`, ...).
+            The one to apply is drawn with weights proportional to their ``p`` (as ``A.OneOf``) and
+            applied for sure.
+        normal_p: probability of a normal sample (no transform, label ``normal_label``); default
+            ``1 / (len(transforms) + 1)``, i.e. all classes equally likely.
+        labels: ``anomaly_label`` of each transform; default ``1, 2, ..., len(transforms)``. Two
+            transforms may share a label (e.g. both CutPaste variants as one class); none may equal
+            ``normal_label``.
+        normal_label: label of a normal sample (default 0).
+        p: probability of drawing at all; when not drawn the sample is normal.
+
+    The output always holds ``anomaly_label`` and ``anomaly_mask`` (empty for a normal sample).
+    Reproducible under ``A.Compose(..., seed=s)``; saved to YAML as ``albu_defects.AnomalySynthesis``
+    with its children and arguments.
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[AnomalyTransform],
+        normal_p: float | None = None,
+        labels: Sequence[int] | None = None,
+        normal_label: int = 0,
+        p: float = 1.0,
+    ):
+        transforms = list(transforms)
+        if not transforms:
+            raise ValueError("transforms must hold at least one anomaly transform (CropLiq, CutPaste, ...)")
+        for index, transform in enumerate(transforms):
+            if not isinstance(transform, AnomalyTransform):
+                raise ValueError(
+                    f"transforms[{index}] is {type(transform).__name__}; AnomalySynthesis takes anomaly transforms "
+                    "(CropLiq, CutPaste) that write an anomaly mask"
+                )
+        super().__init__(transforms=transforms, p=check_probability(p, "p"))
+        count = len(self.transforms)
+        self.normal_p = check_probability(1.0 / (count + 1) if normal_p is None else normal_p, "normal_p")
+        self.normal_label = int(normal_label)
+        self.labels = list(range(1, count + 1)) if labels is None else [int(label) for label in labels]
+        if len(self.labels) != count:
+            raise ValueError(f"labels has {len(self.labels)} entries but there are {count} transforms; give one each")
+        if self.normal_label in self.labels:
+            raise ValueError(
+                f"labels {self.labels} contain normal_label={self.normal_label}: an anomaly would be labelled normal"
+            )
+        weights = np.array([float(t.p) for t in self.transforms])
+        if weights.sum() <= 0:
+            raise ValueError("every transform has p=0: give at least one a positive p (p weighs the choice)")
+        self.transform_weights = (weights / weights.sum()).tolist()
+
+    @classmethod
+    def get_class_fullname(cls) -> str:
+        return public_class_fullname(cls)
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Seed the choice with ``seed`` and each child with a seed derived from it.
+
+        albumentations gives every child the parent's seed; here that would tie a child's first draws
+        to the choice that selected it (e.g. a CutPaste chosen when ``u >= normal_p`` would then draw
+        its area from the top of its range), so each child gets its own stream.
+        """
+        super().set_random_seed(seed)
+        for index, transform in enumerate(self.transforms):
+            child_seed = None if seed is None else int(np.random.SeedSequence([seed, index + 1]).generate_state(1)[0])
+            transform.set_random_seed(child_seed)
+
+    def to_dict_private(self) -> dict[str, Any]:
+        dictionary = super().to_dict_private()
+        dictionary.update({"normal_p": self.normal_p, "labels": list(self.labels), "normal_label": self.normal_label})
+        return dictionary
+
+    def choose(self, force_apply: bool = False) -> int | None:
+        """Index of the transform to apply for one sample, or ``None`` for a normal one."""
+        drawn = force_apply or self.py_random.random() < self.p
+        is_normal = self.random_generator.random() < self.normal_p
+        if not drawn or is_normal:
+            return None
+        return int(self.random_generator.choice(len(self.transforms), p=self.transform_weights))
+
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        if args:
+            raise KeyError("You have to pass data to augmentations as named arguments, for example: aug(image=image)")
+        if self.replay_mode:  # ReplayCompose replays the recorded child
+            for transform in self.transforms:
+                data = transform(**data)
+            return data
+        index = self.choose(force_apply)
+        if index is None:
+            outputs = normal_outputs(data)
+            data[ANOMALY_LABEL_KEY] = self.normal_label
+            if ANOMALY_MASK_KEY in outputs:
+                data.setdefault(ANOMALY_MASK_KEY, outputs[ANOMALY_MASK_KEY])
+            return data
+        transform = self.transforms[index]
+        data = transform(force_apply=True, **data)
+        self._track_transform_params(transform, data)
+        data[ANOMALY_LABEL_KEY] = self.labels[index]
+        return data

@@ -1,0 +1,594 @@
+"""Injection core: put one real defect (crop + its own mask) into an image and its class-index mask.
+
+Shared by :class:`~albu_defects.DynamicLabelInjection` (batch balancing) and
+:class:`~albu_defects.InjectDefect` (per sample); any method that moves a labelled defect into
+another image can use it. Everything here is a pure function of its arguments (randomness comes
+from an explicit ``np.random.Generator``); no input is ever modified.
+
+Conventions
+    A *defect* is a ``crop`` ((h, w) or (h, w, C); uint8, uint16 or float32) with a boolean
+    ``mask`` of the same height and width marking the defect's own pixels. Pixels of the crop around
+    the mask are *context*: Poisson blending reads source gradients there. ``top_left=(y, x)``
+    places the crop on the target, possibly partly outside it (only the overlap is used), as in
+    :mod:`albu_defects.blending`.
+
+Labels
+    The label of an injected defect is exactly the part of its ``mask`` that lands on the target:
+    :func:`inject_defect` writes ``class_id`` there in the class-index mask and nowhere else.
+    ``blend_margin`` widens only the *blending* region of Poisson injection (the mask dilated by
+    that many pixels, a square structuring element, like the 5x5 max-pool of the reference DLI code
+    for ``blend_margin=2``); the label is never grown. Cut-paste copies exactly the mask's pixels.
+    So every pixel farther than ``blend_margin`` from the label (``dilate_mask(label, blend_margin)``)
+    keeps its value, whatever the blending method.
+
+Sizes
+    ``size_mode="relative"`` scales a crop by (target height / source height, target width /
+    source width), the per-axis factors that map the defect's source image onto the target, so a
+    defect keeps its share and position of the image when the data were resized (as the reference
+    code does by resizing everything to 256x256). ``"absolute"`` keeps its pixel size. A defect
+    whose (transformed) extent is larger than the target is shrunk, isotropically, until it fits;
+    the factor is recorded in the plan. In ``"absolute"`` mode only bank entries whose defect fits
+    the target untransformed are drawn, and :func:`choose_entry` raises a ``ValueError`` naming the
+    class, the target size and the smallest defect when none fits.
+
+Placement
+    ``"random"``: uniformly among the positions where the whole defect (its mask's box) lies inside
+    the target. ``"source"``: where it was in its source image, in relative coordinates (the centre
+    of its mask at the same fraction of the target's height and width), moved by whatever shift the
+    defect transform applied, then clamped so the defect lies inside the target.
+
+Colour and dtype
+    :func:`match_channels` adapts a crop to the target: a single-channel crop is repeated over the
+    target's channels (an explicit, lossless gray-to-colour broadcast); a colour crop into a target
+    with a different number of channels, and any dtype mismatch, raise a ``ValueError`` saying what
+    to convert (no silent rescaling of pixel values).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable, MutableMapping
+from contextlib import contextmanager
+from typing import Any, Literal, NamedTuple
+
+import cv2
+import numpy as np
+
+from . import blending
+from .bank import DefectBank, DefectEntry
+from .geometry import dilate_mask, mask_bbox, placement_overlap
+from .validation import check_image, image_hw
+
+__all__ = [
+    "InjectionPlan",
+    "InjectionResult",
+    "apply_plan",
+    "PLACEMENTS",
+    "SIZE_MODES",
+    "DefectTransformFn",
+    "choose_entry",
+    "crop_to_defect",
+    "fit_to_target",
+    "inject_defect",
+    "match_channels",
+    "plan_injection",
+    "random_top_left",
+    "relative_scale",
+    "resize_defect",
+    "source_top_left",
+    "transform_defect",
+    "write_class",
+]
+
+Placement = Literal["random", "source"]
+SizeMode = Literal["relative", "absolute"]
+Method = Literal["poisson", "paste"]
+PLACEMENTS: tuple[str, ...] = ("random", "source")
+SIZE_MODES: tuple[str, ...] = ("relative", "absolute")
+METHODS: tuple[str, ...] = ("poisson", "paste")
+
+#: A defect transform: ``(crop, mask_uint8) -> (crop, mask_uint8)``, drawing its randomness itself.
+DefectTransformFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+#: How many times a defect transform is re-drawn when it moves the whole defect off its canvas.
+TRANSFORM_RETRIES = 10
+#: The canvas a defect is transformed on: its crop padded to this many times its diagonal (room to
+#: rotate and scale up without cutting the defect).
+CANVAS_DIAGONALS = 1.25
+
+
+class InjectionResult(NamedTuple):
+    """What :func:`inject_defect` returns.
+
+    ``image``: the new image; ``class_mask``: the new class-index mask (``None`` if none was given);
+    ``label``: bool (H, W), the injected defect's pixels on the target; ``bbox``: their tight box
+    ``(y0, x0, y1, x1)`` (ends exclusive), ``None`` if nothing landed on the target.
+    """
+
+    image: np.ndarray
+    class_mask: np.ndarray | None
+    label: np.ndarray
+    bbox: tuple[int, int, int, int] | None
+
+
+class InjectionPlan(NamedTuple):
+    """One prepared injection: the defect as it will be placed, where, and how.
+
+    ``crop``/``mask`` are the transformed, scaled defect (the crop matches the target's channels and
+    dtype); ``top_left`` places them; ``method`` is ``"poisson"`` or ``"paste"``; ``entry`` is the
+    bank entry it came from; ``scale`` the (y, x) factors applied to the crop (size mode times any
+    shrink to fit).
+    """
+
+    class_id: int
+    entry: DefectEntry
+    crop: np.ndarray
+    mask: np.ndarray
+    top_left: tuple[int, int]
+    method: str
+    scale: tuple[float, float]
+
+    def log(self) -> dict[str, Any]:
+        """A plain-Python record (no arrays) for logs: class, bank entry, method, placement, scale."""
+        return {
+            "class_id": self.class_id,
+            "class_name": self.entry.class_name,
+            "entry_id": self.entry.entry_id,
+            "source_id": self.entry.source_id,
+            "method": self.method,
+            "top_left": (int(self.top_left[0]), int(self.top_left[1])),
+            "scale": (round(float(self.scale[0]), 6), round(float(self.scale[1]), 6)),
+        }
+
+
+@contextmanager
+def _timed(timings: MutableMapping[str, float] | None, key: str):
+    """Add the wall time of the block to ``timings[key]`` (seconds) when ``timings`` is a mapping."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------- channels
+def match_channels(crop: np.ndarray, target: np.ndarray, what: str = "defect") -> np.ndarray:
+    """``crop`` with the target's channel layout; see the module docstring for what is converted.
+
+    (h, w) <-> (h, w, 1) is a reshape; a single-channel crop into a C-channel target is repeated
+    over the channels. Raises ``ValueError`` on a dtype mismatch or a colour crop whose channels
+    differ from the target's.
+    """
+    if crop.dtype != target.dtype:
+        raise ValueError(
+            f"{what} has dtype {crop.dtype} but the image has {target.dtype}: build the bank from images of "
+            f"the same dtype, or inject before converting the images (e.g. before Normalize/ToFloat)"
+        )
+    crop_c = 1 if crop.ndim == 2 else crop.shape[2]
+    if target.ndim == 2:
+        if crop_c != 1:
+            raise ValueError(
+                f"{what} has {crop_c} channels but the image is single-channel (H, W): convert the bank or the "
+                "images to one channel layout (colour defects are never silently turned gray)"
+            )
+        return crop if crop.ndim == 2 else crop[..., 0]
+    target_c = target.shape[2]
+    if crop_c == target_c:
+        return crop if crop.ndim == 3 else crop[..., None]
+    if crop_c == 1:
+        plane = crop if crop.ndim == 2 else crop[..., 0]
+        return np.repeat(plane[..., None], target_c, axis=2)
+    raise ValueError(
+        f"{what} has {crop_c} channels but the image has {target_c}: convert the bank or the images so they agree"
+    )
+
+
+# --------------------------------------------------------------------------------------- resizing
+def relative_scale(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[float, float]:
+    """Per-axis factors mapping a source image onto a target: (target h / source h, target w / source w)."""
+    return float(target_hw[0]) / float(source_hw[0]), float(target_hw[1]) / float(source_hw[1])
+
+
+def _resize(image: np.ndarray, out_hw: tuple[int, int], interpolation: int) -> np.ndarray:
+    out = cv2.resize(image, (int(out_hw[1]), int(out_hw[0])), interpolation=interpolation)
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def resize_defect(crop: np.ndarray, mask: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a defect to ``out_hw`` (at least 1x1): pixels by area (shrinking) or linear; the mask by coverage.
+
+    A pixel of the new mask is defect when at least half of it was; a defect never vanishes: when no
+    pixel reaches half, the most-covered pixels are kept. The crop keeps its dtype and channels.
+    """
+    out_hw = (max(1, int(out_hw[0])), max(1, int(out_hw[1])))
+    if out_hw == image_hw(crop):
+        return crop, np.asarray(mask, bool)
+    shrinking = out_hw[0] <= crop.shape[0] and out_hw[1] <= crop.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    new_crop = _resize(crop, out_hw, interpolation)
+    coverage = _resize(np.asarray(mask, np.float32), out_hw, interpolation)
+    new_mask = coverage >= 0.5
+    if not new_mask.any() and np.asarray(mask).any():
+        new_mask = coverage >= coverage.max()
+    return new_crop, new_mask
+
+
+def scale_defect(
+    crop: np.ndarray, mask: np.ndarray, scale: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Scale a defect by ``(sy, sx)``; returns the crop, mask and the factors actually applied (rounded sizes)."""
+    h, w = image_hw(crop)
+    out_hw = (max(1, round(h * scale[0])), max(1, round(w * scale[1])))
+    new_crop, new_mask = resize_defect(crop, mask, out_hw)
+    return new_crop, new_mask, (out_hw[0] / h, out_hw[1] / w)
+
+
+# --------------------------------------------------------------------------------------- cropping
+def crop_to_defect(crop: np.ndarray, mask: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Cut a defect down to its mask's box plus ``context`` pixels (clipped); returns crop, mask, offset.
+
+    ``offset=(y, x)`` is where the new crop's corner was in the old one. Raises ``ValueError`` on an
+    empty mask.
+    """
+    box = mask_bbox(mask)
+    if box is None:
+        raise ValueError("the defect's mask is empty")
+    h, w = image_hw(crop)
+    y0, x0 = max(box[0] - context, 0), max(box[1] - context, 0)
+    y1, x1 = min(box[2] + context, h), min(box[3] + context, w)
+    return crop[y0:y1, x0:x1], mask[y0:y1, x0:x1], (y0, x0)
+
+
+def transform_defect(
+    crop: np.ndarray, mask: np.ndarray, transform: DefectTransformFn, context: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Apply a defect transform on a padded canvas, then cut back to the defect plus ``context``.
+
+    The crop is padded (reflected; the mask with zeros) to a square of :data:`CANVAS_DIAGONALS`
+    times its diagonal, so rotating and scaling do not cut the defect. ``transform`` gets
+    ``(canvas, mask as uint8 0/1)`` and returns the same. Returns the new crop and mask and the
+    displacement ``(dy, dx)`` of the mask's centre (what a shift in the transform did). When the
+    transform leaves no defect pixel, it is re-drawn up to :data:`TRANSFORM_RETRIES` times, then
+    the defect is used untransformed (displacement 0). Raises ``ValueError`` if the transform
+    changes the dtype or the channel layout.
+    """
+    h, w = image_hw(crop)
+    side = math.ceil(math.hypot(h, w) * CANVAS_DIAGONALS) + 2
+    pad_y, pad_x = max(0, (side - h + 1) // 2), max(0, (side - w + 1) // 2)
+    borders = (pad_y, pad_y, pad_x, pad_x)
+    canvas = cv2.copyMakeBorder(crop, *borders, cv2.BORDER_REFLECT_101)
+    if crop.ndim == 3 and canvas.ndim == 2:
+        canvas = canvas[..., None]
+    canvas_mask = cv2.copyMakeBorder(np.asarray(mask, np.uint8), *borders, cv2.BORDER_CONSTANT, value=0)
+    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+    before = (pad_y + (y0 + y1) / 2.0, pad_x + (x0 + x1) / 2.0)
+    for _ in range(TRANSFORM_RETRIES):
+        out, out_mask = transform(canvas, canvas_mask)
+        if not isinstance(out, np.ndarray) or out.dtype != crop.dtype or out.ndim != crop.ndim:
+            raise ValueError(
+                f"defect_transform must return an image of the crop's dtype {crop.dtype} and {crop.ndim} dims, "
+                f"got {getattr(out, 'dtype', type(out).__name__)} with shape {getattr(out, 'shape', None)}"
+            )
+        if crop.ndim == 3 and out.shape[2] != crop.shape[2]:
+            raise ValueError(f"defect_transform changed the channels from {crop.shape[2]} to {out.shape[2]}")
+        out_mask = np.asarray(out_mask)
+        if out_mask.ndim == 3:
+            out_mask = out_mask[..., 0]
+        if out_mask.shape != image_hw(out):
+            raise ValueError(f"defect_transform returned a mask of shape {out_mask.shape} for an image {out.shape}")
+        out_mask = out_mask != 0
+        if out_mask.any():
+            new_crop, new_mask, (oy, ox) = crop_to_defect(out, out_mask, context)
+            y0, x0, y1, x1 = mask_bbox(new_mask)  # type: ignore[misc]  # small: the cut-down crop
+            after = (oy + (y0 + y1) / 2.0, ox + (x0 + x1) / 2.0)
+            return new_crop, new_mask, (after[0] - before[0], after[1] - before[1])
+    new_crop, new_mask, _ = crop_to_defect(crop, np.asarray(mask, bool), context)
+    return new_crop, new_mask, (0.0, 0.0)
+
+
+def fit_to_target(
+    crop: np.ndarray, mask: np.ndarray, target_hw: tuple[int, int], context: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Shrink a defect isotropically until its mask's box fits in ``target_hw``; returns crop, mask, factor.
+
+    A defect that already fits is returned as is (factor 1.0). The result is cut to the mask plus
+    ``context``.
+    """
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    factor = 1.0
+    for _ in range(64):
+        y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+        bh, bw = y1 - y0, x1 - x0
+        if bh <= th and bw <= tw:
+            return crop, mask, factor
+        step = min(th / bh, tw / bw)
+        h, w = image_hw(crop)
+        out_hw = (max(1, math.floor(h * step)), max(1, math.floor(w * step)))
+        if out_hw == (h, w):
+            out_hw = (max(1, h - 1), max(1, w - 1))
+        factor *= out_hw[0] / h
+        crop, mask = resize_defect(crop, mask, out_hw)
+        crop, mask, _ = crop_to_defect(crop, mask, context)
+    raise ValueError(f"could not shrink a defect to fit a {th}x{tw} target")  # pragma: no cover - unreachable
+
+
+# --------------------------------------------------------------------------------------- placement
+def random_top_left(mask: np.ndarray, target_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """A uniformly random ``top_left`` for a crop whose ``mask`` box must lie inside the target.
+
+    Raises ``ValueError`` when the mask's box is larger than the target.
+    """
+    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if y1 - y0 > th or x1 - x0 > tw:
+        raise ValueError(f"a {y1 - y0}x{x1 - x0} defect does not fit a {th}x{tw} image")
+    return int(rng.integers(-y0, th - y1 + 1)), int(rng.integers(-x0, tw - x1 + 1))
+
+
+def source_top_left(
+    mask: np.ndarray,
+    target_hw: tuple[int, int],
+    relative_center: tuple[float, float],
+    shift: tuple[float, float] = (0.0, 0.0),
+) -> tuple[int, int]:
+    """``top_left`` putting the mask's centre at ``relative_center`` (fractions of the target) plus ``shift`` px.
+
+    Clamped so the mask's box lies inside the target (raises ``ValueError`` when it cannot).
+    """
+    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if y1 - y0 > th or x1 - x0 > tw:
+        raise ValueError(f"a {y1 - y0}x{x1 - x0} defect does not fit a {th}x{tw} image")
+    cy = relative_center[0] * th + shift[0]
+    cx = relative_center[1] * tw + shift[1]
+    y = round(cy - (y0 + y1) / 2.0)
+    x = round(cx - (x0 + x1) / 2.0)
+    return int(min(max(y, -y0), th - y1)), int(min(max(x, -x0), tw - x1))
+
+
+# --------------------------------------------------------------------------------------- injection
+def _gray_in_colour(image: np.ndarray) -> bool:
+    """True for an (H, W, C > 1) image whose channels are all equal."""
+    if image.ndim != 3 or image.shape[2] < 2:
+        return False
+    first = image[..., 0]
+    return all(np.array_equal(first, image[..., c]) for c in range(1, image.shape[2]))
+
+
+def write_class(class_mask: np.ndarray, label: np.ndarray, class_id: int) -> np.ndarray:
+    """A copy of a class-index mask with ``class_id`` written on ``label`` (bool, same H, W).
+
+    (H, W, 1) masks keep their shape. Raises ``ValueError`` if the id does not fit the dtype.
+    """
+    out = class_mask.copy()
+    plane = out[..., 0] if out.ndim == 3 else out
+    if out.dtype == bool:
+        if class_id != 1:
+            raise ValueError(f"a bool mask can only hold class 1, not class {class_id}; use an integer mask")
+    elif not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(f"a class-index mask must be integer (or bool), got dtype {out.dtype}")
+    elif class_id > np.iinfo(out.dtype).max:
+        raise ValueError(f"class id {class_id} does not fit the mask dtype {out.dtype}; use a wider dtype")
+    plane[label] = class_id
+    return out
+
+
+def inject_defect(
+    image: np.ndarray,
+    crop: np.ndarray,
+    mask: np.ndarray,
+    top_left: tuple[int, int],
+    *,
+    class_mask: np.ndarray | None = None,
+    class_id: int = 1,
+    method: Method = "paste",
+    blend_margin: int = 0,
+    poisson_mode: str = "mixed",
+    poisson_method: str = "auto",
+    timings: MutableMapping[str, float] | None = None,
+) -> InjectionResult:
+    """Inject a defect (``crop`` + bool ``mask``) into ``image`` at ``top_left=(y, x)``.
+
+    ``method="paste"`` copies the mask's pixels; ``"poisson"`` Poisson-blends the part of the mask
+    that lands on the target, dilated by ``blend_margin`` (``poisson_mode`` "normal" or "mixed"
+    gradients, ``poisson_method`` as in
+    :func:`albu_defects.blending.poisson_blend`), and only pixels of that region are taken from the
+    blend (a solver that touches its whole bounding box, like OpenCV's, cannot change anything
+    else). ``crop`` must match ``image`` in dtype and channels (see :func:`match_channels`). When
+    ``class_mask`` is given, ``class_id`` is written on the label. Inputs are never modified.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(blend_margin, bool) or int(blend_margin) != blend_margin or blend_margin < 0:
+        raise ValueError(f"blend_margin must be an int >= 0 (pixels), got {blend_margin!r}")
+    check_image(image, "image")
+    hw = image_hw(image)
+    mask = np.asarray(mask, bool)
+    if mask.shape != image_hw(crop):
+        raise ValueError(f"mask is {mask.shape} but the crop is {image_hw(crop)}; they must match")
+    label = np.zeros(hw, bool)
+    overlap = placement_overlap(hw, mask.shape, top_left)
+    bbox = None
+    if overlap is not None:
+        label[overlap.target] = mask[overlap.source]
+        box = mask_bbox(mask[overlap.source])  # the label's box, from the (small) window
+        if box is not None:
+            ty, tx = overlap.target[0].start, overlap.target[1].start
+            bbox = (box[0] + ty, box[1] + tx, box[2] + ty, box[3] + tx)
+    if method == "paste":
+        with _timed(timings, "paste"):
+            out = blending.paste(image, crop, mask, top_left)
+    else:
+        with _timed(timings, "poisson"):
+            visible = np.zeros_like(mask)  # the part of the defect that lands on the target
+            if overlap is not None:
+                visible[overlap.source] = mask[overlap.source]
+            region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
+            if _gray_in_colour(image) and _gray_in_colour(crop):
+                # gray stored as colour (e.g. Magnetic Tile read as RGB): every channel solves the same
+                # equation, so solve one and repeat it (the same result, a third of the work)
+                one = blending.poisson_blend(
+                    image[..., :1], crop[..., :1], region, top_left, mode=poisson_mode, method=poisson_method
+                )
+                blended = np.repeat(one, image.shape[2], axis=2)
+            else:
+                blended = blending.poisson_blend(
+                    image, crop, region, top_left, mode=poisson_mode, method=poisson_method
+                )
+            out = image.copy()
+            window = placement_overlap(hw, region.shape, top_left)
+            if window is not None:
+                keep = region[window.source]
+                keep = keep if image.ndim == 2 else keep[..., None]
+                np.copyto(out[window.target], blended[window.target], where=keep)
+    new_mask = None if class_mask is None else write_class(class_mask, label, int(class_id))
+    return InjectionResult(out, new_mask, label, bbox)
+
+
+# --------------------------------------------------------------------------------------- planning
+_DEFECT_BOXES: dict[int, tuple[weakref.ref[DefectEntry], tuple[int, int]]] = {}
+
+
+def _defect_hw(entry: DefectEntry) -> tuple[int, int]:
+    """Height and width of an entry's mask box (cached per entry object while it lives)."""
+    cached = _DEFECT_BOXES.get(id(entry))
+    if cached is not None and cached[0]() is entry:
+        return cached[1]
+    y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
+    hw = (y1 - y0, x1 - x0)
+    key = id(entry)
+    _DEFECT_BOXES[key] = (weakref.ref(entry, lambda _, key=key: _DEFECT_BOXES.pop(key, None)), hw)
+    return hw
+
+
+def choose_entry(
+    bank: DefectBank,
+    class_id: int,
+    target_hw: tuple[int, int],
+    size_mode: SizeMode,
+    rng: np.random.Generator,
+    target_name: str = "the image",
+) -> DefectEntry:
+    """Draw a bank entry of ``class_id`` for a target of ``target_hw``.
+
+    ``"relative"``: uniformly among the class's entries. ``"absolute"``: uniformly among those whose
+    defect box fits the target; ``ValueError`` naming the class, the target size and the smallest
+    defect when none does.
+    """
+    if size_mode == "relative":
+        return bank.sample(class_id, rng)
+    entries = bank.entries_of(class_id)
+    if not entries:
+        bank.sample(class_id, rng)  # raises the bank's "no entries" error
+    th, tw = target_hw
+    fitting = [e for e in entries if _defect_hw(e)[0] <= th and _defect_hw(e)[1] <= tw]
+    if not fitting:
+        smallest = min(entries, key=lambda e: max(_defect_hw(e)[0] - th, 0) + max(_defect_hw(e)[1] - tw, 0))
+        sh, sw = _defect_hw(smallest)
+        raise ValueError(
+            f"no {bank.classes[class_id - 1]!r} defect (class {class_id}) fits {target_name} ({th}x{tw}) with "
+            f"size_mode='absolute': the closest is {sh}x{sw} px (entry {smallest.entry_id}, {smallest.source_id}); "
+            "use size_mode='relative', larger images, or leave this class out"
+        )
+    return fitting[int(rng.integers(len(fitting)))]
+
+
+def plan_injection(
+    bank: DefectBank,
+    class_id: int,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    defect_transform: DefectTransformFn | None = None,
+    size_mode: SizeMode = "relative",
+    placement: Placement = "random",
+    poisson_p: float = 0.5,
+    blend_margin: int = 0,
+    entry: DefectEntry | None = None,
+    timings: MutableMapping[str, float] | None = None,
+    target_name: str = "the image",
+) -> InjectionPlan:
+    """Draw and prepare one injection of class ``class_id`` into ``target``.
+
+    Steps: draw a bank entry (:func:`choose_entry`); adapt its channels (:func:`match_channels`);
+    scale it (``size_mode``); apply ``defect_transform`` on a padded canvas
+    (:func:`transform_defect`); shrink it to fit the target if needed (:func:`fit_to_target`); place
+    it (``placement``); choose Poisson with probability ``poisson_p``, else cut-paste. ``entry``
+    forces the bank entry (it must be of ``class_id``); ``target_name`` names the target in errors.
+    ``timings`` (a dict) accumulates seconds under "sampling" and "transform".
+    """
+    if size_mode not in SIZE_MODES:
+        raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    target_hw = image_hw(target)
+    context = int(blend_margin) + 1  # Poisson reads source gradients one pixel past its region
+    with _timed(timings, "sampling"):
+        if entry is None:
+            entry = choose_entry(bank, class_id, target_hw, size_mode, rng, target_name)
+        elif entry.class_id != class_id:
+            raise ValueError(f"entry {entry.entry_id} is of class {entry.class_id}, not {class_id}")
+        crop = match_channels(entry.crop, target, f"bank entry {entry.entry_id} ({entry.source_id})")
+        mask = entry.mask
+    with _timed(timings, "transform"):
+        scale = relative_scale(entry.source_hw, target_hw) if size_mode == "relative" else (1.0, 1.0)
+        if scale != (1.0, 1.0):
+            crop, mask, scale = scale_defect(crop, mask, scale)
+        if defect_transform is not None:
+            crop, mask, shift = transform_defect(crop, mask, defect_transform, context)
+        else:
+            crop, mask, _ = crop_to_defect(crop, mask, context)
+            shift = (0.0, 0.0)
+        crop, mask, factor = fit_to_target(crop, mask, target_hw, context)
+    with _timed(timings, "sampling"):
+        if placement == "random":
+            top_left = random_top_left(mask, target_hw, rng)
+        else:
+            y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
+            sy, sx = entry.bbox[0], entry.bbox[1]
+            sh, sw = entry.source_hw
+            center = ((sy + (y0 + y1) / 2.0) / sh, (sx + (x0 + x1) / 2.0) / sw)
+            top_left = source_top_left(mask, target_hw, center, (shift[0] * factor, shift[1] * factor))
+        method = "poisson" if rng.random() < poisson_p else "paste"
+    return InjectionPlan(
+        class_id=int(class_id),
+        entry=entry,
+        crop=np.ascontiguousarray(crop),
+        mask=np.ascontiguousarray(mask),
+        top_left=top_left,
+        method=method,
+        scale=(scale[0] * factor, scale[1] * factor),
+    )
+
+
+def apply_plan(
+    image: np.ndarray,
+    plan: InjectionPlan,
+    *,
+    blend_margin: int = 0,
+    poisson_mode: str = "mixed",
+    poisson_method: str = "auto",
+    class_mask: np.ndarray | None = None,
+    timings: MutableMapping[str, float] | None = None,
+) -> InjectionResult:
+    """:func:`inject_defect` of a plan from :func:`plan_injection` (its crop, mask, place, method and class)."""
+    return inject_defect(
+        image,
+        match_channels(plan.crop, image),  # (h, w) <-> (h, w, 1) when a pipeline reshapes 2-D images
+        plan.mask,
+        plan.top_left,
+        class_mask=class_mask,
+        class_id=plan.class_id,
+        method=plan.method,  # type: ignore[arg-type]
+        blend_margin=blend_margin,
+        poisson_mode=poisson_mode,
+        poisson_method=poisson_method,
+        timings=timings,
+    )
