@@ -29,7 +29,7 @@ from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from .base import DefectTransform, public_class_fullname
+from .base import DefectTransform, input_image, public_class_fullname
 from .validation import check_probability, image_hw
 
 __all__ = [
@@ -105,13 +105,6 @@ class AnomalyTransform(DefectTransform):
 
     def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         return normal_outputs(data)
-
-
-def input_image(data: dict[str, Any]) -> np.ndarray | None:
-    """The image of a call: ``image``, else the first of ``images``, else ``None``."""
-    if data.get("image") is not None:
-        return data["image"]
-    return data["images"][0] if data.get("images") is not None else None
 
 
 def normal_outputs(data: dict[str, Any]) -> dict[str, Any]:

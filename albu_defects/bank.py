@@ -779,10 +779,13 @@ class DefectBank:
         """A random entry of a class restricted to a random non-empty subset of its blobs.
 
         Draws an entry uniformly, then a number of blobs uniformly in 1..num_blobs, then which ones.
-        The crop is tightened to the kept blobs plus the bank's margin (see :meth:`DefectEntry.with_blobs`).
+        The crop is tightened to the kept blobs plus the bank's margin (see :meth:`DefectEntry.with_blobs`);
+        when every blob is drawn that is the entry itself, returned as is (no re-labelling of its blobs).
         """
         entry = self.sample(cls, rng)
         count = int(rng.integers(1, entry.num_blobs + 1))
+        if count == entry.num_blobs:
+            return entry
         ids = rng.choice(np.arange(1, entry.num_blobs + 1), size=count, replace=False)
         return entry.with_blobs(ids.tolist(), margin=self._margin)
 

@@ -23,13 +23,20 @@ from albumentations.core.type_definitions import Targets
 
 from .validation import check_image, check_mask_shape, image_hw
 
-__all__ = ["IS_ALBUMENTATIONS_X", "DefectTransform", "public_class_fullname"]
+__all__ = ["IS_ALBUMENTATIONS_X", "DefectTransform", "input_image", "public_class_fullname"]
 
 #: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
 IS_ALBUMENTATIONS_X: bool = hasattr(A.DualTransform, "sample_parameters")
 
 if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
     from albumentations.core.transform_params import SampledParams
+
+
+def input_image(data: dict[str, Any]) -> np.ndarray | None:
+    """The image of a call: ``image``, else the first of ``images``, else ``None``."""
+    if data.get("image") is not None:
+        return data["image"]
+    return data["images"][0] if data.get("images") is not None else None
 
 
 def public_class_fullname(cls: type) -> str:
@@ -73,10 +80,7 @@ class DefectTransform(A.DualTransform):
 
     def check_inputs(self, data: dict[str, Any]) -> None:
         """Reject unsupported images and masks of the wrong size before sampling."""
-        image = data.get("image")
-        if image is None and data.get("images") is not None:
-            image = data["images"][0]
-        image = check_image(image, "image")
+        image = check_image(input_image(data), "image")
         hw = image_hw(image)
         if data.get("mask") is not None:
             check_mask_shape(data["mask"], hw, "mask")

@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform, input_image
+from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
+from .base import input_image
 from .geometry import connected_components, mask_bbox
 from .validation import as_bool_mask, check_image, check_range, image_hw
 

@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 from pydantic import field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform, input_image
+from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
+from .base import input_image
 from .blending import paste
 from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
 from .validation import check_image, check_range, image_hw

@@ -18,6 +18,7 @@ __all__ = [
     "dilate_mask",
     "mask_bbox",
     "placement_overlap",
+    "random_top_left",
 ]
 
 
@@ -46,6 +47,28 @@ def placement_overlap(
         target=(slice(ty0, ty1), slice(tx0, tx1)),
         source=(slice(ty0 - y, ty1 - y), slice(tx0 - x, tx1 - x)),
     )
+
+
+def random_top_left(
+    mask: np.ndarray, target_hw: tuple[int, int], rng: np.random.Generator, *, cover_if_larger: bool = False
+) -> tuple[int, int]:
+    """A uniformly random ``top_left`` for a patch whose ``mask`` box must lie inside the target.
+
+    Along an axis where the mask's box is larger than the target, ``cover_if_larger=True`` draws a
+    position where the box covers the target; otherwise that raises ``ValueError``. Draws y, then x.
+    """
+    box = mask_bbox(mask)
+    if box is None:
+        raise ValueError("mask is empty: there is nothing to place")
+    corner = []
+    for axis in (0, 1):
+        start, size, side = box[axis], box[axis + 2] - box[axis], int(target_hw[axis])
+        if size > side and not cover_if_larger:
+            h, w = box[2] - box[0], box[3] - box[1]
+            raise ValueError(f"a {h}x{w} defect does not fit a {target_hw[0]}x{target_hw[1]} image")
+        low, high = min(0, side - size), max(0, side - size)
+        corner.append(int(rng.integers(low, high + 1)) - start)
+    return corner[0], corner[1]
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

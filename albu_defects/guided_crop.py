@@ -76,14 +76,14 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import field_validator, model_validator
 from tqdm.auto import tqdm
 
-from .anomaly import input_image
 from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
-from .base import DefectTransform
+from .base import DefectTransform, input_image
 from .blending import paste
 from .class_weights import ClassWeights
 from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
-from .geometry import mask_bbox, placement_overlap
-from .validation import check_class_mask, check_image, check_probability, dtype_max, image_hw
+from .geometry import mask_bbox, placement_overlap, random_top_left
+from .injection import match_channels
+from .validation import check_class_mask, check_image, check_probability, dtype_max, image_hw, num_channels
 
 __all__ = [
     "CLASS_VECTOR_KEY",
@@ -107,10 +107,8 @@ __all__ = [
     "render_guided_crop",
     "render_labels",
     "present_classes",
-    "sample_blob_crop",
     "sample_configuration",
     "sample_global_stage",
-    "sample_top_left",
     "stage_bboxes",
     "stage_geometry",
     "stage_keypoints",
@@ -194,10 +192,6 @@ class ConfigurationTable(NamedTuple):
 _TABLES: dict[int, tuple[weakref.ref, ConfigurationTable]] = {}
 
 
-def _channels(array: np.ndarray) -> int:
-    return 1 if array.ndim == 2 else int(array.shape[2])
-
-
 def configuration_table(bank: DefectBank) -> ConfigurationTable:
     """The lookup table of ``bank`` (computed once per bank object)."""
     cached = _TABLES.get(id(bank))
@@ -212,7 +206,7 @@ def configuration_table(bank: DefectBank) -> ConfigurationTable:
         counts=np.array(list(sets.values()), np.float64),
         available=np.array([counts[name]["entries"] > 0 for name in bank.classes]),
         images=np.array([counts[name]["images"] for name in bank.classes], np.float64),
-        crop_kinds=frozenset((e.crop.dtype.name, _channels(e.crop)) for e in bank.entries),
+        crop_kinds=frozenset((e.crop.dtype.name, num_channels(e.crop)) for e in bank.entries),
     )
     _TABLES[id(bank)] = (weakref.ref(bank), table)
     return table
@@ -294,42 +288,6 @@ class PlacedDefect(NamedTuple):
     jitter: ColorJitterFactors
 
 
-def sample_blob_crop(bank: DefectBank, class_id: int, rng: np.random.Generator) -> DefectEntry:
-    """A random entry of the class with a random non-empty subset of its blobs (as :meth:`DefectBank.sample_blobs`).
-
-    When every blob is drawn the entry itself is returned (its crop already is the blobs' box plus
-    the bank's margin), which skips re-labelling the blobs of the most common, single-blob case.
-    """
-    entry = bank.sample(class_id, rng)
-    count = int(rng.integers(1, entry.num_blobs + 1))
-    if count == entry.num_blobs:
-        return entry
-    ids = rng.choice(np.arange(1, entry.num_blobs + 1), size=count, replace=False)
-    return entry.with_blobs(ids.tolist(), margin=bank.margin)
-
-
-def sample_top_left(entry: DefectEntry, image_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
-    """A uniform position of ``entry``'s crop: its blobs' box inside the image where it fits, covering it where not."""
-    box = mask_bbox(entry.mask)
-    if box is None:  # pragma: no cover - entries always hold a defect
-        raise ValueError(f"entry {entry.source_id!r} has an empty mask")
-    corner = []
-    for axis in (0, 1):
-        start, size, side = box[axis], box[axis + 2] - box[axis], image_hw[axis]
-        low, high = min(0, side - size), max(0, side - size)
-        corner.append(int(rng.integers(low, high + 1)) - start)
-    return corner[0], corner[1]
-
-
-def _fit_layout(crop: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """A gray crop shaped like a gray image: (h, w) for (H, W), (h, w, 1) for (H, W, 1)."""
-    if image.ndim == 3 and crop.ndim == 2:
-        return crop[..., None]
-    if image.ndim == 2 and crop.ndim == 3 and crop.shape[2] == 1:
-        return crop[..., 0]
-    return crop
-
-
 def paste_defects(image: np.ndarray, defects: Sequence[PlacedDefect]) -> np.ndarray:
     """Jitter each crop and hard-paste its blob pixels, back to front (the last defect is in front).
 
@@ -337,7 +295,7 @@ def paste_defects(image: np.ndarray, defects: Sequence[PlacedDefect]) -> np.ndar
     """
     out = image.copy()
     for defect in defects:
-        crop = color_jitter(_fit_layout(defect.entry.crop, image), *defect.jitter)
+        crop = color_jitter(match_channels(defect.entry.crop, image), *defect.jitter)
         out = paste(out, crop, defect.entry.mask, defect.top_left)
     return out
 
@@ -553,8 +511,8 @@ class GuidedCropResult(NamedTuple):
 
 def check_bank_matches(table: ConfigurationTable, image: np.ndarray) -> None:
     """``ValueError`` unless the bank's crops have the image's dtype and channel count."""
-    kind = (image.dtype.name, _channels(image))
-    if kind not in table.crop_kinds:
+    kind = (image.dtype.name, num_channels(image))
+    if kind not in table.crop_kinds and (image.dtype.name, 1) not in table.crop_kinds:  # gray crops are repeated
         have = ", ".join(f"{d} with {c} channel(s)" for d, c in sorted(table.crop_kinds))
         raise ValueError(
             f"image is {image.dtype} with {kind[1]} channel(s) but the bank's crops are {have}: "
@@ -577,8 +535,8 @@ def plan_guided_crop(
     classes = sample_configuration(table, probabilities, options.max_defects, rng)
     defects = []
     for class_id in classes:
-        entry = sample_blob_crop(bank, class_id, rng)
-        top_left = sample_top_left(entry, hw, rng)
+        entry = bank.sample_blobs(class_id, rng)
+        top_left = random_top_left(entry.mask, hw, rng, cover_if_larger=True)
         defects.append(PlacedDefect(entry, top_left, sample_color_jitter(rng, *options.crop_jitter)))
     priority = rng.permutation(len(defects))  # paint order: the highest priority is pasted last
     ordered = tuple(defects[i] for i in priority)

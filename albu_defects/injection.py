@@ -58,7 +58,7 @@ import numpy as np
 
 from . import blending
 from .bank import DefectBank, DefectEntry
-from .geometry import dilate_mask, mask_bbox, placement_overlap
+from .geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
 from .validation import check_image, image_hw
 
 __all__ = [
@@ -74,7 +74,6 @@ __all__ = [
     "inject_defect",
     "match_channels",
     "plan_injection",
-    "random_top_left",
     "relative_scale",
     "resize_defect",
     "source_top_left",
@@ -320,18 +319,6 @@ def fit_to_target(
 
 
 # --------------------------------------------------------------------------------------- placement
-def random_top_left(mask: np.ndarray, target_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
-    """A uniformly random ``top_left`` for a crop whose ``mask`` box must lie inside the target.
-
-    Raises ``ValueError`` when the mask's box is larger than the target.
-    """
-    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
-    th, tw = int(target_hw[0]), int(target_hw[1])
-    if y1 - y0 > th or x1 - x0 > tw:
-        raise ValueError(f"a {y1 - y0}x{x1 - x0} defect does not fit a {th}x{tw} image")
-    return int(rng.integers(-y0, th - y1 + 1)), int(rng.integers(-x0, tw - x1 + 1))
-
-
 def source_top_left(
     mask: np.ndarray,
     target_hw: tuple[int, int],

@@ -22,6 +22,7 @@ __all__ = [
     "clip_to_dtype",
     "dtype_max",
     "image_hw",
+    "num_channels",
 ]
 
 #: Image dtypes every transform accepts (and returns unchanged).
@@ -53,6 +54,11 @@ def check_image(image: Any, name: str = "image", *, min_side: int = 1) -> np.nda
     return image
 
 
+def num_channels(image: np.ndarray) -> int:
+    """Channel count of an (H, W) (1) or (H, W, C) (C) array."""
+    return 1 if image.ndim == 2 else int(image.shape[2])
+
+
 def check_matching_images(image: np.ndarray, other: np.ndarray, name: str, other_name: str) -> None:
     """Raise unless ``other`` can be written into ``image``: same dtype and same channel layout.
 
@@ -60,9 +66,7 @@ def check_matching_images(image: np.ndarray, other: np.ndarray, name: str, other
     """
     if other.dtype != image.dtype:
         raise ValueError(f"{other_name} has dtype {other.dtype} but {name} has {image.dtype}; convert one to match")
-    channels = 1 if image.ndim == 2 else int(image.shape[2])
-    other_channels = 1 if other.ndim == 2 else int(other.shape[2])
-    if channels != other_channels or image.ndim != other.ndim:
+    if num_channels(image) != num_channels(other) or image.ndim != other.ndim:
         raise ValueError(
             f"{other_name} has shape {other.shape} and {name} {image.shape}: they must agree in channels "
             "(both (H, W), both (H, W, 1), or both (H, W, C) with the same C)"

@@ -319,15 +319,19 @@ def test_sampling_is_reproducible_and_restricts_blobs(mt_root):
         again = bank.sample_blobs("Crack", np.random.default_rng(seed))
         assert part == again
         whole = bank.entries[part.entry_id]
-        assert part.blob_subset and set(part.blob_subset) <= set(range(1, whole.num_blobs + 1))
-        assert part.num_blobs == len(part.blob_subset)
-        seen_subsets.add((part.source_id, part.blob_subset))
+        every_blob = tuple(range(1, whole.num_blobs + 1))
+        if part.blob_subset is None:  # every blob drawn: the entry itself comes back
+            assert part is whole
+        subset = part.blob_subset or every_blob
+        assert subset and set(subset) <= set(every_blob)
+        assert part.num_blobs == len(subset)
+        seen_subsets.add((part.source_id, subset))
         # the tightened crop is the same source pixels, and its mask is the chosen blobs only
         oy, ox = part.bbox[0] - whole.bbox[0], part.bbox[1] - whole.bbox[1]
         window = (slice(oy, oy + part.hw[0]), slice(ox, ox + part.hw[1]))
         np.testing.assert_array_equal(part.crop, whole.crop[window])
-        np.testing.assert_array_equal(part.mask, np.isin(whole.blob_labels, part.blob_subset)[window])
-        assert part.mask.sum() == np.isin(whole.blob_labels, part.blob_subset).sum()
+        np.testing.assert_array_equal(part.mask, np.isin(whole.blob_labels, subset)[window])
+        assert part.mask.sum() == np.isin(whole.blob_labels, subset).sum()
         assert part.area_fraction <= whole.area_fraction
     assert seen_subsets == {
         ("MT_Crack/c1", (1,)),

@@ -440,9 +440,15 @@ def test_dtypes_and_layouts(dtype, layout):
     other = _KIND_BANKS[("uint8" if dtype != np.uint8 else "uint16", layout)]
     with pytest.raises(ValueError, match="dtype"):
         A.Compose([GuidedCropPaste(bank=other, p=1.0)])(image=base)
-    other_layout = _KIND_BANKS[(np.dtype(dtype).name, "rgb" if layout != "rgb" else "gray")]
-    with pytest.raises(ValueError, match="channel"):
-        A.Compose([GuidedCropPaste(bank=other_layout, p=1.0)])(image=base)
+    if layout != "rgb":  # a colour defect is never turned gray
+        other_layout = _KIND_BANKS[(np.dtype(dtype).name, "rgb")]
+        with pytest.raises(ValueError, match="channel"):
+            A.Compose([GuidedCropPaste(bank=other_layout, p=1.0)])(image=base)
+    else:  # a gray defect in a colour image is repeated over the channels, as in DLI
+        gray_bank = _KIND_BANKS[(np.dtype(dtype).name, "gray")]
+        gray_out = A.Compose([GuidedCropPaste(bank=gray_bank, flip_p=0, shift_limit=0, p=1.0)], seed=4)(image=base)
+        pasted = gray_out["mask"] > 0
+        assert pasted.any() and gray_out["image"].shape == base.shape
 
 
 def test_seed_determinism_and_no_mutation(bank_path, bank):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from albu_defects import DefectBank
-from albu_defects.geometry import dilate_mask, mask_bbox, placement_overlap
+from albu_defects.geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
 from albu_defects.injection import (
     choose_entry,
     crop_to_defect,
@@ -18,7 +18,6 @@ from albu_defects.injection import (
     inject_defect,
     match_channels,
     plan_injection,
-    random_top_left,
     relative_scale,
     resize_defect,
     source_top_left,
