@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from .base import DefectTransform, input_image, public_class_fullname
+from .base import DefectCompose, DefectTransform, input_image
 from .validation import check_probability, image_hw
 
 __all__ = [
@@ -115,7 +114,7 @@ def normal_outputs(data: dict[str, Any]) -> dict[str, Any]:
     return {ANOMALY_LABEL_KEY: 0, ANOMALY_MASK_KEY: np.zeros(image_hw(image), bool)}
 
 
-class AnomalySynthesis(BaseCompose):
+class AnomalySynthesis(DefectCompose):
     """Apply one of ``transforms`` (or none: a "normal" sample) and write its class under ``anomaly_label``.
 
     Args:
@@ -168,10 +167,6 @@ class AnomalySynthesis(BaseCompose):
             raise ValueError("every transform has p=0: give at least one a positive p (p weighs the choice)")
         self.transform_weights = (weights / weights.sum()).tolist()
 
-    @classmethod
-    def get_class_fullname(cls) -> str:
-        return public_class_fullname(cls)
-
     def set_random_seed(self, seed: int | None) -> None:
         """Seed the choice with ``seed`` and each child with a seed derived from it.
 
@@ -197,9 +192,7 @@ class AnomalySynthesis(BaseCompose):
             return None
         return int(self.random_generator.choice(len(self.transforms), p=self.transform_weights))
 
-    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
-        if args:
-            raise KeyError("You have to pass data to augmentations as named arguments, for example: aug(image=image)")
+    def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         if self.replay_mode:  # ReplayCompose replays the recorded child
             for transform in self.transforms:
                 data = transform(**data)

@@ -23,12 +23,13 @@ from albumentations.core.type_definitions import Targets
 
 from .validation import check_image, check_mask_shape, image_hw
 
-__all__ = ["IS_ALBUMENTATIONS_X", "DefectTransform", "input_image", "public_class_fullname"]
+__all__ = ["IS_ALBUMENTATIONS_X", "DefectCompose", "DefectTransform", "input_image", "public_class_fullname"]
 
 #: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
 IS_ALBUMENTATIONS_X: bool = hasattr(A.DualTransform, "sample_parameters")
 
 if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
+    from albumentations.core.invocation import get_current_invocation
     from albumentations.core.transform_params import SampledParams
 
 
@@ -93,9 +94,8 @@ class DefectTransform(A.DualTransform):
         self.check_inputs(data)
         return self.sample(params, data, rng)
 
-    def __call__(self, *args: Any, force_apply: bool = False, **kwargs: Any) -> Any:
-        result = super().__call__(*args, force_apply=force_apply, **kwargs)
-        for key, value in self.default_outputs(kwargs).items():
+    def _with_defaults(self, result: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        for key, value in self.default_outputs(data).items():
             result.setdefault(key, value)
         return result
 
@@ -104,12 +104,20 @@ class DefectTransform(A.DualTransform):
         def sample_parameters(self, params: dict[str, Any], data: dict[str, Any], targets: Any, sampling: Any) -> Any:
             return SampledParams(params=self._sample_checked(params, data, sampling.random_generator))
 
+        def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **kwargs: Any) -> Any:
+            # X's Compose calls leaves here (not through __call__), also when ``p`` skips them.
+            result = super().apply_in_invocation(invocation, *args, force_apply=force_apply, **kwargs)
+            return self._with_defaults(result, kwargs)
+
         def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             result = super().apply_with_params(sampled_params, *args, **kwargs)
             result.update(self.extra_outputs(dict(sampled_params.params), kwargs))
             return result
 
     else:
+
+        def __call__(self, *args: Any, force_apply: bool = False, **kwargs: Any) -> Any:
+            return self._with_defaults(super().__call__(*args, force_apply=force_apply, **kwargs), kwargs)
 
         def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
             return self._sample_checked(params, data, self.random_generator)
@@ -118,3 +126,37 @@ class DefectTransform(A.DualTransform):
             result = super().apply_with_params(params, *args, **kwargs)
             result.update(self.extra_outputs(params, kwargs))
             return result
+
+
+class DefectCompose(A.BaseCompose):
+    """Base of the albu-defects composes: subclasses implement :meth:`run`; this bridges A and X.
+
+    albumentations 2.0.x calls a nested compose through ``__call__``. AlbumentationsX calls it through
+    ``apply_in_invocation`` inside its parent's invocation (whose random streams ``self.random_generator``
+    and ``self.py_random`` then return), and a compose called on its own must open an invocation for
+    its children. Both routes end in :meth:`run`.
+    """
+
+    @classmethod
+    def get_class_fullname(cls) -> str:
+        return public_class_fullname(cls)
+
+    def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
+        """Apply the compose to ``data`` (the named inputs); draw randomness from ``self.random_generator``/``py_random``."""
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        if args:
+            raise KeyError("pass the data as named arguments, for example: compose(image=image)")
+        if IS_ALBUMENTATIONS_X and get_current_invocation() is None:  # pragma: no cover - AlbumentationsX
+            invocation = self._new_invocation_context()
+            with invocation:
+                return self.run(data, force_apply)
+        return self.run(data, force_apply)
+
+    if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
+
+        def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **data: Any) -> Any:
+            if args:
+                raise KeyError("pass the data as named arguments, for example: compose(image=image)")
+            return self.run(data, force_apply)

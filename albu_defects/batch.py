@@ -17,7 +17,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from .base import public_class_fullname
+from .base import IS_ALBUMENTATIONS_X, DefectCompose
 
 __all__ = ["BatchCompose"]
 
@@ -52,7 +52,7 @@ def _gather(values: list[Any], like: Any = None) -> Any:
     return list(values)
 
 
-class BatchCompose(A.BaseCompose):
+class BatchCompose(DefectCompose):
     """Apply per-sample transforms to a batch, giving each sample random batch-mates as partners.
 
     Call it with the whole batch as keyword arguments: ``images`` (a list of (H, W[, C]) arrays or
@@ -117,10 +117,6 @@ class BatchCompose(A.BaseCompose):
         self.is_check_shapes = is_check_shapes
         self.metadata_keys = _metadata_keys(self.transforms)
 
-    @classmethod
-    def get_class_fullname(cls) -> str:
-        return public_class_fullname(cls)
-
     def set_random_seed(self, seed: int | None) -> None:
         """Seed the pairing stream and (as ``A.Compose`` does) every inner transform."""
         super().set_random_seed(seed)
@@ -146,9 +142,7 @@ class BatchCompose(A.BaseCompose):
         return data
 
     # ------------------------------------------------------------------ call
-    def __call__(self, *args: Any, force_apply: bool = False, **batch: Any) -> dict[str, Any]:
-        if args:
-            raise ValueError("pass the batch as named arguments: batch_compose(images=..., masks=..., labels=...)")
+    def run(self, batch: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         fields = self._check_batch(batch)
         size = len(batch["images"])
         per_sample = [{fields[key]: batch[key][i] for key in fields} for i in range(size)]
@@ -164,7 +158,12 @@ class BatchCompose(A.BaseCompose):
             data = dict(sample)
             for key in self.metadata_keys:
                 data[key] = [dict(per_sample[j]) for j in partner_indices[i]]
-            output = self._compose(**data)
+            if IS_ALBUMENTATIONS_X:  # pragma: no cover - the inner Compose is a new root: seed it from this stream
+                data["invocation_seed"] = int(self.random_generator.integers(2**63))
+            try:
+                output = self._compose(**data)
+            except ValueError as error:  # say which sample: the per-sample message names image, mask, ...
+                raise ValueError(f"images[{i}] (sample {i} of the batch): {error}") from error
             for key in self.metadata_keys:
                 output.pop(key, None)
             outputs.append(output)
@@ -201,4 +200,9 @@ class BatchCompose(A.BaseCompose):
                 got = len(value) if hasattr(value, "__len__") else type(value).__name__
                 raise ValueError(f"{key} must hold one entry per sample ({size} for {size} images), got {got}")
             fields[key] = per_sample_key
+        if self.is_check_shapes and batch.get("masks") is not None:
+            for i in range(size):
+                image_hw, mask_hw = np.shape(images[i])[:2], np.shape(batch["masks"][i])[:2]
+                if image_hw != mask_hw:
+                    raise ValueError(f"masks[{i}] is {mask_hw} but images[{i}] is {image_hw}: sizes must match")
         return fields

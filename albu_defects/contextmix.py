@@ -530,13 +530,15 @@ class ContextMix(DefectTransform):
             if missing:
                 raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
             temp = {"image": partner["image"], key: partner[key], **{field: partner[field] for field in label_fields}}
-            # preprocess() records whether the input was a list; keep the host's record intact.
-            saved = dict(processor.is_sequence_input)
+            # A 2.0's preprocess() records whether the input was a list; keep the host's record intact.
+            record = getattr(processor, "is_sequence_input", None)  # AlbumentationsX keeps no such record
+            saved = dict(record) if record is not None else None
             try:
                 processor.preprocess(temp)
             finally:
-                processor.is_sequence_input.clear()
-                processor.is_sequence_input.update(saved)
+                if record is not None:
+                    record.clear()
+                    record.update(saved)
             converted = np.asarray(temp[key], dtype=np.float64)
         columns = host.shape[1] if host.ndim == 2 and host.size else None
         if converted.size == 0:

@@ -82,7 +82,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
 from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
-from .base import DefectTransform, public_class_fullname
+from .base import DefectCompose, DefectTransform
 from .geometry import placement_overlap
 from .injection import (
     PLACEMENTS,
@@ -180,9 +180,17 @@ def _transform_fn(transform: Any, rng: np.random.Generator, py_random: random.Ra
 
     def run(crop: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = transform(image=crop, mask=mask)
-        return out["image"], out["mask"]
+        return _same_layout(out["image"], crop), _same_layout(out["mask"], mask)
 
     return run
+
+
+def _same_layout(out: Any, given: np.ndarray) -> Any:
+    """``out`` as (h, w) when ``given`` was: AlbumentationsX hands 2-D arrays to a Compose nested in
+    another as (h, w, 1) and does not squeeze them back."""
+    if isinstance(out, np.ndarray) and given.ndim == 2 and out.ndim == 3 and out.shape[2] == 1:
+        return out[..., 0]
+    return out
 
 
 # =========================================================================================== shared parameters
@@ -466,7 +474,7 @@ def derived_labels(class_sets: Sequence[frozenset[int]], num_classes: int) -> np
 
 
 # =========================================================================================== DLI
-class DynamicLabelInjection(A.BaseCompose):
+class DynamicLabelInjection(DefectCompose):
     """Dynamic Label Injection: balance a batch by injecting bank defects into its defect-free images.
 
     Call it on a batch: ``dli(images=[...], masks=[...], labels=None)``; see the module docstring
@@ -529,10 +537,6 @@ class DynamicLabelInjection(A.BaseCompose):
         _class_ids(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
 
     # ------------------------------------------------------------------ albumentations plumbing
-    @classmethod
-    def get_class_fullname(cls) -> str:
-        return public_class_fullname(cls)
-
     def set_random_seed(self, seed: int | None) -> None:
         super().set_random_seed(seed)
         # the nested transform draws from this compose's generators (not a copy of the same seed)
@@ -559,9 +563,7 @@ class DynamicLabelInjection(A.BaseCompose):
         }
 
     # ------------------------------------------------------------------ the call
-    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
-        if args:
-            raise KeyError("pass the batch as named arguments: dli(images=[...], masks=[...], labels=None)")
+    def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         misplaced = [key for key in _SINGLE_KEYS if data.get(key) is not None]
         if misplaced:
             raise ValueError(

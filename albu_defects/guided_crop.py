@@ -763,22 +763,23 @@ class GuidedCropPaste(DefectTransform):
         return class_probabilities(self.class_weights if self.class_weights is not None else self.weights, bank)
 
     @staticmethod
-    def _input_mask(data: dict[str, Any], hw: tuple[int, int]) -> np.ndarray | None:
+    def _input_mask(data: dict[str, Any], hw: tuple[int, int], num_classes: int) -> np.ndarray | None:
         mask = data.get("mask")
         if mask is None:
             return None
         if isinstance(mask, np.ndarray) and mask.dtype == bool:
             raise ValueError("mask must be an integer class-index mask (0 = background, k = bank class k), not bool")
-        return check_class_mask(mask, hw, "mask")
+        # class ids beyond the bank's would silently drop out of class_vector
+        return check_class_mask(mask, hw, "mask", num_classes=num_classes)
 
     # -- the hook ----------------------------------------------------------------------------------
     def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = input_image(data)
         hw = image_hw(image)
-        mask = self._input_mask(data, hw)
+        bank = self.resolved_bank(refresh=True)
+        mask = self._input_mask(data, hw, len(bank.classes))
         if self.skip_defective and mask is not None and mask.any():
             return {"skip": True}
-        bank = self.resolved_bank(refresh=True)
         plan = plan_guided_crop(bank, image, self.current_probabilities(bank), rng, self.options)
         final_mask, boxes, vector = render_labels(hw, plan, len(bank.classes), mask)
         return {"skip": False, "plan": plan, "final_mask": final_mask, "blob_boxes": boxes, CLASS_VECTOR_KEY: vector}

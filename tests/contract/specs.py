@@ -1,0 +1,1008 @@
+"""Per-transform specs of the contract suite: one entry of ``SPECS`` per exported transform or compose.
+
+A :class:`Spec` says, for one class exported by ``albu_defects``:
+
+- ``build(case, p, banks)``: the transform for one example (banks passed by path, so YAML works);
+- ``cases(active)``: a hypothesis strategy of :class:`Case` (valid call inputs and init options);
+  ``active=True`` draws only inputs on which the transform must act at ``p=1`` (e.g. defect-free
+  images for injection), for the "different seeds give different outputs" check;
+- ``invariant(case, out)``: the transform's own label/pixel invariant on an applied call;
+- ``defaults(case)``: the extra output keys (with their values) it documents for a call skipped by ``p=0``;
+- ``bad_calls`` / ``bad_inits``: corrupted inputs and init args that must raise a ``ValueError``
+  whose message matches the given fragment (the argument's name);
+- ``mask_slot``: how to give the call a (host) mask, for the suite's generic mask-size check.
+
+Every exported transform must have a spec here: ``test_every_exported_transform_has_a_spec`` fails
+for a new transform without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from hypothesis import strategies as st
+
+import albu_defects as ad
+
+from .compat import bbox_params, keypoint_params, rows
+from .data import (
+    BANK_CLASSES,
+    DARK_HIGH,
+    LABEL_FIELD,
+    Banks,
+    ImageKind,
+    assert_same,
+    boxes,
+    changed,
+    check_injection_pixels,
+    classes_in,
+    classes_of_label,
+    image_kinds,
+    keypoints,
+    plane,
+    rectangles_mask,
+    white,
+)
+
+K = len(BANK_CLASSES)
+#: Labels of input boxes (new boxes of injected defects carry class ids 1..K, input boxes 100+).
+HOST_BOX_LABEL = 100
+
+
+@dataclass
+class Case:
+    """One example: the call's named inputs, the transform's init options, and what the builder knows."""
+
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    kind: ImageKind
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # hypothesis prints failing examples: arrays as dtype and shape
+        return f"Case(kwargs={_summary(self.kwargs)}, options={self.options!r}, kind={self.kind!r}, meta={self.meta!r})"
+
+
+def _summary(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array({value.dtype}, {value.shape})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_summary(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, dict, list)) for v in value):
+        return "[" + ", ".join(_summary(v) for v in value) + "]"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class BadCall:
+    """A corruption of valid inputs (and options) that must raise ``ValueError`` matching ``fragment``."""
+
+    name: str
+    corrupt: Callable[[Case], Case]
+    fragment: str
+
+
+@dataclass(frozen=True)
+class BadInit:
+    """Init overrides (on top of a valid construction) that must raise ``ValueError`` matching ``fragment``."""
+
+    name: str
+    overrides: dict[str, Any]
+    fragment: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    cls: type
+    build: Callable[[Case, float, Banks], Any]
+    cases: Callable[[bool], Any]
+    invariant: Callable[[Case, dict[str, Any]], None]
+    defaults: Callable[[Case], dict[str, Any]]
+    construct: Callable[..., Any]  # construct(banks, **overrides): a valid instance, for the init checks
+    mask_slot: Callable[[Case, np.ndarray], Case] | None = None
+    batch: bool = False  # inputs under ``images=`` / ``masks=``, one entry per sample
+    own_compose: bool = False  # the transform is the pipeline itself (own seed and bbox_params)
+    # else it sits in A.Compose, unless a case says meta["direct"] (a compose that may be called either way)
+    bad_calls: tuple[BadCall, ...] = ()
+    bad_inits: tuple[BadInit, ...] = ()
+    cost: float = 1.0  # relative cost of one example (scales the example budget down)
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def image_key(self) -> str:
+        return "images" if self.batch else "image"
+
+    @property
+    def image_name(self) -> str:
+        """What a ValueError about a bad image must name."""
+        return "images" if self.batch else "image"
+
+    @property
+    def mask_name(self) -> str:
+        return r"masks\[0\]" if self.batch else "mask"
+
+
+# ============================================================================================ pipelines
+def pipeline(spec: Spec, case: Case, p: float, seed: int, banks: Banks, *, check_shapes: bool = True) -> Any:
+    """The transform of ``case`` ready to call with ``case.kwargs``, seeded with ``seed``.
+
+    Per-sample transforms and DLI sit in ``A.Compose(..., seed=seed)`` with the bbox/keypoint params
+    their inputs need; a compose with its own params (BatchCompose) is the pipeline itself.
+    """
+    transform = spec.build(case, p, banks)
+    if spec.own_compose or case.meta.get("direct"):
+        transform.set_random_seed(seed)
+        return transform
+    params: dict[str, Any] = {}
+    if "bboxes" in case.kwargs:
+        params["bbox_params"] = bbox_params(label_fields=[LABEL_FIELD])
+    if "keypoints" in case.kwargs:
+        params["keypoint_params"] = keypoint_params()
+    return A.Compose([transform], seed=seed, is_check_shapes=check_shapes, **params)
+
+
+def _replace(case: Case, kwargs: dict[str, Any] | None = None, **options: Any) -> Case:
+    return Case(dict(case.kwargs if kwargs is None else kwargs), {**case.options, **options}, case.kind, case.meta)
+
+
+def _without(case: Case, *keys: str) -> Case:
+    return _replace(case, {k: v for k, v in case.kwargs.items() if k not in keys})
+
+
+def _with(case: Case, **kwargs: Any) -> Case:
+    return _replace(case, {**case.kwargs, **kwargs})
+
+
+def _annotations(draw: Any, kind: ImageKind, *, min_box: int = 1, label_base: int = HOST_BOX_LABEL) -> dict:
+    """Optional boxes (pascal_voc, label field ``cls``) and keypoints (xy) inside the image."""
+    rng = kind.rng(7)
+    out: dict[str, Any] = {}
+    if draw(st.booleans()) and min(kind.hw) >= min_box:
+        count = draw(st.integers(0, 3))
+        out["bboxes"] = boxes(rng, kind.hw, count, min_box)
+        out[LABEL_FIELD] = [label_base + i for i in range(count)]
+    if draw(st.booleans()):
+        out["keypoints"] = keypoints(rng, kind.hw, draw(st.integers(0, 3)))
+    return out
+
+
+def _unchanged_annotations(case: Case, out: dict[str, Any]) -> None:
+    """Boxes (with labels) and keypoints come back as given."""
+    for key, columns in (("bboxes", 4), ("keypoints", 2)):
+        if key in case.kwargs:
+            assert_same(rows(out[key], columns), rows(case.kwargs[key], columns), key, approx=True)
+    if LABEL_FIELD in case.kwargs:
+        assert_same(list(out[LABEL_FIELD]), list(case.kwargs[LABEL_FIELD]), LABEL_FIELD, approx=True)
+
+
+def _box_rows(out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    return rows(out.get("bboxes", []), 4), np.asarray(out.get(LABEL_FIELD, []), np.float64).ravel()
+
+
+def _check_type(value: Any, dtype: Any, shape: tuple[int, ...], what: str) -> None:
+    assert isinstance(value, np.ndarray), f"{what} is {type(value).__name__}, not an array"
+    assert value.dtype == np.dtype(dtype) and value.shape == shape, (
+        f"{what} is {value.dtype} {value.shape}, expected {np.dtype(dtype)} {shape}"
+    )
+
+
+def _multi_hot(classes: set[int]) -> np.ndarray:
+    vector = np.zeros(K, np.uint8)
+    for c in classes:
+        vector[c - 1] = 1
+    return vector
+
+
+def _label_for(draw: Any, mask: np.ndarray | None) -> Any:
+    """A label consistent with ``mask``: an int class id (when it holds at most one class) or multi-hot."""
+    present = set() if mask is None else classes_in(mask)
+    choices = ["multi-hot"] + (["int"] if len(present) <= 1 else [])
+    if draw(st.sampled_from(choices)) == "int":
+        return next(iter(present), 0)
+    return _multi_hot(present)
+
+
+# ============================================================================================ ContextMix
+PARTNER_CLASS = 9  # the partners' mask value (the host's masks hold 0..3)
+
+
+@st.composite
+def contextmix_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=8 if active else 1))
+    options = {
+        "box": draw(st.sampled_from(["beta", "square", "fixed"])),
+        "interpolation": draw(st.sampled_from([cv2.INTER_NEAREST, cv2.INTER_LINEAR])),
+        "min_box_side": 1 if active else draw(st.sampled_from([1, 3])),
+        "num_classes": draw(st.sampled_from([None, 4])),
+    }
+    rng = kind.rng(1)
+    # Host pixels stay below half white, partners are white: a pixel from a partner is >= 3/4 white.
+    kwargs: dict[str, Any] = {"image": kind.image(0.0, 0.5)}
+    partner_label = draw(st.integers(0, 3))
+    partners = []
+    for _ in range(draw(st.integers(1, 2))):
+        hw = (draw(st.integers(1, 48)), draw(st.integers(1, 48)))
+        shape = hw if kind.channels is None else (*hw, kind.channels)
+        partners.append({"image": np.full(shape, white(kind.dtype), kind.dtype), "hw": hw})
+    if draw(st.booleans()):
+        kwargs["mask"] = rng.integers(0, 4, kind.hw).astype(np.uint8)
+        for partner in partners:
+            partner["mask"] = np.full(partner["hw"], PARTNER_CLASS, np.uint8)
+    if draw(st.booleans()):
+        kwargs["masks"] = [rng.integers(0, 2, kind.hw).astype(np.uint8) for _ in range(2)]
+        for partner in partners:
+            partner["masks"] = [np.full(partner["hw"], PARTNER_CLASS, np.uint8)] * 2
+    kwargs.update(_annotations(draw, kind, label_base=1))
+    for partner in partners:
+        prng = np.random.default_rng(kind.seed % 1000)
+        if "bboxes" in kwargs:
+            count = draw(st.integers(0, 2))
+            partner["bboxes"] = boxes(prng, partner["hw"], count)
+            partner[LABEL_FIELD] = [HOST_BOX_LABEL + i for i in range(count)]
+        if "keypoints" in kwargs:
+            partner["keypoints"] = keypoints(prng, partner["hw"], draw(st.integers(0, 2)))
+        if options["num_classes"] is not None:
+            partner["label"] = partner_label
+        del partner["hw"]
+    if options["num_classes"] is not None:
+        kwargs["label"] = draw(st.integers(0, 3))
+    kwargs["contextmix_metadata"] = partners
+    return Case(kwargs, options, kind, {"partner_label": partner_label})
+
+
+def contextmix_invariant(case: Case, out: dict[str, Any]) -> None:
+    """lambda_B is the fraction of partner pixels; the partner's labels sit exactly on its pixels."""
+    kind, host = case.kind, case.kwargs["image"]
+    weights = out["mix_weights"]
+    _check_type(weights, np.float32, (2,), "mix_weights")
+    assert (weights >= 0).all() and abs(float(weights.sum()) - 1.0) < 1e-6, f"mix_weights {weights} do not sum to 1"
+    h, w = kind.hw
+    image = np.asarray(out["image"], np.float64).reshape(h, w, -1)
+    from_partner = image.min(axis=2) >= 0.75 * white(kind.dtype)
+    assert abs(from_partner.mean() - float(weights[1])) <= 1e-6, (
+        f"lambda_B={float(weights[1]):.6f} but {from_partner.mean():.6f} of the pixels come from the partner"
+    )
+    assert not changed(out["image"], host)[~from_partner].any(), "host pixels outside the pasted box changed"
+    if "mask" in case.kwargs:
+        expected = np.where(from_partner, PARTNER_CLASS, plane(case.kwargs["mask"])).astype(np.uint8)
+        assert_same(plane(out["mask"]), expected, "mask (partner class exactly on the partner's pixels)")
+    for k, host_mask in enumerate(case.kwargs.get("masks", [])):
+        expected = np.where(from_partner, PARTNER_CLASS, host_mask).astype(np.uint8)
+        assert_same(plane(out["masks"][k]), expected, f"masks[{k}]")
+    if case.options["num_classes"] is not None:
+        expected = np.zeros(4)
+        expected[case.kwargs["label"]] += weights[0]
+        expected[case.meta["partner_label"]] += weights[1]
+        _check_type(out["soft_label"], np.float32, (4,), "soft_label")
+        assert np.allclose(out["soft_label"], expected, atol=1e-6), f"soft_label {out['soft_label']} != {expected}"
+    if "bboxes" in case.kwargs:
+        found, labels = _box_rows(out)
+        partner_boxes = found[labels >= HOST_BOX_LABEL]
+        if len(partner_boxes):
+            ys, xs = np.nonzero(from_partner)
+            region = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            inside = (
+                (partner_boxes[:, 0] >= region[0] - 1e-3)
+                & (partner_boxes[:, 1] >= region[1] - 1e-3)
+                & (partner_boxes[:, 2] <= region[2] + 1e-3)
+                & (partner_boxes[:, 3] <= region[3] + 1e-3)
+            )
+            assert inside.all(), f"partner boxes {partner_boxes[~inside].tolist()} leave the pasted region {region}"
+
+
+def contextmix_defaults(case: Case) -> dict[str, Any]:
+    out: dict[str, Any] = {"mix_weights": np.array([1.0, 0.0], np.float32)}
+    if case.options["num_classes"] is not None:
+        out["soft_label"] = np.eye(4, dtype=np.float32)[case.kwargs["label"]]
+    return out
+
+
+def contextmix_mask_slot(case: Case, mask: np.ndarray) -> Case:
+    partners = [{**p, "mask": np.zeros(p["image"].shape[:2], mask.dtype)} for p in case.kwargs["contextmix_metadata"]]
+    return _with(case, mask=mask, contextmix_metadata=partners)
+
+
+def _partner_change(case: Case, **changes: Any) -> Case:
+    partners = [{**p, **changes} for p in case.kwargs["contextmix_metadata"]]
+    return _with(case, contextmix_metadata=partners)
+
+
+def _other_dtype(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.uint16 if image.dtype != np.uint16 else np.uint8)
+
+
+CONTEXTMIX = Spec(
+    cls=ad.ContextMix,
+    build=lambda case, p, banks: ad.ContextMix(p=p, **case.options),
+    cases=lambda active: contextmix_cases(active),
+    invariant=contextmix_invariant,
+    defaults=contextmix_defaults,
+    construct=lambda banks, **kw: ad.ContextMix(**kw),
+    mask_slot=contextmix_mask_slot,
+    bad_calls=(
+        BadCall("no partners", lambda c: _without(c, "contextmix_metadata"), "contextmix_metadata"),
+        BadCall("empty partner list", lambda c: _with(c, contextmix_metadata=[]), "contextmix_metadata"),
+        BadCall(
+            "partner of another dtype",
+            lambda c: _partner_change(c, image=_other_dtype(c.kwargs["contextmix_metadata"][0]["image"])),
+            r"contextmix_metadata\[\d\]\['image'\]",
+        ),
+        BadCall(
+            "partner without a mask",
+            lambda c: _partner_change(contextmix_mask_slot(c, np.zeros(c.kind.hw, np.uint8)), mask=None),
+            "mask",
+        ),
+        BadCall("num_classes without a host label", lambda c: _replace(_without(c, "label"), num_classes=4), "label"),
+    ),
+    bad_inits=(
+        BadInit("alpha", {"alpha": 0.0}, "alpha"),
+        BadInit("box", {"box": "circle"}, "box"),
+        BadInit("box_size", {"box_size": 0.0}, "box_size"),
+        BadInit("min_box_side", {"min_box_side": 0}, "min_box_side"),
+        BadInit("label_smoothing", {"label_smoothing": 2.0}, "label_smoothing"),
+        BadInit("p", {"p": 1.5}, "p"),
+    ),
+)
+
+
+# ============================================================================================ injection (bank)
+def _bank_path(case: Case, banks: Banks) -> str:
+    return banks.path(case.options.get("_bank_dtype", case.kind.dtype))
+
+
+def _public(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if not k.startswith("_")}
+
+
+@st.composite
+def inject_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=16))
+    options = {
+        "poisson_p": draw(st.sampled_from([0.0, 1.0])),
+        "n": draw(st.sampled_from([1, [1, 3]])),
+        "placement": draw(st.sampled_from(["random", "source"])),
+    }
+    disjoint = draw(st.booleans())
+    kwargs: dict[str, Any] = {"image": kind.image(0.0, DARK_HIGH) if disjoint else kind.image()}
+    mask_kind = draw(st.sampled_from(["none", "free"] if active else ["none", "free", "defects"]))
+    mask = None
+    if mask_kind != "none":
+        mask = rectangles_mask(kind.rng(2), kind.hw, 0 if mask_kind == "free" else draw(st.integers(1, 2)))
+        kwargs["mask"] = mask
+    if draw(st.booleans()):
+        kwargs["label"] = _label_for(draw, mask)
+    kwargs.update(_annotations(draw, kind))
+    return Case(kwargs, options, kind, {"disjoint": disjoint})
+
+
+def inject_invariant(case: Case, out: dict[str, Any]) -> None:
+    """Labels are the classes in the mask; no pixel changes without a label and no label lands where nothing was pasted."""
+    mask_in, label_in = case.kwargs.get("mask"), case.kwargs.get("label")
+    held = (set() if mask_in is None else classes_in(mask_in)) | (
+        set() if label_in is None else classes_of_label(label_in, K)
+    )
+    label = out["label"]
+    if label_in is None:
+        _check_type(label, np.uint8, (K,), "label (derived)")
+    elif np.ndim(label_in) == 0:
+        assert np.ndim(label) == 0, f"an int label came back as {label!r}"
+    else:
+        _check_type(label, label_in.dtype, label_in.shape, "label")
+    if held:  # only_defect_free: images holding defects are returned untouched
+        assert_same(out["image"], case.kwargs["image"], "image of a defective sample")
+        if mask_in is not None:
+            assert_same(out["mask"], mask_in, "mask of a defective sample")
+        assert classes_of_label(label, K) == held, f"label {label!r} of a defective sample changed"
+        _unchanged_annotations(case, out)
+        return
+    injected = classes_of_label(label, K)
+    assert len(injected) == 1, f"p=1 on a defect-free image must inject one class, label says {injected}"
+    if mask_in is not None:
+        mask_out = out["mask"]
+        _check_type(mask_out, mask_in.dtype, mask_in.shape, "mask")
+        assert classes_in(mask_out) == injected, f"label {injected} but the mask holds {classes_in(mask_out)}"
+        check_injection_pixels(
+            case.kwargs["image"],
+            out["image"],
+            mask_in,
+            mask_out,
+            poisson=case.options["poisson_p"] == 1.0,
+            blend_margin=2,
+            disjoint=case.meta["disjoint"],
+            what="InjectDefect",
+        )
+    if "keypoints" in case.kwargs:
+        assert_same(rows(out["keypoints"], 2), rows(case.kwargs["keypoints"], 2), "keypoints", approx=True)
+    if "bboxes" in case.kwargs:
+        found, labels = _box_rows(out)
+        given = len(case.kwargs["bboxes"])
+        assert_same(found[:given], rows(case.kwargs["bboxes"], 4), "input boxes", approx=True)
+        new_boxes, new_labels = found[given:], labels[given:]
+        assert len(new_boxes) >= 1 and set(new_labels.astype(int).tolist()) == injected, (
+            f"new boxes {new_boxes.tolist()} labelled {new_labels.tolist()} for injected class {injected}"
+        )
+        if mask_in is not None:
+            for box, cls in zip(new_boxes, new_labels, strict=True):
+                x0, y0, x1, y1 = np.rint(box).astype(int)
+                inside = plane(out["mask"])[y0:y1, x0:x1] == int(cls)
+                assert inside.any(), f"new box {box.tolist()} holds no pixel of class {int(cls)}"
+
+
+def inject_defaults(case: Case) -> dict[str, Any]:
+    if "label" in case.kwargs:
+        return {"label": case.kwargs["label"]}
+    mask = case.kwargs.get("mask")
+    return {"label": _multi_hot(set() if mask is None else classes_in(mask))}
+
+
+INJECT_BAD_CALLS = (
+    BadCall("instance masks", lambda c: _with(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
+    BadCall("unknown class id in the mask", lambda c: _with(c, mask=np.full(c.kind.hw, 9, np.uint8)), "mask"),
+    BadCall("label out of range", lambda c: _with(c, label=7), "label"),
+    BadCall(
+        "bank of another dtype",
+        lambda c: _replace(c, _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
+        "dtype",
+    ),
+)
+
+INJECT_DEFECT = Spec(
+    cls=ad.InjectDefect,
+    build=lambda case, p, banks: ad.InjectDefect(_bank_path(case, banks), p=p, **_public(case.options)),
+    cases=lambda active: inject_cases(active),
+    invariant=inject_invariant,
+    defaults=inject_defaults,
+    construct=lambda banks, **kw: ad.InjectDefect(**{"bank": banks.path(np.uint8), **kw}),
+    mask_slot=lambda case, mask: _without(_with(case, mask=mask), "label"),
+    bad_calls=INJECT_BAD_CALLS,
+    bad_inits=(
+        BadInit("missing bank", {"bank": "/nonexistent/bank"}, "bank"),
+        BadInit("n", {"n": 0}, "n"),
+        BadInit("class_weights", {"class_weights": [1.0]}, "class_weights"),
+        BadInit("unknown class", {"classes": ["nope"]}, "nope"),
+        BadInit("poisson_p", {"poisson_p": 2.0}, "poisson_p"),
+        BadInit("placement", {"placement": "middle"}, "placement"),
+    ),
+    cost=2.0,
+)
+
+
+# ============================================================================================ Guided-Crop
+STAGE_OFF = {"flip_p": 0.0, "shift_limit": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+
+
+@st.composite
+def guided_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=8))
+    stage = draw(st.sampled_from(["off", "on"]))
+    options = {
+        "max_defects": draw(st.sampled_from([1, 3])),
+        "weights": draw(st.sampled_from(["uniform", "inverse_frequency"])),
+        "skip_defective": draw(st.booleans()),
+        **(STAGE_OFF if stage == "off" else {}),
+    }
+    disjoint = draw(st.booleans())
+    kwargs: dict[str, Any] = {"image": kind.image(0.0, DARK_HIGH) if disjoint else kind.image()}
+    mask_kind = draw(st.sampled_from(["none", "free", "defects"]))
+    if active and mask_kind == "defects":
+        options["skip_defective"] = False
+    if mask_kind != "none":
+        count = 0 if mask_kind == "free" else draw(st.integers(1, 2))
+        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, count)
+    if draw(st.booleans()):
+        kwargs["masks"] = [kind.rng(3 + i).integers(0, 2, kind.hw).astype(np.uint8) for i in range(2)]
+    kwargs.update(_annotations(draw, kind))
+    return Case(kwargs, options, kind, {"disjoint": disjoint, "stage": stage})
+
+
+def guided_invariant(case: Case, out: dict[str, Any]) -> None:
+    """class_vector is exactly the classes in the mask; pasted pixels are labelled, labels are pasted."""
+    mask_in = case.kwargs.get("mask")
+    mask_out = out["mask"]
+    if mask_in is None:
+        _check_type(mask_out, np.uint8, case.kind.hw, "mask (created)")
+    else:
+        _check_type(mask_out, mask_in.dtype, mask_in.shape, "mask")
+    vector = out[ad.CLASS_VECTOR_KEY]
+    _check_type(vector, np.float32, (K,), "class_vector")
+    assert set(np.unique(vector).tolist()) <= {0.0, 1.0}, f"class_vector {vector} is not multi-hot"
+    assert classes_of_label(vector, K) == classes_in(mask_out), (
+        f"class_vector says {classes_of_label(vector, K)} but the mask holds {classes_in(mask_out)}"
+    )
+    if case.options["skip_defective"] and mask_in is not None and mask_in.any():
+        assert_same(out["image"], case.kwargs["image"], "image of a skipped defective sample")
+        assert_same(mask_out, mask_in, "mask of a skipped defective sample")
+        _unchanged_annotations(case, out)
+        return
+    image_changed = changed(out["image"], case.kwargs["image"])
+    if case.meta["stage"] == "off":  # no global stage: only the pasted blob pixels may change
+        unlabelled = image_changed & (plane(mask_out) == 0)
+        assert not unlabelled.any(), f"{int(unlabelled.sum())} changed pixels carry no class in the mask"
+        if case.meta["disjoint"]:
+            before = np.zeros(case.kind.hw, np.uint8) if mask_in is None else plane(mask_in)
+            ghost = (plane(mask_out) != before) & ~image_changed
+            assert not ghost.any(), f"{int(ghost.sum())} newly labelled pixels show no pasted defect"
+        for k, instance in enumerate(case.kwargs.get("masks", [])):
+            assert_same(out["masks"][k], instance, f"masks[{k}] (no global stage)")
+        if "keypoints" in case.kwargs:
+            assert_same(rows(out["keypoints"], 2), rows(case.kwargs["keypoints"], 2), "keypoints", approx=True)
+    if "bboxes" in case.kwargs:
+        found, labels = _box_rows(out)
+        new = labels < HOST_BOX_LABEL
+        assert (labels[new] >= 1).all() and (labels[new] <= K).all(), f"new box labels {labels[new]} are not class ids"
+        for box, cls in zip(found[new], labels[new], strict=True):
+            x0, y0, x1, y1 = np.rint(box).astype(int)
+            assert (plane(mask_out)[y0:y1, x0:x1] == int(cls)).any(), f"box {box.tolist()} holds no class {int(cls)}"
+        if case.meta["stage"] == "off":
+            given = rows(case.kwargs["bboxes"], 4)
+            assert_same(found[~new], given, "input boxes (no global stage)", approx=True)
+
+
+def guided_defaults(case: Case) -> dict[str, Any]:
+    mask = case.kwargs.get("mask")
+    if mask is None:
+        return {ad.CLASS_VECTOR_KEY: np.zeros(K, np.float32), "mask": np.zeros(case.kind.hw, np.uint8)}
+    return {ad.CLASS_VECTOR_KEY: _multi_hot(classes_in(mask)).astype(np.float32)}
+
+
+GUIDED_CROP = Spec(
+    cls=ad.GuidedCropPaste,
+    build=lambda case, p, banks: ad.GuidedCropPaste(_bank_path(case, banks), p=p, **_public(case.options)),
+    cases=lambda active: guided_cases(active),
+    invariant=guided_invariant,
+    defaults=guided_defaults,
+    construct=lambda banks, **kw: ad.GuidedCropPaste(**{"bank": banks.path(np.uint8), **kw}),
+    mask_slot=lambda case, mask: _with(case, mask=mask),
+    bad_calls=(
+        BadCall("bool mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, bool)), "mask"),
+        BadCall("float mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, np.float32)), "mask"),
+        BadCall("unknown class id in the mask", lambda c: _with(c, mask=np.full(c.kind.hw, 9, np.uint8)), "mask"),
+        BadCall(
+            "bank of another dtype",
+            lambda c: _replace(_without(c, "mask"), _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
+            "dtype",
+        ),
+    ),
+    bad_inits=(
+        BadInit("missing bank", {"bank": "/nonexistent/bank"}, "bank"),
+        BadInit("max_defects", {"max_defects": 0}, "max_defects"),
+        BadInit("weights", {"weights": [1.0, 2.0]}, "weights"),
+        BadInit("flip_p", {"flip_p": 1.5}, "flip_p"),
+        BadInit("bbox_label", {"bbox_label": "colour"}, "bbox_label"),
+        BadInit("class_weights", {"class_weights": "loss"}, "class_weights"),
+    ),
+    cost=1.5,
+)
+
+
+# ============================================================================================ anomaly transforms
+def anomaly_check(case: Case, out: dict[str, Any], labels: set[int], mask_class_id: int) -> int:
+    """anomaly_label > 0 iff anomaly_mask is non-empty; every changed pixel is in it; the mask gets it."""
+    label, anomaly = out[ad.ANOMALY_LABEL_KEY], out[ad.ANOMALY_MASK_KEY]
+    assert isinstance(label, (int, np.integer)) and not isinstance(label, bool), f"anomaly_label {label!r}"
+    _check_type(anomaly, bool, case.kind.hw, "anomaly_mask")
+    assert int(label) in labels | {0}, f"anomaly_label {label} not in {sorted(labels | {0})}"
+    assert (int(label) > 0) == bool(anomaly.any()), f"anomaly_label {label} but {int(anomaly.sum())} anomaly pixels"
+    outside = changed(out["image"], case.kwargs["image"]) & ~anomaly
+    assert not outside.any(), f"{int(outside.sum())} changed pixels lie outside anomaly_mask"
+    if "mask" in case.kwargs:
+        expected = case.kwargs["mask"].copy()
+        expected[anomaly.reshape(expected.shape[:2])] = True if expected.dtype == bool else mask_class_id
+        assert_same(out["mask"], expected, "mask (anomaly pixels set to mask_class_id)")
+    for key in ("masks", "object_mask"):
+        if key in case.kwargs:
+            assert_same(out[key], case.kwargs[key], key)
+    _unchanged_annotations(case, out)
+    return int(label)
+
+
+def anomaly_defaults(case: Case) -> dict[str, Any]:
+    return {ad.ANOMALY_LABEL_KEY: 0, ad.ANOMALY_MASK_KEY: np.zeros(case.kind.hw, bool)}
+
+
+def _anomaly_targets(draw: Any, kind: ImageKind, min_box: int = 1) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    mask_kind = draw(st.sampled_from(["none", "classes", "bool"]))
+    if mask_kind == "classes":
+        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2)))
+    elif mask_kind == "bool":
+        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2))) > 0
+    if draw(st.booleans()):
+        kwargs["masks"] = [kind.rng(3 + i).integers(0, 2, kind.hw).astype(np.uint8) for i in range(2)]
+    kwargs.update(_annotations(draw, kind, min_box=min_box))
+    return kwargs
+
+
+def _shrunk(case: Case, side: int) -> Case:
+    """The case's image cut to side x side (spatial targets dropped)."""
+    spatial = ("mask", "masks", "object_mask", "bboxes", LABEL_FIELD, "keypoints")
+    return _with(_without(case, *spatial), image=case.kwargs["image"][:side, :side])
+
+
+@st.composite
+def cropliq_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=8))
+    region = draw(st.sampled_from(["auto", "image", "mask", "bbox"]))
+    options = {
+        "region": region,
+        "warp": draw(st.sampled_from(["random", "push", "swirl", "bloat", "pinch", "strokes"])),
+        "label": draw(st.sampled_from([1, 4])),
+        "mask_class_id": draw(st.sampled_from([1, 7])),
+    }
+    kwargs: dict[str, Any] = {"image": kind.image()}
+    kwargs.update(_anomaly_targets(draw, kind, min_box=8 if region == "bbox" else 1))
+    if region == "bbox" and not kwargs.get("bboxes"):
+        kwargs["bboxes"] = boxes(kind.rng(9), kind.hw, 1, 8)
+        kwargs[LABEL_FIELD] = [HOST_BOX_LABEL]
+    if region == "mask":
+        h, w = kind.hw
+        y0, x0 = draw(st.integers(0, h - 8)), draw(st.integers(0, w - 8))
+        y1, x1 = draw(st.integers(y0 + 8, h)), draw(st.integers(x0 + 8, w))
+        obj = np.zeros(kind.hw, draw(st.sampled_from([bool, np.uint8])))
+        obj[y0:y1, x0:x1] = 1
+        kwargs["object_mask"] = obj
+    return Case(kwargs, options, kind)
+
+
+def cropliq_invariant(case: Case, out: dict[str, Any]) -> None:
+    label = anomaly_check(case, out, {case.options["label"]}, case.options["mask_class_id"])
+    assert label == case.options["label"], f"applied CropLiq wrote anomaly_label {label}"
+
+
+CROPLIQ = Spec(
+    cls=ad.CropLiq,
+    build=lambda case, p, banks: ad.CropLiq(p=p, **case.options),
+    cases=lambda active: cropliq_cases(active),
+    invariant=cropliq_invariant,
+    defaults=anomaly_defaults,
+    construct=lambda banks, **kw: ad.CropLiq(**kw),
+    mask_slot=lambda case, mask: _with(case, mask=mask),
+    bad_calls=(
+        BadCall(
+            "region='mask' without the object mask",
+            lambda c: _replace(_without(c, "object_mask"), region="mask"),
+            "object_mask",
+        ),
+        BadCall(
+            "empty object mask",
+            lambda c: _replace(_with(c, object_mask=np.zeros(c.kind.hw, bool)), region="mask"),
+            "object_mask",
+        ),
+        BadCall(
+            "region='bbox' without boxes",
+            lambda c: _replace(_without(c, "bboxes", LABEL_FIELD), region="bbox"),
+            "bboxes",
+        ),
+        BadCall("image under 8x8", lambda c: _shrunk(c, 6), "image"),
+    ),
+    bad_inits=(
+        BadInit("area_range", {"area_range": (0.0, 0.1)}, "area_range"),
+        BadInit("aspect_range", {"aspect_range": (2.0, 1.0)}, "aspect_range"),
+        BadInit("warp", {"warp": "melt"}, "warp"),
+        BadInit("strength_range", {"strength_range": (0.5, 2.0)}, "strength_range"),
+        BadInit("move_threshold", {"move_threshold": 0.0}, "move_threshold"),
+        BadInit("region", {"region": "nowhere"}, "region"),
+        BadInit("label", {"label": 0}, "label"),
+    ),
+)
+
+#: Images at least this large fit every scar of CutPaste's default ranges.
+SCAR_SIDE = 34
+
+
+@st.composite
+def cutpaste_cases(draw: Any, active: bool = False) -> Case:
+    variant = draw(st.sampled_from(["normal", "scar"]))
+    kind = draw(image_kinds(min_side=SCAR_SIDE if variant == "scar" else 2, max_side=56))
+    options = {
+        "variant": variant,
+        "label": draw(st.sampled_from([1, 2])),
+        "mask_class_id": draw(st.sampled_from([1, 7])),
+    }
+    kwargs: dict[str, Any] = {"image": kind.image(), **_anomaly_targets(draw, kind)}
+    return Case(kwargs, options, kind)
+
+
+def cutpaste_invariant(case: Case, out: dict[str, Any]) -> None:
+    label = anomaly_check(case, out, {case.options["label"]}, case.options["mask_class_id"])
+    assert label == case.options["label"], f"applied CutPaste wrote anomaly_label {label}"
+    if case.options["variant"] == "normal":
+        ys, xs = np.nonzero(out[ad.ANOMALY_MASK_KEY])
+        area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert len(ys) == area, "the anomaly mask of a normal CutPaste is not a full rectangle"
+
+
+CUTPASTE = Spec(
+    cls=ad.CutPaste,
+    build=lambda case, p, banks: ad.CutPaste(p=p, **case.options),
+    cases=lambda active: cutpaste_cases(active),
+    invariant=cutpaste_invariant,
+    defaults=anomaly_defaults,
+    construct=lambda banks, **kw: ad.CutPaste(**kw),
+    mask_slot=lambda case, mask: _with(case, mask=mask),
+    bad_calls=(BadCall("scar larger than the image", lambda c: _replace(_shrunk(c, 20), variant="scar"), "image"),),
+    bad_inits=(
+        BadInit("variant", {"variant": "stripe"}, "variant"),
+        BadInit("area_ratio_range", {"area_ratio_range": (0.5, 0.1)}, "area_ratio_range"),
+        BadInit("aspect_ratio_range", {"aspect_ratio_range": (0.0, 1.0)}, "aspect_ratio_range"),
+        BadInit("scar_width_range", {"scar_width_range": (0, 3)}, "scar_width_range"),
+        BadInit("rotation_range", {"rotation_range": (-200.0, 0.0)}, "rotation_range"),
+        BadInit("hue", {"hue": 0.9}, "hue"),
+        BadInit("label", {"label": 0}, "label"),
+    ),
+)
+
+
+def _synthesis(**kwargs: Any) -> ad.AnomalySynthesis:
+    children = kwargs.pop("transforms", None)
+    if children is None:
+        children = [ad.CropLiq(region="image"), ad.CutPaste(), ad.CutPaste(variant="scar")]
+    return ad.AnomalySynthesis(children, **kwargs)
+
+
+@st.composite
+def synthesis_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=SCAR_SIDE, max_side=56))
+    options = {
+        "normal_p": 0.0 if active else draw(st.sampled_from([None, 0.0, 0.5])),
+        "labels": draw(st.sampled_from([None, [1, 2, 2]])),
+    }
+    kwargs: dict[str, Any] = {"image": kind.image(), **_anomaly_targets(draw, kind)}
+    return Case(kwargs, options, kind)
+
+
+def synthesis_invariant(case: Case, out: dict[str, Any]) -> None:
+    anomaly_check(case, out, set(case.options["labels"] or [1, 2, 3]), mask_class_id=1)
+
+
+ANOMALY_SYNTHESIS = Spec(
+    cls=ad.AnomalySynthesis,
+    build=lambda case, p, banks: _synthesis(p=p, **case.options),
+    cases=lambda active: synthesis_cases(active),
+    invariant=synthesis_invariant,
+    defaults=anomaly_defaults,
+    construct=lambda banks, **kw: _synthesis(**kw),
+    mask_slot=lambda case, mask: _with(case, mask=mask),
+    bad_inits=(
+        BadInit("no transforms", {"transforms": []}, "transforms"),
+        BadInit("not an anomaly transform", {"transforms": [A.HorizontalFlip()]}, r"transforms\[0\]"),
+        BadInit("labels count", {"labels": [1, 2]}, "labels"),
+        BadInit("normal label among labels", {"labels": [0, 1, 2]}, "normal_label"),
+        BadInit("normal_p", {"normal_p": 1.5}, "normal_p"),
+        BadInit("p", {"p": -0.1}, "p"),
+    ),
+)
+
+
+# ============================================================================================ DLI (batch)
+@st.composite
+def dli_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=16, max_side=40))
+    options = {
+        "poisson_p": draw(st.sampled_from([0.0, 1.0])),
+        "fill": "all" if active else draw(st.sampled_from(["all", "balance"])),
+        "max_inject_fraction": 1.0 if active else draw(st.sampled_from([1.0, 0.5])),
+        "placement": draw(st.sampled_from(["random", "source"])),
+    }
+    disjoint = draw(st.booleans())
+    count = draw(st.integers(1, 4))
+    defects = [draw(st.integers(0, 2)) for _ in range(count)]
+    if active:
+        defects[draw(st.integers(0, count - 1))] = 0
+    images = [kind.image(0.0, DARK_HIGH, salt=i) if disjoint else kind.image(salt=i) for i in range(count)]
+    masks = [rectangles_mask(kind.rng(10 + i), kind.hw, n) for i, n in enumerate(defects)]
+    kwargs: dict[str, Any] = {"images": images, "masks": masks}
+    if draw(st.booleans()):
+        kwargs["labels"] = np.stack([_multi_hot(classes_in(m)) for m in masks])
+    # DLI is called on a batch directly (its own seed) or inside A.Compose(seed=...): both are documented
+    return Case(kwargs, options, kind, {"disjoint": disjoint, "direct": draw(st.booleans())})
+
+
+def dli_invariant(case: Case, out: dict[str, Any]) -> None:
+    """Per image: labels are the classes in its mask; injected pixels follow the injection rules; counts add up."""
+    images, masks = case.kwargs["images"], case.kwargs["masks"]
+    labels = out["labels"]
+    _check_type(labels, np.uint8, (len(images), K), "labels")
+    injections = out["injections"]
+    assert len(injections) == len(images)
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        mask_out = out["masks"][i]
+        assert classes_of_label(labels[i], K) == classes_in(mask_out), (
+            f"labels[{i}] says {classes_of_label(labels[i], K)} but masks[{i}] holds {classes_in(mask_out)}"
+        )
+        if injections[i] is None:
+            assert_same(out["images"][i], image, f"images[{i}] (not injected)")
+            assert_same(mask_out, mask, f"masks[{i}] (not injected)")
+            continue
+        assert not classes_in(mask), f"images[{i}] held defects but was injected"
+        assert classes_in(mask_out) == {injections[i]["class_id"]}, f"masks[{i}] holds {classes_in(mask_out)}"
+        check_injection_pixels(
+            image,
+            out["images"][i],
+            mask,
+            mask_out,
+            poisson=injections[i]["method"] == "poisson",
+            blend_margin=2,
+            disjoint=case.meta["disjoint"],
+            what=f"DLI images[{i}]",
+        )
+    for key, held in (
+        ("class_counts_before", [classes_in(m) for m in masks]),
+        ("class_counts_after", [classes_of_label(row, K) for row in labels]),
+    ):
+        expected = {name: sum(c in s for s in held) for c, name in enumerate(BANK_CLASSES, 1)}
+        assert out[key] == expected, f"{key} {out[key]} != {expected}"
+
+
+def dli_defaults(case: Case) -> dict[str, Any]:
+    masks = case.kwargs["masks"]
+    counts = {name: sum(c in classes_in(m) for m in masks) for c, name in enumerate(BANK_CLASSES, 1)}
+    labels = case.kwargs.get("labels")
+    return {
+        "labels": labels if labels is not None else np.stack([_multi_hot(classes_in(m)) for m in masks]),
+        "injections": [None] * len(masks),
+        "class_counts_before": counts,
+        "class_counts_after": counts,
+    }
+
+
+def _first_mask(case: Case, mask: np.ndarray) -> Case:
+    masks = list(case.kwargs["masks"])
+    masks[0] = mask
+    return _without(_with(case, masks=masks), "labels")
+
+
+def _dli_first_mask(case: Case, mask: np.ndarray) -> Case:
+    """A.Compose stacks a ``masks`` list itself (failing first, in its words, on unequal sizes): call DLI directly."""
+    changed_case = _first_mask(case, mask)
+    return Case(changed_case.kwargs, changed_case.options, changed_case.kind, {**case.meta, "direct": True})
+
+
+DLI = Spec(
+    cls=ad.DynamicLabelInjection,
+    build=lambda case, p, banks: ad.DynamicLabelInjection(_bank_path(case, banks), p=p, **_public(case.options)),
+    cases=lambda active: dli_cases(active),
+    invariant=dli_invariant,
+    defaults=dli_defaults,
+    construct=lambda banks, **kw: ad.DynamicLabelInjection(**{"bank": banks.path(np.uint8), **kw}),
+    mask_slot=_dli_first_mask,
+    batch=True,
+    bad_calls=(
+        BadCall("a single image", lambda c: _with(c, image=c.kwargs["images"][0]), "image"),
+        BadCall("no masks", lambda c: _without(c, "masks", "labels"), "masks"),
+        BadCall("unknown class id", lambda c: _first_mask(c, np.full(c.kind.hw, 9, np.uint8)), r"masks\[0\]"),
+        BadCall(
+            "labels that disagree with the masks",
+            lambda c: _with(
+                _first_mask(c, np.ones(c.kind.hw, np.uint8)), labels=np.zeros((len(c.kwargs["masks"]), K), np.uint8)
+            ),
+            "labels",
+        ),
+    ),
+    bad_inits=(
+        BadInit("missing bank", {"bank": "/nonexistent/bank"}, "bank"),
+        BadInit("unknown class", {"classes": ["nope"]}, "nope"),
+        BadInit("poisson_p", {"poisson_p": 2.0}, "poisson_p"),
+        BadInit("fill", {"fill": "most"}, "fill"),
+        BadInit("max_inject_fraction", {"max_inject_fraction": 1.5}, "max_inject_fraction"),
+        BadInit("blend_margin", {"blend_margin": -1}, "blend_margin"),
+        BadInit("p", {"p": 2.0}, "p"),
+    ),
+    cost=3.0,
+)
+
+
+# ============================================================================================ BatchCompose
+@st.composite
+def batch_cases(draw: Any, active: bool = False) -> Case:
+    container = draw(st.sampled_from(["list", "array"]))
+    kind = draw(image_kinds(min_side=2, max_side=40))
+    options = {
+        "box": draw(st.sampled_from(["beta", "square", "fixed"])),
+        "num_classes": draw(st.sampled_from([None, 4])),
+    }
+    count = draw(st.integers(1, 4))
+    sizes = [kind.hw] * count
+    if container == "list":
+        sizes = [(draw(st.integers(2, 40)), draw(st.integers(2, 40))) for _ in range(count)]
+    images = [kind.image(salt=i, hw=hw) for i, hw in enumerate(sizes)]
+    # Every sample's mask is its index + 1 everywhere, so a pixel's mask value names its source sample.
+    masks = [np.full(hw, i + 1, np.uint8) for i, hw in enumerate(sizes)]
+    kwargs: dict[str, Any] = {
+        "images": images if container == "list" else np.stack(images),
+        "masks": masks if container == "list" else np.stack(masks),
+    }
+    if options["num_classes"] is not None:
+        kwargs["labels"] = [draw(st.integers(0, 3)) for _ in range(count)]
+    if draw(st.booleans()):
+        per_sample = [boxes(kind.rng(20 + i), hw, draw(st.integers(0, 2))) for i, hw in enumerate(sizes)]
+        kwargs["bboxes"] = per_sample
+        kwargs[LABEL_FIELD] = [[HOST_BOX_LABEL + i] * len(b) for i, b in enumerate(per_sample)]
+    if draw(st.booleans()):
+        kwargs["keypoints"] = [keypoints(kind.rng(30 + i), hw, draw(st.integers(0, 2))) for i, hw in enumerate(sizes)]
+    return Case(kwargs, options, kind, {"container": container})
+
+
+def _batch_compose(case: Case, p: float) -> ad.BatchCompose:
+    params: dict[str, Any] = {}
+    if "bboxes" in case.kwargs:
+        params["bbox_params"] = bbox_params(label_fields=[LABEL_FIELD])
+    if "keypoints" in case.kwargs:
+        params["keypoint_params"] = keypoint_params()
+    return ad.BatchCompose([ad.ContextMix(p=1.0, min_box_side=1, **case.options)], p=p, **params)
+
+
+def batch_invariant(case: Case, out: dict[str, Any]) -> None:
+    """Per sample: lambda_B is the fraction of the partner's pixels (told by the mask values); host pixels stay."""
+    images = case.kwargs["images"]
+    count = len(images)
+    partners = out["partner_indices"]
+    _check_type(partners, partners.dtype, (count, 1), "partner_indices")
+    weights = out["mix_weights"]
+    assert np.shape(weights) == (count, 2), f"mix_weights shape {np.shape(weights)}"
+    if case.meta["container"] == "list":
+        assert isinstance(out["images"], list) and isinstance(out["masks"], list), "a list batch came back as an array"
+    for i in range(count):
+        j = int(partners[i, 0])
+        mask = plane(out["masks"][i])
+        assert set(np.unique(mask).tolist()) <= {i + 1, j + 1}, f"masks[{i}] holds {np.unique(mask)}"
+        if j != i:
+            fraction = float((mask == j + 1).mean())
+            assert abs(fraction - float(weights[i][1])) <= 1e-6, (
+                f"sample {i}: lambda_B={float(weights[i][1]):.6f} but {fraction:.6f} of its pixels are sample {j}'s"
+            )
+            assert not changed(out["images"][i], images[i])[mask == i + 1].any(), f"images[{i}]: host pixels changed"
+        if case.options["num_classes"] is not None:
+            expected = np.zeros(4)
+            expected[case.kwargs["labels"][i]] += weights[i][0]
+            expected[case.kwargs["labels"][j]] += weights[i][1]
+            assert np.allclose(out["soft_label"][i], expected, atol=1e-6), f"soft_label[{i}]"
+
+
+def batch_defaults(case: Case) -> dict[str, Any]:
+    return {"partner_indices": np.arange(len(case.kwargs["images"]))[:, None]}
+
+
+BATCH_COMPOSE = Spec(
+    cls=ad.BatchCompose,
+    build=lambda case, p, banks: _batch_compose(case, p),
+    cases=lambda active: batch_cases(active),
+    invariant=batch_invariant,
+    defaults=batch_defaults,
+    construct=lambda banks, **kw: ad.BatchCompose(**{"transforms": [ad.ContextMix(p=1.0)], **kw}),
+    mask_slot=_first_mask,
+    batch=True,
+    own_compose=True,
+    bad_calls=(
+        BadCall("empty batch", lambda c: _replace(c, {"images": []}), "images"),
+        BadCall("labels of another length", lambda c: _with(c, labels=[0] * (len(c.kwargs["images"]) + 1)), "labels"),
+        BadCall("a per-sample key", lambda c: _with(c, label=[0] * len(c.kwargs["images"])), "labels"),
+        BadCall(
+            "partners passed in",
+            lambda c: _with(c, contextmix_metadata=[[]] * len(c.kwargs["images"])),
+            "contextmix_metadata",
+        ),
+    ),
+    bad_inits=(
+        BadInit("a single transform", {"transforms": ad.ContextMix()}, "transforms"),
+        BadInit("num_partners", {"num_partners": 0}, "num_partners"),
+        BadInit("p", {"p": 1.5}, "p"),
+    ),
+)
+
+
+#: Every exported transform and compose, by class name.
+SPECS: dict[str, Spec] = {
+    spec.name: spec
+    for spec in (CONTEXTMIX, INJECT_DEFECT, GUIDED_CROP, CROPLIQ, CUTPASTE, ANOMALY_SYNTHESIS, DLI, BATCH_COMPOSE)
+}
+
+#: Exported bases that are not transforms themselves (each must have an exported subclass with a spec).
+ABSTRACT_BASES: tuple[str, ...] = ("DefectTransform",)
