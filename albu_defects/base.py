@@ -30,7 +30,7 @@ IS_ALBUMENTATIONS_X: bool = hasattr(A.DualTransform, "sample_parameters")
 
 if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
     from albumentations.core.invocation import get_current_invocation
-    from albumentations.core.transform_params import SampledParams
+    from albumentations.core.transform_params import SampledParams, SampledParamsError
 
 
 def input_image(data: dict[str, Any]) -> np.ndarray | None:
@@ -60,7 +60,10 @@ class DefectTransform(A.DualTransform):
       transform is skipped (``p``), so a DataLoader always sees the same keys.
     """
 
-    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS)
+    # AlbumentationsX applies only declared targets (2.0.x has no Targets.MASKS and applies masks anyway)
+    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS) + (
+        (Targets.MASKS,) if hasattr(Targets, "MASKS") else ()
+    )
 
     @classmethod
     def get_class_fullname(cls) -> str:
@@ -106,7 +109,11 @@ class DefectTransform(A.DualTransform):
 
         def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **kwargs: Any) -> Any:
             # X's Compose calls leaves here (not through __call__), also when ``p`` skips them.
-            result = super().apply_in_invocation(invocation, *args, force_apply=force_apply, **kwargs)
+            try:
+                result = super().apply_in_invocation(invocation, *args, force_apply=force_apply, **kwargs)
+            except SampledParamsError:  # X rejects e.g. a mask of another size before sampling: say which
+                self.check_inputs(kwargs)
+                raise
             return self._with_defaults(result, kwargs)
 
         def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:

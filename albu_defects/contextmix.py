@@ -326,7 +326,8 @@ def keypoints_into_box(keypoints: np.ndarray, box: Sequence[int], partner_hw: tu
     keypoints = np.asarray(keypoints, dtype=np.float64)
     y0, x0, y1, x1 = (int(v) for v in box)
     if keypoints.size == 0 or y1 == y0 or x1 == x0:
-        return keypoints.reshape(0, keypoints.shape[1] if keypoints.ndim == 2 else 2).astype(np.float32)
+        # no point lands in an empty box (keypoints[:0], not a reshape: the partner may have points)
+        return (keypoints[:0] if keypoints.ndim == 2 else np.zeros((0, 2))).astype(np.float32)
     ph, pw = partner_hw
     inside = (keypoints[:, 0] >= 0) & (keypoints[:, 0] < pw) & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < ph)
     out = keypoints[inside].copy()
@@ -452,6 +453,9 @@ class ContextMix(DefectTransform):
         if not isinstance(partner, Mapping) or "image" not in partner:
             raise ValueError(f"{name} must be a dict with an 'image' array, got {type(partner).__name__}")
         partner_image = check_image(partner["image"], f"{name}['image']")
+        if partner_image.ndim == 2 and host.ndim == 3 and host.shape[2] == 1:
+            # AlbumentationsX hands a 2-D host to the transform as (H, W, 1); its gray partners stay 2-D
+            partner_image = partner_image[..., None]
         check_matching_images(host, partner_image, "image", f"{name}['image']")
         partner_hw = image_hw(partner_image)
 

@@ -842,8 +842,8 @@ class GuidedCropPaste(DefectTransform):
         return np.concatenate([moved, rows.astype(moved.dtype)])
 
     def _label_fields(self) -> list[str]:
-        processors = getattr(self, "processors", None) or {}
-        processor = processors.get("bboxes")
+        # get_processor, not self.processors: AlbumentationsX keeps the processors in the call's invocation
+        processor = self.get_processor("bboxes")
         fields = getattr(getattr(processor, "params", None), "label_fields", None)
         return list(fields or [])
 
@@ -854,7 +854,7 @@ class GuidedCropPaste(DefectTransform):
         through a persistent label encoder. A field whose labels are numbers in this call (or in its
         first call ever) takes class ids only; otherwise the encoder learns the id or the name.
         """
-        manager = getattr(self.processors.get("bboxes"), "label_manager", None)
+        manager = getattr(self.get_processor("bboxes"), "label_manager", None)
         metadata_by_field = getattr(manager, "metadata", None)
         if metadata_by_field is None:  # another albumentations: labels are the class id
             return float(class_id)

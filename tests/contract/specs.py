@@ -109,7 +109,6 @@ class Spec:
     # else it sits in A.Compose, unless a case says meta["direct"] (a compose that may be called either way)
     bad_calls: tuple[BadCall, ...] = ()
     bad_inits: tuple[BadInit, ...] = ()
-    cost: float = 1.0  # relative cost of one example (scales the example budget down)
 
     @property
     def name(self) -> str:
@@ -470,7 +469,6 @@ INJECT_DEFECT = Spec(
         BadInit("poisson_p", {"poisson_p": 2.0}, "poisson_p"),
         BadInit("placement", {"placement": "middle"}, "placement"),
     ),
-    cost=2.0,
 )
 
 
@@ -578,7 +576,6 @@ GUIDED_CROP = Spec(
         BadInit("bbox_label", {"bbox_label": "colour"}, "bbox_label"),
         BadInit("class_weights", {"class_weights": "loss"}, "class_weights"),
     ),
-    cost=1.5,
 )
 
 
@@ -895,7 +892,6 @@ DLI = Spec(
         BadInit("blend_margin", {"blend_margin": -1}, "blend_margin"),
         BadInit("p", {"p": 2.0}, "p"),
     ),
-    cost=3.0,
 )
 
 
@@ -903,7 +899,8 @@ DLI = Spec(
 @st.composite
 def batch_cases(draw: Any, active: bool = False) -> Case:
     container = draw(st.sampled_from(["list", "array"]))
-    kind = draw(image_kinds(min_side=2, max_side=40))
+    low = 8 if active else 2  # on tiny images lambda takes so few values that five seeds may agree
+    kind = draw(image_kinds(min_side=low, max_side=40))
     options = {
         "box": draw(st.sampled_from(["beta", "square", "fixed"])),
         "num_classes": draw(st.sampled_from([None, 4])),
@@ -911,7 +908,7 @@ def batch_cases(draw: Any, active: bool = False) -> Case:
     count = draw(st.integers(1, 4))
     sizes = [kind.hw] * count
     if container == "list":
-        sizes = [(draw(st.integers(2, 40)), draw(st.integers(2, 40))) for _ in range(count)]
+        sizes = [(draw(st.integers(low, 40)), draw(st.integers(low, 40))) for _ in range(count)]
     images = [kind.image(salt=i, hw=hw) for i, hw in enumerate(sizes)]
     # Every sample's mask is its index + 1 everywhere, so a pixel's mask value names its source sample.
     masks = [np.full(hw, i + 1, np.uint8) for i, hw in enumerate(sizes)]
