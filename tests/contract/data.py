@@ -20,6 +20,8 @@ DTYPES: tuple[type, ...] = (np.uint8, np.uint16, np.float32)
 #: Channel layouts: ``None`` = (H, W); ``c`` = (H, W, c).
 LAYOUTS: tuple[int | None, ...] = (None, 1, 3, 4)
 CONTENT_KINDS = ("noise", "blocks", "constant")
+VIEWS = ("contiguous", "strided", "reversed")
+MASK_DTYPES: tuple[type, ...] = (np.uint8, np.uint16, np.int32)
 #: Classes of the test banks (class ids 1..3).
 BANK_CLASSES = ("scratch", "dent", "spot")
 #: Bank defect pixels lie in [DEFECT_LOW, 1] x white, their context at CONTEXT_LEVEL x white; "dark"
@@ -50,6 +52,10 @@ class ImageKind:
     hw: tuple[int, int]
     seed: int
     content: str
+    view: str = "contiguous"  # or "strided" / "reversed": a non-contiguous view of the same values
+    hdr: bool = False  # float32 images span [-2, 3] (normalised or HDR data), not [0, 1]
+    mask_dtype: Any = np.uint8
+    mask_3d: bool = False  # masks as (H, W, 1)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,10 +64,27 @@ class ImageKind:
     def rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])
 
+    def arrange(self, array: np.ndarray) -> np.ndarray:
+        """``array``'s values in this kind's memory layout (contiguous, or a strided or reversed view)."""
+        if self.view == "strided":
+            base = np.zeros((2 * array.shape[0], 2 * array.shape[1], *array.shape[2:]), array.dtype)
+            base[::2, ::2] = array
+            return base[::2, ::2]
+        if self.view == "reversed":
+            return np.ascontiguousarray(array[:, ::-1])[:, ::-1]
+        return array
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """An (H, W) class-index mask in this kind's mask dtype, layout and memory layout."""
+        mask = mask.astype(self.mask_dtype)
+        return self.arrange(mask[..., None] if self.mask_3d else mask)
+
     def image(
         self, low: float = 0.0, high: float = 1.0, salt: int = 0, hw: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """An image of this kind with values in [low, high] x white."""
+        """An image of this kind with values in [low, high] x white ([-2, 3] for full-range HDR float32)."""
+        if self.hdr and np.dtype(self.dtype) == np.float32 and (low, high) == (0.0, 1.0):
+            low, high = -2.0, 3.0
         rng = self.rng(salt)
         h, w = hw or self.hw
         shape = (h, w) if self.channels is None else (h, w, self.channels)
@@ -73,7 +96,7 @@ class ImageKind:
             unit = np.repeat(np.repeat(small, cell, axis=0), cell, axis=1)[:h, :w]
         else:
             unit = rng.random(shape)
-        return to_dtype(low + (high - low) * unit, self.dtype)
+        return self.arrange(to_dtype(low + (high - low) * unit, self.dtype))
 
 
 @st.composite
@@ -90,6 +113,10 @@ def image_kinds(
         hw=(draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))),
         seed=draw(st.integers(0, 2**32 - 1)),
         content=draw(st.sampled_from(CONTENT_KINDS)),
+        view=draw(st.sampled_from(VIEWS)),
+        hdr=draw(st.booleans()),
+        mask_dtype=draw(st.sampled_from(MASK_DTYPES)),
+        mask_3d=draw(st.booleans()),
     )
 
 

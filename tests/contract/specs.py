@@ -231,13 +231,13 @@ def contextmix_cases(draw: Any, active: bool = False) -> Case:
         shape = hw if kind.channels is None else (*hw, kind.channels)
         partners.append({"image": np.full(shape, white(kind.dtype), kind.dtype), "hw": hw})
     if draw(st.booleans()):
-        kwargs["mask"] = rng.integers(0, 4, kind.hw).astype(np.uint8)
+        kwargs["mask"] = kind.mask(rng.integers(0, 4, kind.hw))
         for partner in partners:
-            partner["mask"] = np.full(partner["hw"], PARTNER_CLASS, np.uint8)
+            partner["mask"] = np.full(partner["hw"], PARTNER_CLASS, kind.mask_dtype)
     if draw(st.booleans()):
-        kwargs["masks"] = [rng.integers(0, 2, kind.hw).astype(np.uint8) for _ in range(2)]
+        kwargs["masks"] = [kind.mask(rng.integers(0, 2, kind.hw)) for _ in range(2)]
         for partner in partners:
-            partner["masks"] = [np.full(partner["hw"], PARTNER_CLASS, np.uint8)] * 2
+            partner["masks"] = [np.full(partner["hw"], PARTNER_CLASS, kind.mask_dtype)] * 2
     kwargs.update(_annotations(draw, kind, label_base=1))
     for partner in partners:
         prng = np.random.default_rng(kind.seed % 1000)
@@ -270,10 +270,10 @@ def contextmix_invariant(case: Case, out: dict[str, Any]) -> None:
     )
     assert not changed(out["image"], host)[~from_partner].any(), "host pixels outside the pasted box changed"
     if "mask" in case.kwargs:
-        expected = np.where(from_partner, PARTNER_CLASS, plane(case.kwargs["mask"])).astype(np.uint8)
+        expected = np.where(from_partner, PARTNER_CLASS, plane(case.kwargs["mask"])).astype(kind.mask_dtype)
         assert_same(plane(out["mask"]), expected, "mask (partner class exactly on the partner's pixels)")
     for k, host_mask in enumerate(case.kwargs.get("masks", [])):
-        expected = np.where(from_partner, PARTNER_CLASS, host_mask).astype(np.uint8)
+        expected = np.where(from_partner, PARTNER_CLASS, plane(host_mask)).astype(kind.mask_dtype)
         assert_same(plane(out["masks"][k]), expected, f"masks[{k}]")
     if case.options["num_classes"] is not None:
         expected = np.zeros(4)
@@ -373,7 +373,7 @@ def inject_cases(draw: Any, active: bool = False) -> Case:
     mask_kind = draw(st.sampled_from(["none", "free"] if active else ["none", "free", "defects"]))
     mask = None
     if mask_kind != "none":
-        mask = rectangles_mask(kind.rng(2), kind.hw, 0 if mask_kind == "free" else draw(st.integers(1, 2)))
+        mask = kind.mask(rectangles_mask(kind.rng(2), kind.hw, 0 if mask_kind == "free" else draw(st.integers(1, 2))))
         kwargs["mask"] = mask
     if draw(st.booleans()):
         kwargs["label"] = _label_for(draw, mask)
@@ -443,7 +443,7 @@ def inject_defaults(case: Case) -> dict[str, Any]:
 
 INJECT_BAD_CALLS = (
     BadCall("instance masks", lambda c: _with(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
-    BadCall("unknown class id in the mask", lambda c: _with(c, mask=np.full(c.kind.hw, 9, np.uint8)), "mask"),
+    BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
     BadCall("label out of range", lambda c: _with(c, label=7), "label"),
     BadCall(
         "bank of another dtype",
@@ -493,9 +493,9 @@ def guided_cases(draw: Any, active: bool = False) -> Case:
         options["skip_defective"] = False
     if mask_kind != "none":
         count = 0 if mask_kind == "free" else draw(st.integers(1, 2))
-        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, count)
+        kwargs["mask"] = kind.mask(rectangles_mask(kind.rng(2), kind.hw, count))
     if draw(st.booleans()):
-        kwargs["masks"] = [kind.rng(3 + i).integers(0, 2, kind.hw).astype(np.uint8) for i in range(2)]
+        kwargs["masks"] = [kind.mask(kind.rng(3 + i).integers(0, 2, kind.hw)) for i in range(2)]
     kwargs.update(_annotations(draw, kind))
     return Case(kwargs, options, kind, {"disjoint": disjoint, "stage": stage})
 
@@ -561,7 +561,7 @@ GUIDED_CROP = Spec(
     bad_calls=(
         BadCall("bool mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, bool)), "mask"),
         BadCall("float mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, np.float32)), "mask"),
-        BadCall("unknown class id in the mask", lambda c: _with(c, mask=np.full(c.kind.hw, 9, np.uint8)), "mask"),
+        BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
         BadCall(
             "bank of another dtype",
             lambda c: _replace(_without(c, "mask"), _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
@@ -608,11 +608,11 @@ def _anomaly_targets(draw: Any, kind: ImageKind, min_box: int = 1) -> dict[str, 
     kwargs: dict[str, Any] = {}
     mask_kind = draw(st.sampled_from(["none", "classes", "bool"]))
     if mask_kind == "classes":
-        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2)))
+        kwargs["mask"] = kind.mask(rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2))))
     elif mask_kind == "bool":
-        kwargs["mask"] = rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2))) > 0
+        kwargs["mask"] = kind.arrange(rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2))) > 0)
     if draw(st.booleans()):
-        kwargs["masks"] = [kind.rng(3 + i).integers(0, 2, kind.hw).astype(np.uint8) for i in range(2)]
+        kwargs["masks"] = [kind.mask(kind.rng(3 + i).integers(0, 2, kind.hw)) for i in range(2)]
     kwargs.update(_annotations(draw, kind, min_box=min_box))
     return kwargs
 
@@ -794,7 +794,7 @@ def dli_cases(draw: Any, active: bool = False) -> Case:
     if active:
         defects[draw(st.integers(0, count - 1))] = 0
     images = [kind.image(0.0, DARK_HIGH, salt=i) if disjoint else kind.image(salt=i) for i in range(count)]
-    masks = [rectangles_mask(kind.rng(10 + i), kind.hw, n) for i, n in enumerate(defects)]
+    masks = [kind.mask(rectangles_mask(kind.rng(10 + i), kind.hw, n)) for i, n in enumerate(defects)]
     kwargs: dict[str, Any] = {"images": images, "masks": masks}
     if draw(st.booleans()):
         kwargs["labels"] = np.stack([_multi_hot(classes_in(m)) for m in masks])
@@ -874,11 +874,11 @@ DLI = Spec(
     bad_calls=(
         BadCall("a single image", lambda c: _with(c, image=c.kwargs["images"][0]), "image"),
         BadCall("no masks", lambda c: _without(c, "masks", "labels"), "masks"),
-        BadCall("unknown class id", lambda c: _first_mask(c, np.full(c.kind.hw, 9, np.uint8)), r"masks\[0\]"),
+        BadCall("unknown class id", lambda c: _first_mask(c, c.kind.mask(np.full(c.kind.hw, 9))), r"masks\[0\]"),
         BadCall(
             "labels that disagree with the masks",
             lambda c: _with(
-                _first_mask(c, np.ones(c.kind.hw, np.uint8)), labels=np.zeros((len(c.kwargs["masks"]), K), np.uint8)
+                _first_mask(c, c.kind.mask(np.ones(c.kind.hw))), labels=np.zeros((len(c.kwargs["masks"]), K), np.uint8)
             ),
             "labels",
         ),
@@ -911,7 +911,7 @@ def batch_cases(draw: Any, active: bool = False) -> Case:
         sizes = [(draw(st.integers(low, 40)), draw(st.integers(low, 40))) for _ in range(count)]
     images = [kind.image(salt=i, hw=hw) for i, hw in enumerate(sizes)]
     # Every sample's mask is its index + 1 everywhere, so a pixel's mask value names its source sample.
-    masks = [np.full(hw, i + 1, np.uint8) for i, hw in enumerate(sizes)]
+    masks = [kind.mask(np.full(hw, i + 1)) for i, hw in enumerate(sizes)]
     kwargs: dict[str, Any] = {
         "images": images if container == "list" else np.stack(images),
         "masks": masks if container == "list" else np.stack(masks),

@@ -257,3 +257,13 @@ def test_the_generic_corruptions_break_what_they_claim():
     assert np.isnan(corrupted["NaN in a float32 image"]["image"]).sum() == 1
     assert corrupted["mask one row taller than the image"]["mask"].shape == (7, 7)
     assert re.search(SPECS["DynamicLabelInjection"].image_name, "images[0] has dtype int32")
+
+
+def test_ci_runs_this_suite_under_albumentationsx_too():
+    """``.ci/run`` runs the contract suite again in a fresh venv with AlbumentationsX (our package without deps)."""
+    from pathlib import Path
+
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    x_step = ci.split("albumentationsx==2.5.1", 1)[1]
+    assert ".ci-venv-x" in ci and "--no-deps" in x_step and "python -m pytest tests/contract" in x_step
+    assert "set -euo pipefail" in ci
