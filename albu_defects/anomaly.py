@@ -28,7 +28,7 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from .base import DefectCompose, DefectTransform, input_image
+from .base import DefectCompose, DefectTransform, check_sample_inputs, input_image
 from .validation import check_probability, image_hw
 
 __all__ = [
@@ -199,6 +199,7 @@ class AnomalySynthesis(DefectCompose):
             return data
         index = self.choose(force_apply)
         if index is None:
+            check_sample_inputs(data)  # a chosen transform checks them itself; a normal draw must too
             outputs = normal_outputs(data)
             data[ANOMALY_LABEL_KEY] = self.normal_label
             if ANOMALY_MASK_KEY in outputs:

@@ -23,7 +23,14 @@ from albumentations.core.type_definitions import Targets
 
 from .validation import check_image, check_mask_shape, image_hw
 
-__all__ = ["IS_ALBUMENTATIONS_X", "DefectCompose", "DefectTransform", "input_image", "public_class_fullname"]
+__all__ = [
+    "IS_ALBUMENTATIONS_X",
+    "DefectCompose",
+    "DefectTransform",
+    "check_sample_inputs",
+    "input_image",
+    "public_class_fullname",
+]
 
 #: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
 IS_ALBUMENTATIONS_X: bool = hasattr(A.DualTransform, "sample_parameters")
@@ -38,6 +45,17 @@ def input_image(data: dict[str, Any]) -> np.ndarray | None:
     if data.get("image") is not None:
         return data["image"]
     return data["images"][0] if data.get("images") is not None else None
+
+
+def check_sample_inputs(data: dict[str, Any]) -> None:
+    """Reject an unsupported image, and a ``mask`` or ``masks`` of another size, of one sample's call."""
+    image = check_image(input_image(data), "image")
+    hw = image_hw(image)
+    if data.get("mask") is not None:
+        check_mask_shape(data["mask"], hw, "mask")
+    masks = data.get("masks")
+    for index, mask in enumerate(() if masks is None else masks):  # a list, or an (N, H, W) array
+        check_mask_shape(mask, hw, f"masks[{index}]")
 
 
 def public_class_fullname(cls: type) -> str:
@@ -84,13 +102,7 @@ class DefectTransform(A.DualTransform):
 
     def check_inputs(self, data: dict[str, Any]) -> None:
         """Reject unsupported images and masks of the wrong size before sampling."""
-        image = check_image(input_image(data), "image")
-        hw = image_hw(image)
-        if data.get("mask") is not None:
-            check_mask_shape(data["mask"], hw, "mask")
-        masks = data.get("masks")
-        for index, mask in enumerate(() if masks is None else masks):  # a list, or an (N, H, W) array
-            check_mask_shape(mask, hw, f"masks[{index}]")
+        check_sample_inputs(data)
 
     # ----------------------------------------------------------------- the bridge
     def _sample_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

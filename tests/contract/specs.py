@@ -84,6 +84,8 @@ class BadCall:
     name: str
     corrupt: Callable[[Case], Case]
     fragment: str
+    # True: must raise whatever the inputs; False: on inputs the transform acts on (``cases(active=True)``)
+    on_any_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,24 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if not k.startswith("_")}
 
 
+def bank_spec(cls: type, **fields: Any) -> Spec:
+    """The spec of a transform that takes a bank path first (the bank of the case's dtype)."""
+    return Spec(
+        cls=cls,
+        build=lambda case, p, banks: cls(_bank_path(case, banks), p=p, **_public(case.options)),
+        construct=lambda banks, **kw: cls(**{"bank": banks.path(np.uint8), **kw}),
+        **fields,
+    )
+
+
+#: A bank whose crops have another dtype than the image.
+OTHER_BANK_DTYPE = BadCall(
+    "bank of another dtype",
+    lambda c: _replace(_without(c, "mask"), _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
+    "dtype",
+)
+
+
 @st.composite
 def inject_cases(draw: Any, active: bool = False) -> Case:
     kind = draw(image_kinds(min_side=16))
@@ -445,20 +465,14 @@ INJECT_BAD_CALLS = (
     BadCall("instance masks", lambda c: _with(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
     BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
     BadCall("label out of range", lambda c: _with(c, label=7), "label"),
-    BadCall(
-        "bank of another dtype",
-        lambda c: _replace(c, _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
-        "dtype",
-    ),
+    OTHER_BANK_DTYPE,
 )
 
-INJECT_DEFECT = Spec(
-    cls=ad.InjectDefect,
-    build=lambda case, p, banks: ad.InjectDefect(_bank_path(case, banks), p=p, **_public(case.options)),
+INJECT_DEFECT = bank_spec(
+    ad.InjectDefect,
     cases=lambda active: inject_cases(active),
     invariant=inject_invariant,
     defaults=inject_defaults,
-    construct=lambda banks, **kw: ad.InjectDefect(**{"bank": banks.path(np.uint8), **kw}),
     mask_slot=lambda case, mask: _without(_with(case, mask=mask), "label"),
     bad_calls=INJECT_BAD_CALLS,
     bad_inits=(
@@ -550,23 +564,17 @@ def guided_defaults(case: Case) -> dict[str, Any]:
     return {ad.CLASS_VECTOR_KEY: _multi_hot(classes_in(mask)).astype(np.float32)}
 
 
-GUIDED_CROP = Spec(
-    cls=ad.GuidedCropPaste,
-    build=lambda case, p, banks: ad.GuidedCropPaste(_bank_path(case, banks), p=p, **_public(case.options)),
+GUIDED_CROP = bank_spec(
+    ad.GuidedCropPaste,
     cases=lambda active: guided_cases(active),
     invariant=guided_invariant,
     defaults=guided_defaults,
-    construct=lambda banks, **kw: ad.GuidedCropPaste(**{"bank": banks.path(np.uint8), **kw}),
     mask_slot=lambda case, mask: _with(case, mask=mask),
     bad_calls=(
         BadCall("bool mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, bool)), "mask"),
         BadCall("float mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, np.float32)), "mask"),
         BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
-        BadCall(
-            "bank of another dtype",
-            lambda c: _replace(_without(c, "mask"), _bank_dtype=_other_dtype(np.zeros(1, c.kind.dtype)).dtype),
-            "dtype",
-        ),
+        OTHER_BANK_DTYPE,
     ),
     bad_inits=(
         BadInit("missing bank", {"bank": "/nonexistent/bank"}, "bank"),
@@ -648,19 +656,31 @@ def cropliq_cases(draw: Any, active: bool = False) -> Case:
     return Case(kwargs, options, kind)
 
 
-def cropliq_invariant(case: Case, out: dict[str, Any]) -> None:
+def applied_anomaly_invariant(case: Case, out: dict[str, Any]) -> None:
+    """The anomaly rules, and an applied anomaly transform writes its own ``label``."""
     label = anomaly_check(case, out, {case.options["label"]}, case.options["mask_class_id"])
-    assert label == case.options["label"], f"applied CropLiq wrote anomaly_label {label}"
+    assert label == case.options["label"], f"an applied call wrote anomaly_label {label}"
 
 
-CROPLIQ = Spec(
-    cls=ad.CropLiq,
-    build=lambda case, p, banks: ad.CropLiq(p=p, **case.options),
+def anomaly_spec(cls: type, cases: Any, invariant: Any, bad_calls: tuple, bad_inits: tuple) -> Spec:
+    """The spec of a per-sample anomaly transform built from its init options alone."""
+    return Spec(
+        cls=cls,
+        build=lambda case, p, banks: cls(p=p, **case.options),
+        cases=cases,
+        invariant=invariant,
+        defaults=anomaly_defaults,
+        construct=lambda banks, **kw: cls(**kw),
+        mask_slot=lambda case, mask: _with(case, mask=mask),
+        bad_calls=bad_calls,
+        bad_inits=bad_inits,
+    )
+
+
+CROPLIQ = anomaly_spec(
+    ad.CropLiq,
     cases=lambda active: cropliq_cases(active),
-    invariant=cropliq_invariant,
-    defaults=anomaly_defaults,
-    construct=lambda banks, **kw: ad.CropLiq(**kw),
-    mask_slot=lambda case, mask: _with(case, mask=mask),
+    invariant=applied_anomaly_invariant,
     bad_calls=(
         BadCall(
             "region='mask' without the object mask",
@@ -708,22 +728,17 @@ def cutpaste_cases(draw: Any, active: bool = False) -> Case:
 
 
 def cutpaste_invariant(case: Case, out: dict[str, Any]) -> None:
-    label = anomaly_check(case, out, {case.options["label"]}, case.options["mask_class_id"])
-    assert label == case.options["label"], f"applied CutPaste wrote anomaly_label {label}"
+    applied_anomaly_invariant(case, out)
     if case.options["variant"] == "normal":
         ys, xs = np.nonzero(out[ad.ANOMALY_MASK_KEY])
         area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
         assert len(ys) == area, "the anomaly mask of a normal CutPaste is not a full rectangle"
 
 
-CUTPASTE = Spec(
-    cls=ad.CutPaste,
-    build=lambda case, p, banks: ad.CutPaste(p=p, **case.options),
+CUTPASTE = anomaly_spec(
+    ad.CutPaste,
     cases=lambda active: cutpaste_cases(active),
     invariant=cutpaste_invariant,
-    defaults=anomaly_defaults,
-    construct=lambda banks, **kw: ad.CutPaste(**kw),
-    mask_slot=lambda case, mask: _with(case, mask=mask),
     bad_calls=(BadCall("scar larger than the image", lambda c: _replace(_shrunk(c, 20), variant="scar"), "image"),),
     bad_inits=(
         BadInit("variant", {"variant": "stripe"}, "variant"),
@@ -862,16 +877,15 @@ def _dli_first_mask(case: Case, mask: np.ndarray) -> Case:
     return Case(changed_case.kwargs, changed_case.options, changed_case.kind, {**case.meta, "direct": True})
 
 
-DLI = Spec(
-    cls=ad.DynamicLabelInjection,
-    build=lambda case, p, banks: ad.DynamicLabelInjection(_bank_path(case, banks), p=p, **_public(case.options)),
+DLI = bank_spec(
+    ad.DynamicLabelInjection,
     cases=lambda active: dli_cases(active),
     invariant=dli_invariant,
     defaults=dli_defaults,
-    construct=lambda banks, **kw: ad.DynamicLabelInjection(**{"bank": banks.path(np.uint8), **kw}),
     mask_slot=_dli_first_mask,
     batch=True,
     bad_calls=(
+        OTHER_BANK_DTYPE,
         BadCall("a single image", lambda c: _with(c, image=c.kwargs["images"][0]), "image"),
         BadCall("no masks", lambda c: _without(c, "masks", "labels"), "masks"),
         BadCall("unknown class id", lambda c: _first_mask(c, c.kind.mask(np.full(c.kind.hw, 9))), r"masks\[0\]"),

@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import albu_defects
+from albu_defects import IS_ALBUMENTATIONS_X, DefectTransform
 
 from .data import assert_same, differs, freeze
 from .specs import ABSTRACT_BASES, SPECS, BadCall, Case, Spec, _with, pipeline
@@ -112,6 +113,18 @@ def test_every_exported_transform_has_a_spec():
     for base in ABSTRACT_BASES:  # an abstract base must not hide a transform: each has spec'd subclasses
         assert any(issubclass(spec.cls, exported[base]) for spec in SPECS.values()), base
     assert len(SPECS) >= 8
+
+
+def test_no_transform_defines_the_get_params_hooks_albumentationsx_rejects():
+    """Sampling goes through DefectTransform's bridge: only it may define get_params*, and only under 2.0.x."""
+    hooks = ("get_params", "get_params_dependent_on_data", "get_params_dependent_on_targets")
+    for spec in SPECS.values():
+        for cls in spec.cls.__mro__:
+            if not cls.__module__.startswith("albu_defects"):
+                continue
+            defined = [hook for hook in hooks if hook in vars(cls)]
+            allowed = ["get_params_dependent_on_data"] if cls is DefectTransform and not IS_ALBUMENTATIONS_X else []
+            assert defined == allowed, f"{cls.__name__} defines {defined}"
 
 
 # ============================================================================================ applied calls
@@ -213,7 +226,12 @@ GENERIC_BAD_CALLS: list[tuple[str, Callable[[Spec, Case], Case], str]] = [
 BAD_CALLS = [
     pytest.param(
         spec,
-        BadCall(name, lambda c, s=spec, f=corrupt: f(s, c), spec.image_name if what == "image" else spec.mask_name),
+        BadCall(
+            name,
+            lambda c, s=spec, f=corrupt: f(s, c),
+            spec.image_name if what == "image" else spec.mask_name,
+            on_any_input=True,
+        ),
         id=f"{spec.name}-{name}",
     )
     for spec in SPECS.values()
@@ -229,7 +247,8 @@ def test_bad_input_raises_value_error_naming_it(spec, bad, banks):
         with pytest.raises(ValueError, match=bad.fragment):
             transform(**corrupted.kwargs)
 
-    run_property(spec, "bad inputs", budget(15, 0.02), st.tuples(spec.cases(True), SEEDS), body)
+    cases = spec.cases(not bad.on_any_input)
+    run_property(spec, "bad inputs", budget(15, 0.02), st.tuples(cases, SEEDS), body)
 
 
 @pytest.mark.parametrize(
