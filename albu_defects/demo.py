@@ -104,7 +104,10 @@ def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[
 
     bank = DefectBank.from_folder(sample_root(), progress=False)
     transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)
-    pipeline = A.Compose([transform], bbox_params=A.BboxParams(format="pascal_voc"), seed=int(rng.integers(2**31)))
+    from .base import IS_ALBUMENTATIONS_X
+
+    box_format = {"coord_format" if IS_ALBUMENTATIONS_X else "format": "pascal_voc"}  # X renamed the argument
+    pipeline = A.Compose([transform], bbox_params=A.BboxParams(**box_format), seed=int(rng.integers(2**31)))
     tiles = []
     for sample in sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[:2]:  # the larger tiles
         tiles.append(tile(sample.image, "defect-free base"))

@@ -74,7 +74,7 @@ def main() -> None:
     summary = (
         f"{tests} tests, {failed} failed, pytest exit status {status}, {seconds:.0f} s wall. Examples per property "
         "and transform (the fuzz profile: `max_examples=2000` scaled per property; 'bad inputs' sums every bad-input "
-        "test of the transform; each 'seeds' example makes six calls, each 'yaml' example four)."
+        "test of the transform; each 'seeds' example makes up to six calls, each 'yaml' example four)."
     )
     print(body + "\n\n" + summary)
     if args.write:

@@ -157,7 +157,7 @@ def _without(case: Case, *keys: str) -> Case:
     return _replace(case, {k: v for k, v in case.kwargs.items() if k not in keys})
 
 
-def _with(case: Case, **kwargs: Any) -> Case:
+def with_inputs(case: Case, **kwargs: Any) -> Case:
     return _replace(case, {**case.kwargs, **kwargs})
 
 
@@ -307,12 +307,12 @@ def contextmix_defaults(case: Case) -> dict[str, Any]:
 
 def contextmix_mask_slot(case: Case, mask: np.ndarray) -> Case:
     partners = [{**p, "mask": np.zeros(p["image"].shape[:2], mask.dtype)} for p in case.kwargs["contextmix_metadata"]]
-    return _with(case, mask=mask, contextmix_metadata=partners)
+    return with_inputs(case, mask=mask, contextmix_metadata=partners)
 
 
 def _partner_change(case: Case, **changes: Any) -> Case:
     partners = [{**p, **changes} for p in case.kwargs["contextmix_metadata"]]
-    return _with(case, contextmix_metadata=partners)
+    return with_inputs(case, contextmix_metadata=partners)
 
 
 def _other_dtype(image: np.ndarray) -> np.ndarray:
@@ -329,7 +329,7 @@ CONTEXTMIX = Spec(
     mask_slot=contextmix_mask_slot,
     bad_calls=(
         BadCall("no partners", lambda c: _without(c, "contextmix_metadata"), "contextmix_metadata"),
-        BadCall("empty partner list", lambda c: _with(c, contextmix_metadata=[]), "contextmix_metadata"),
+        BadCall("empty partner list", lambda c: with_inputs(c, contextmix_metadata=[]), "contextmix_metadata"),
         BadCall(
             "partner of another dtype",
             lambda c: _partner_change(c, image=_other_dtype(c.kwargs["contextmix_metadata"][0]["image"])),
@@ -462,9 +462,9 @@ def inject_defaults(case: Case) -> dict[str, Any]:
 
 
 INJECT_BAD_CALLS = (
-    BadCall("instance masks", lambda c: _with(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
-    BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
-    BadCall("label out of range", lambda c: _with(c, label=7), "label"),
+    BadCall("instance masks", lambda c: with_inputs(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
+    BadCall("unknown class id in the mask", lambda c: with_inputs(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
+    BadCall("label out of range", lambda c: with_inputs(c, label=7), "label"),
     OTHER_BANK_DTYPE,
 )
 
@@ -473,7 +473,7 @@ INJECT_DEFECT = bank_spec(
     cases=lambda active: inject_cases(active),
     invariant=inject_invariant,
     defaults=inject_defaults,
-    mask_slot=lambda case, mask: _without(_with(case, mask=mask), "label"),
+    mask_slot=lambda case, mask: _without(with_inputs(case, mask=mask), "label"),
     bad_calls=INJECT_BAD_CALLS,
     bad_inits=(
         BadInit("missing bank", {"bank": "/nonexistent/bank"}, "bank"),
@@ -569,11 +569,13 @@ GUIDED_CROP = bank_spec(
     cases=lambda active: guided_cases(active),
     invariant=guided_invariant,
     defaults=guided_defaults,
-    mask_slot=lambda case, mask: _with(case, mask=mask),
+    mask_slot=lambda case, mask: with_inputs(case, mask=mask),
     bad_calls=(
-        BadCall("bool mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, bool)), "mask"),
-        BadCall("float mask", lambda c: _with(c, mask=np.zeros(c.kind.hw, np.float32)), "mask"),
-        BadCall("unknown class id in the mask", lambda c: _with(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"),
+        BadCall("bool mask", lambda c: with_inputs(c, mask=np.zeros(c.kind.hw, bool)), "mask"),
+        BadCall("float mask", lambda c: with_inputs(c, mask=np.zeros(c.kind.hw, np.float32)), "mask"),
+        BadCall(
+            "unknown class id in the mask", lambda c: with_inputs(c, mask=c.kind.mask(np.full(c.kind.hw, 9))), "mask"
+        ),
         OTHER_BANK_DTYPE,
     ),
     bad_inits=(
@@ -628,7 +630,7 @@ def _anomaly_targets(draw: Any, kind: ImageKind, min_box: int = 1) -> dict[str, 
 def _shrunk(case: Case, side: int) -> Case:
     """The case's image cut to side x side (spatial targets dropped)."""
     spatial = ("mask", "masks", "object_mask", "bboxes", LABEL_FIELD, "keypoints")
-    return _with(_without(case, *spatial), image=case.kwargs["image"][:side, :side])
+    return with_inputs(_without(case, *spatial), image=case.kwargs["image"][:side, :side])
 
 
 @st.composite
@@ -671,7 +673,7 @@ def anomaly_spec(cls: type, cases: Any, invariant: Any, bad_calls: tuple, bad_in
         invariant=invariant,
         defaults=anomaly_defaults,
         construct=lambda banks, **kw: cls(**kw),
-        mask_slot=lambda case, mask: _with(case, mask=mask),
+        mask_slot=lambda case, mask: with_inputs(case, mask=mask),
         bad_calls=bad_calls,
         bad_inits=bad_inits,
     )
@@ -689,7 +691,7 @@ CROPLIQ = anomaly_spec(
         ),
         BadCall(
             "empty object mask",
-            lambda c: _replace(_with(c, object_mask=np.zeros(c.kind.hw, bool)), region="mask"),
+            lambda c: _replace(with_inputs(c, object_mask=np.zeros(c.kind.hw, bool)), region="mask"),
             "object_mask",
         ),
         BadCall(
@@ -781,7 +783,7 @@ ANOMALY_SYNTHESIS = Spec(
     invariant=synthesis_invariant,
     defaults=anomaly_defaults,
     construct=lambda banks, **kw: _synthesis(**kw),
-    mask_slot=lambda case, mask: _with(case, mask=mask),
+    mask_slot=lambda case, mask: with_inputs(case, mask=mask),
     bad_inits=(
         BadInit("no transforms", {"transforms": []}, "transforms"),
         BadInit("not an anomaly transform", {"transforms": [A.HorizontalFlip()]}, r"transforms\[0\]"),
@@ -868,7 +870,7 @@ def dli_defaults(case: Case) -> dict[str, Any]:
 def _first_mask(case: Case, mask: np.ndarray) -> Case:
     masks = list(case.kwargs["masks"])
     masks[0] = mask
-    return _without(_with(case, masks=masks), "labels")
+    return _without(with_inputs(case, masks=masks), "labels")
 
 
 def _dli_first_mask(case: Case, mask: np.ndarray) -> Case:
@@ -886,12 +888,12 @@ DLI = bank_spec(
     batch=True,
     bad_calls=(
         OTHER_BANK_DTYPE,
-        BadCall("a single image", lambda c: _with(c, image=c.kwargs["images"][0]), "image"),
+        BadCall("a single image", lambda c: with_inputs(c, image=c.kwargs["images"][0]), "image"),
         BadCall("no masks", lambda c: _without(c, "masks", "labels"), "masks"),
         BadCall("unknown class id", lambda c: _first_mask(c, c.kind.mask(np.full(c.kind.hw, 9))), r"masks\[0\]"),
         BadCall(
             "labels that disagree with the masks",
-            lambda c: _with(
+            lambda c: with_inputs(
                 _first_mask(c, c.kind.mask(np.ones(c.kind.hw))), labels=np.zeros((len(c.kwargs["masks"]), K), np.uint8)
             ),
             "labels",
@@ -993,11 +995,13 @@ BATCH_COMPOSE = Spec(
     own_compose=True,
     bad_calls=(
         BadCall("empty batch", lambda c: _replace(c, {"images": []}), "images"),
-        BadCall("labels of another length", lambda c: _with(c, labels=[0] * (len(c.kwargs["images"]) + 1)), "labels"),
-        BadCall("a per-sample key", lambda c: _with(c, label=[0] * len(c.kwargs["images"])), "labels"),
+        BadCall(
+            "labels of another length", lambda c: with_inputs(c, labels=[0] * (len(c.kwargs["images"]) + 1)), "labels"
+        ),
+        BadCall("a per-sample key", lambda c: with_inputs(c, label=[0] * len(c.kwargs["images"])), "labels"),
         BadCall(
             "partners passed in",
-            lambda c: _with(c, contextmix_metadata=[[]] * len(c.kwargs["images"])),
+            lambda c: with_inputs(c, contextmix_metadata=[[]] * len(c.kwargs["images"])),
             "contextmix_metadata",
         ),
     ),

@@ -35,7 +35,7 @@ import albu_defects
 from albu_defects import IS_ALBUMENTATIONS_X, DefectTransform
 
 from .data import assert_same, differs, freeze
-from .specs import ABSTRACT_BASES, SPECS, BadCall, Case, Spec, _with, pipeline
+from .specs import ABSTRACT_BASES, SPECS, BadCall, Case, Spec, pipeline, with_inputs
 
 #: Examples the loaded profile asks for (30 under "ci", 2000 under "fuzz").
 PROFILE_EXAMPLES = settings().max_examples
@@ -198,8 +198,8 @@ def test_p0_is_the_identity(spec, banks):
 # ============================================================================================ bad inputs
 def _map_images(spec: Spec, case: Case, fn: Callable[[np.ndarray], np.ndarray]) -> Case:
     if spec.batch:
-        return _with(case, images=[fn(np.asarray(image)) for image in case.kwargs["images"]])
-    return _with(case, image=fn(case.kwargs["image"]))
+        return with_inputs(case, images=[fn(np.asarray(image)) for image in case.kwargs["images"]])
+    return with_inputs(case, image=fn(case.kwargs["image"]))
 
 
 def _with_nan(image: np.ndarray) -> np.ndarray:
