@@ -15,13 +15,10 @@ picks OpenCV only where its result is faithful; see :func:`poisson_blend`.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import math
-import os
 import threading
 from contextlib import contextmanager
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -29,6 +26,7 @@ import scipy.fft
 import scipy.sparse
 import scipy.sparse.linalg
 from scipy.linalg import lapack
+from threadpoolctl import ThreadpoolController
 
 from .geometry import dilate_mask, mask_bbox, placement_overlap
 from .validation import as_bool_mask, check_image, check_matching_images, clip_to_dtype, image_hw
@@ -216,66 +214,34 @@ def _relative_residual(x: np.ndarray, rhs: np.ndarray, diag: np.ndarray, mask: n
 # ---- direct banded Cholesky ------------------------------------------------------------------
 
 
-class _BlasThreads(NamedTuple):
-    """The thread-count functions of an OpenBLAS library."""
-
-    get: object
-    set: object
-
-
-_BLAS_GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _BLAS_LOCK = threading.Lock()
-_BLAS: list[_BlasThreads | None] = []  # [] = not looked up yet
-_BLAS_USERS = [0, 0]  # [callers inside _single_threaded_blas, thread count to restore]
+_BLAS_STATE: dict[str, Any] = {"controller": None, "users": 0, "limiter": None}
 
 
-def _blas_threads() -> _BlasThreads | None:
-    """Thread-count getter and setter of scipy's bundled OpenBLAS, or ``None`` if there is none."""
-    if not _BLAS:
-        found = None
-        try:
-            import scipy
-
-            base = os.path.dirname(scipy.__file__)
-            for path in glob.glob(os.path.join(base, os.pardir, "scipy.libs", "*openblas*")) + glob.glob(
-                os.path.join(base, ".dylibs", "*openblas*")
-            ):
-                lib = ctypes.CDLL(path)
-                getter = next((getattr(lib, n) for n in _BLAS_GETTERS if hasattr(lib, n)), None)
-                setter = next((getattr(lib, n) for n in _BLAS_SETTERS if hasattr(lib, n)), None)
-                if getter is not None and setter is not None:
-                    getter.argtypes, getter.restype = [], ctypes.c_int
-                    setter.argtypes, setter.restype = [ctypes.c_int], None
-                    found = _BlasThreads(getter, setter)
-                    break
-        except OSError:  # pragma: no cover - an exotic scipy build: run with its default threads
-            found = None
-        _BLAS.append(found)
-    return _BLAS[0]
+def _blas_controller() -> ThreadpoolController:
+    """The BLAS libraries of this process (numpy's and scipy's), found once by threadpoolctl (~2 ms)."""
+    if _BLAS_STATE["controller"] is None:
+        _BLAS_STATE["controller"] = ThreadpoolController().select(user_api="blas")
+    return _BLAS_STATE["controller"]
 
 
 @contextmanager
 def _single_threaded_blas():
-    """Run LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
-    them down (5x measured on 2 busy cores). Best effort: a no-op where scipy has no OpenBLAS. The
-    first caller in sets one thread, the last one out restores the previous count."""
-    blas = _blas_threads()
-    if blas is None:
-        yield
-        return
+    """Run BLAS/LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
+    them down (5x measured on 2 busy cores). Process-wide while active, so it is reference-counted:
+    the first caller in limits every BLAS library to one thread, the last one out restores them."""
     with _BLAS_LOCK:
-        if _BLAS_USERS[0] == 0:
-            _BLAS_USERS[1] = int(blas.get())
-            blas.set(1)
-        _BLAS_USERS[0] += 1
+        if _BLAS_STATE["users"] == 0:
+            _BLAS_STATE["limiter"] = _blas_controller().limit(limits=1)
+        _BLAS_STATE["users"] += 1
     try:
         yield
     finally:
         with _BLAS_LOCK:
-            _BLAS_USERS[0] -= 1
-            if _BLAS_USERS[0] == 0:
-                blas.set(_BLAS_USERS[1])
+            _BLAS_STATE["users"] -= 1
+            if _BLAS_STATE["users"] == 0:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
 
 
 def _bandwidth(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -652,18 +652,17 @@ def test_auto_keeps_the_contrast_of_real_defects(magnetic_tile_root):
         assert auto >= 0.5 * exact, (class_name, size, exact, auto)
 
 
-def test_blas_threads_are_restored():
-    blas = bl._blas_threads()
-    if blas is None:
-        pytest.skip("scipy has no OpenBLAS here")
-    before = blas.get()
-    blas.set(2)
-    try:
-        with bl._single_threaded_blas(), bl._single_threaded_blas():
-            assert blas.get() == 1
-        assert blas.get() == 2
-    finally:
-        blas.set(before)
+def test_blas_threads_are_limited_then_restored():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}
+        with bl._single_threaded_blas(), bl._single_threaded_blas():  # nested: restored by the last one out
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
 
 
 def test_paste_and_blend_agree_on_placement():
