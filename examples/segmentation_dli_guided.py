@@ -139,8 +139,9 @@ def validate(
         defect_inter += float(((y > 0) & (pred > 0)).sum())
         defect_union += float(((y > 0) | (pred > 0)).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
+        per_class_loss = (loss_sum / pixels)[1:]
         per_class_iou = np.where(pixels > 0, inter / union, np.nan)[1:]
-    return (loss_sum / pixels)[1:], per_class_iou, defect_inter / max(defect_union, 1.0)
+    return per_class_loss, per_class_iou, defect_inter / max(defect_union, 1.0)
 
 
 def main() -> None:
