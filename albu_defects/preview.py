@@ -62,7 +62,15 @@ from .batch import BatchCompose, _metadata_keys
 from .dli import DynamicLabelInjection
 from .geometry import connected_components, mask_bbox
 from .samples import MAGNETIC_TILE_CLASSES
-from .visualize import draw_bboxes, draw_mask_outline, label_tile, make_grid, overlay_class_mask, to_display
+from .visualize import (
+    draw_bboxes,
+    draw_mask_outline,
+    label_tile,
+    make_grid,
+    overlay_class_mask,
+    to_display,
+    write_picture,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -420,7 +428,4 @@ def write_preview(
     results = run_pipeline(pipeline, items, samples=samples, seed=seed)
     title = f"{Path(pipeline_path).name}: {samples} draw(s) per image, seed {seed}"
     picture = render_preview(items, results, height=int(height), title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), picture):
-        raise ValueError(f"could not write {out}: is its folder writable?")
-    return out
+    return write_picture(out, picture)
