@@ -13,8 +13,9 @@ Pipeline
     albumentations 2.0 does not save seeds: the pipeline is seeded with ``--seed``.
 
 Images and their masks
-    ``IMAGES`` are image files or folders (searched recursively; a file that is another image's
-    mask under the rules below is not an image). The mask of ``<dir>/<stem>.<ext>`` is the first of:
+    ``IMAGES`` are image files or folders (searched recursively; files in a ``masks/`` folder and
+    files that are another image's mask under the rules below are not images). The mask of
+    ``<dir>/<stem>.<ext>`` is the first of:
 
     1. ``<dir>/<stem>.png`` when the image is not itself a ``.png`` (the Magnetic Tile layout,
        ``MT_<Class>/Imgs/<name>.jpg`` + ``<name>.png``);
@@ -377,7 +378,8 @@ def _class_index(mask: np.ndarray) -> np.ndarray:
 
 def _tile(record: dict[str, Any], height: int) -> np.ndarray:
     image = record["image"]
-    shown = to_display(image, height)
+    # colour images were read as RGB for the pipeline; the picture is drawn in OpenCV's BGR
+    shown = to_display(image[..., 2::-1] if image.ndim == 3 and image.shape[2] >= 3 else image, height)
     if record["mask"] is not None:
         shown = overlay_class_mask(shown, _class_index(record["mask"]))
     if record["anomaly_mask"] is not None and record["anomaly_mask"].any():

@@ -184,3 +184,16 @@ def test_preview_errors_are_one_line(tmp_path, capsys, bank_path):
     assert main(["preview", str(tmp_path / "few.yaml"), root, "-o", str(tmp_path / "f.png")]) == 2
     err = capsys.readouterr().err
     assert "failed on" in err and "label" in err and "Traceback" not in err
+
+
+def test_colour_images_keep_their_colours(tmp_path):
+    rgb = np.zeros((40, 30, 3), np.uint8)
+    rgb[..., 0] = 250  # red in RGB
+    write(tmp_path / "images" / "red.png", rgb[..., ::-1])  # OpenCV writes BGR
+    A.save(A.Compose([A.HorizontalFlip(p=1.0)]), str(tmp_path / "flip.yaml"), data_format="yaml")
+    item = read_preview_image(tmp_path / "images" / "red.png")
+    assert item.image.shape == (40, 30, 3) and tuple(item.image[0, 0]) == (250, 0, 0)  # RGB for the pipeline
+    out = write_preview(tmp_path / "flip.yaml", [tmp_path / "images"], tmp_path / "grid.png", samples=1, height=40)
+    grid = cv2.imread(str(out))
+    red = np.all(grid == (0, 0, 250), axis=-1)  # BGR in the picture
+    assert red.sum() >= 2 * 40 * 30  # the input and its draw, both still red
