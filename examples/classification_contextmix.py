@@ -77,7 +77,7 @@ def main() -> None:
     run = settings(
         args,
         full={"size": 96, "epochs": 40, "batch": 32, "per_class": None, "lr": 3e-3},
-        quick={"size": 64, "epochs": 40, "per_class": 150},
+        quick={"size": 64, "epochs": 80, "per_class": 150},
         tiny={"size": 32, "epochs": 1, "batch": 8, "per_class": 4},
     )
     torch.manual_seed(args.seed)

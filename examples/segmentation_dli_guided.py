@@ -149,7 +149,7 @@ def main() -> None:
     run = settings(
         args,
         full={"size": 96, "epochs": 60, "batch": 16, "per_class": None, "update_every": 10, "lr": 5e-3},
-        quick={"size": 64, "epochs": 15, "per_class": 100, "update_every": 5},
+        quick={"size": 64, "epochs": 25, "per_class": 100, "update_every": 5},
         tiny={"size": 32, "epochs": 2, "batch": 8, "per_class": 5, "update_every": 1},
     )
     torch.manual_seed(args.seed)
