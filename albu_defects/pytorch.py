@@ -515,7 +515,10 @@ def _process_group_rank() -> int | None:
 
 def _record_rank_before_fork() -> None:
     global _rank_before_fork
-    _rank_before_fork = _process_group_rank()
+    try:
+        _rank_before_fork = _process_group_rank()
+    except (RuntimeError, ValueError):  # a group being torn down: nothing to hand on
+        _rank_before_fork = None
 
 
 def _inherit_rank_after_fork() -> None:
