@@ -106,6 +106,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from .preview import write_preview
+
+    out = write_preview(
+        args.pipeline,
+        args.images,
+        args.out,
+        seed=args.seed,
+        samples=args.samples,
+        height=args.height,
+        mask_threshold=args.mask_threshold,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albu-defects",
@@ -156,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=_cmd_synth)
+
+    preview = commands.add_parser(
+        "preview",
+        help="apply a saved pipeline (YAML/JSON) to images and draw a grid with masks and boxes",
+        description="Apply a saved pipeline to images (masks found beside them: <stem>.png next to a "
+        "non-png image, <stem>_mask.*, or a masks/ folder beside the images folder) and draw one row per "
+        "image: the input, then --samples draws, masks tinted by class, boxes drawn. Batch pipelines "
+        "(BatchCompose, DynamicLabelInjection) run on all images as one batch; ContextMix gets the other "
+        "images as partners. Details: help(albu_defects.preview).",
+    )
+    preview.add_argument("pipeline", metavar="PIPELINE", help="pipeline saved with A.save (.yaml, .yml or .json)")
+    preview.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders (searched recursively)")
+    preview.add_argument("-o", "--out", default="preview.png", help="output picture (default: preview.png)")
+    preview.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    preview.add_argument("--samples", type=int, default=3, help="draws per image (default: 3)")
+    preview.add_argument("--height", type=int, default=160, help="tile height in pixels (default: 160)")
+    preview.add_argument(
+        "--mask-threshold", type=float, default=127, help="masks with values above it are binary (default: 127)"
+    )
+    preview.set_defaults(handler=_cmd_preview)
 
     return parser
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .samples import Sample, load_samples
-from .visualize import draw_mask_outline, label_tile, make_grid, to_display
+from .visualize import draw_mask_outline, label_tile, make_grid, to_display, write_picture
 
 __all__ = ["PANELS", "build_demo", "write_demo"]
 
@@ -249,10 +248,6 @@ def build_demo(seed: int = 0) -> np.ndarray:
 
 def write_demo(out: str | Path = "demo.png", seed: int = 0) -> Path:
     """Write the demo picture to ``out`` and return its path."""
-    out = Path(out)
-    if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
+    if Path(out).suffix.lower() not in {".png", ".jpg", ".jpeg"}:  # before the work of rendering it
         raise ValueError(f"cannot write {out}: the demo picture must be a .png or .jpg file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), build_demo(seed)):
-        raise ValueError(f"could not write {out}: is its folder writable?")
-    return out
+    return write_picture(out, build_demo(seed))

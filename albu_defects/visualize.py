@@ -6,7 +6,9 @@ bare install.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,6 +24,7 @@ __all__ = [
     "make_grid",
     "overlay_class_mask",
     "to_display",
+    "write_picture",
 ]
 
 #: BGR colours for class ids 1, 2, ... (cycled); class 0 (background) is never drawn.
@@ -137,3 +140,19 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 6, title: str | N
         blocks.append(np.hstack([r, np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)]))
         blocks.append(np.full((gap, width, 3), 255, np.uint8))
     return np.vstack(blocks[:-1])
+
+
+def write_picture(path: str | os.PathLike[str], picture: np.ndarray) -> Path:
+    """Write a BGR picture as .png (maximum compression: demo pictures stay small) or .jpg; returns the path.
+
+    Raises ``ValueError`` for another suffix or when the file cannot be written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in {".png", ".jpg", ".jpeg"}:
+        raise ValueError(f"cannot write {path}: the picture must be a .png or .jpg file")
+    options = [cv2.IMWRITE_PNG_COMPRESSION, 9] if suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 92]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), picture, options):
+        raise ValueError(f"could not write {path}: is its folder writable?")
+    return path
