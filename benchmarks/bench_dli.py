@@ -193,8 +193,8 @@ def main() -> None:
         f'Single process: {len(times)} timed batches (medians), OpenCV and BLAS 1 thread. "images / s on 2 cores" '
         "is 2 x 64 / the median CPU time of a batch (DLI is single-threaded: two DataLoader workers run two batches "
         "at once), which other processes do not inflate; the DataLoader row is measured end to end (wall clock, "
-        "collate included). Other helpers were using the same 2 cores while this ran, so every wall-clock figure "
-        "is pessimistic: re-run on a quiet machine. The RGB row is Magnetic Tile as the reference code loads it "
+        f"collate included). 1-minute load average {os.getloadavg()[0]:.1f} at the end of the run (2 cores; a load "
+        "near 2 means other processes shared them and the wall-clock figures are pessimistic). The RGB row is Magnetic Tile as the reference code loads it "
         "(three equal channels): its Poisson blends solve one channel and repeat it, the same result.\n\n"
         f"{throughput}\n\nTime per phase in the single process (summed over batches, divided by their number):\n\n"
         f"{split}\n\nClass counts (images holding each class) of the first batches, before and after injection "

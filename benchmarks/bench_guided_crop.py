@@ -156,7 +156,7 @@ def main() -> None:
     body = (
         f"Bank: {len(bank)} defects in {len(bank.classes)} classes, {bank.num_free} defect-free images "
         f"(median size {int(np.median(sizes[:, 0]))}x{int(np.median(sizes[:, 1]))}). 1-minute load average "
-        f"{load_before:.1f} before, {load_after:.1f} after (other jobs shared the 2 cores: treat as upper bounds).\n\n"
+        f"{load_before:.1f} before, {load_after:.1f} after (a load near 2 means other processes shared the 2 cores: treat times as upper bounds).\n\n"
         "Per image: `A.Compose([t], seed=0)`, `p=1`, on 8 Magnetic Tile defect-free tiles resized to 256x256 "
         "(cycled) with a zero class mask; median of single calls; ratio against `A.CoarseDropout` (defaults) on "
         "the same tiles. The steps below it time the pure functions alone.\n\n"
