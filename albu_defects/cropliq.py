@@ -31,6 +31,7 @@ Warp kinds (``r`` = half the patch's shorter side, centres drawn in the middle 4
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 import cv2
@@ -39,7 +40,7 @@ from pydantic import Field, field_validator
 
 from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
 from .base import input_image
-from .geometry import connected_components, mask_bbox
+from .geometry import mask_bbox
 from .validation import as_bool_mask, check_image, check_range, image_hw
 
 __all__ = [
@@ -82,13 +83,19 @@ def _bump(t: np.ndarray) -> np.ndarray:
     return 16.0 * t * t * (1.0 - t) * (1.0 - t)
 
 
+@lru_cache(maxsize=32)
 def patch_window(h: int, w: int) -> np.ndarray:
-    """``W = b(v) b(u)``: 1 at the patch centre, exactly 0 (with zero slope) on its border; float32 (h, w)."""
+    """``W = b(v) b(u)``: 1 at the patch centre, exactly 0 (with zero slope) on its border; float32 (h, w).
+
+    Cached (strokes draw several brushes on one patch) and read-only.
+    """
     if h < 3 or w < 3:
         raise ValueError(f"a liquify patch needs at least 3x3 pixels, got {h}x{w}")
     by = _bump(np.arange(h, dtype=np.float32) / np.float32(h - 1))
     bx = _bump(np.arange(w, dtype=np.float32) / np.float32(w - 1))
-    return by[:, None] * bx[None, :]
+    window = by[:, None] * bx[None, :]
+    window.setflags(write=False)
+    return window
 
 
 def _brush(h: int, w: int, center: tuple[float, float], sigma: float | None) -> np.ndarray:
@@ -382,12 +389,13 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     border = np.concatenate([binary[0], binary[-1], binary[:, 0], binary[:, -1]])
     if border.mean() > 0.5:
         binary = 1 - binary
-    count, labels = connected_components(binary)
-    if count == 0:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
         return np.zeros(hw, bool)
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     component = (labels == largest).astype(np.uint8)
-    outside = np.pad(1 - component, 1, constant_values=1)  # background, framed so the border connects
+    # background, framed so the border connects
+    outside = cv2.copyMakeBorder(1 - component, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
     cv2.floodFill(outside, None, (0, 0), 2)
     filled = (outside[1:-1, 1:-1] != 2).astype(np.uint8)  # the component plus its holes
     if scale < 1.0:
