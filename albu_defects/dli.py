@@ -83,12 +83,13 @@ from pydantic import Field, field_validator
 
 from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
 from .base import DefectCompose, DefectTransform
-from .geometry import placement_overlap
 from .injection import (
     PLACEMENTS,
     SIZE_MODES,
     InjectionPlan,
     apply_plan,
+    placed_bbox,
+    placed_label,
     plan_injection,
     write_class,
 )
@@ -824,7 +825,7 @@ class InjectDefect(DefectTransform):
 
     def apply_to_mask(self, mask: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
         for plan in plans:
-            mask = write_class(mask, _plan_label(plan, image_hw(mask)), plan.class_id)
+            mask = write_class(mask, placed_label(plan.mask, plan.top_left, image_hw(mask)), plan.class_id)
         return mask
 
     def apply_to_bboxes(self, bboxes: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
@@ -876,27 +877,17 @@ def _label_classes(label: Any, k: int, name: str) -> frozenset[int]:
     return frozenset(int(c) + 1 for c in np.flatnonzero(vector))
 
 
-def _plan_label(plan: InjectionPlan, hw: tuple[int, int]) -> np.ndarray:
-    label = np.zeros(hw, bool)
-    overlap = placement_overlap(hw, plan.mask.shape, plan.top_left)
-    if overlap is not None:
-        label[overlap.target] = plan.mask[overlap.source]
-    return label
-
-
 def _append_boxes(
     transform: InjectDefect, bboxes: np.ndarray, plans: list[InjectionPlan], hw: tuple[int, int]
 ) -> np.ndarray:
     """``bboxes`` (normalized albumentations rows) with one row per injected defect appended."""
-    from .geometry import mask_bbox
-
     h, w = hw
     processor = transform.get_processor("bboxes") if hasattr(transform, "get_processor") else None
     label_fields = list(getattr(getattr(processor, "params", None), "label_fields", None) or [])
     columns = bboxes.shape[1] if bboxes.ndim == 2 and bboxes.size else 4 + len(label_fields)
     rows = []
     for plan in plans:
-        box = mask_bbox(_plan_label(plan, hw))
+        box = placed_bbox(plan.mask, plan.top_left, hw)
         if box is None:
             continue
         y0, x0, y1, x1 = box

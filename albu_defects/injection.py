@@ -73,6 +73,8 @@ __all__ = [
     "fit_to_target",
     "inject_defect",
     "match_channels",
+    "placed_bbox",
+    "placed_label",
     "plan_injection",
     "relative_scale",
     "resize_defect",
@@ -349,6 +351,27 @@ def _gray_in_colour(image: np.ndarray) -> bool:
     return all(np.array_equal(first, image[..., c]) for c in range(1, image.shape[2]))
 
 
+def placed_label(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:
+    """Bool (H, W) label of a defect ``mask`` placed at ``top_left=(y, x)`` on an ``hw`` image (only the overlap)."""
+    label = np.zeros(hw, bool)
+    overlap = placement_overlap(hw, mask.shape, top_left)
+    if overlap is not None:
+        label[overlap.target] = mask[overlap.source]
+    return label
+
+
+def placed_bbox(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Tight box ``(y0, x0, y1, x1)`` of :func:`placed_label`, found in the (small) placed window; ``None`` if empty."""
+    overlap = placement_overlap(hw, mask.shape, top_left)
+    if overlap is None:
+        return None
+    box = mask_bbox(mask[overlap.source])
+    if box is None:
+        return None
+    ty, tx = overlap.target[0].start, overlap.target[1].start
+    return box[0] + ty, box[1] + tx, box[2] + ty, box[3] + tx
+
+
 def write_class(class_mask: np.ndarray, label: np.ndarray, class_id: int) -> np.ndarray:
     """A copy of a class-index mask with ``class_id`` written on ``label`` (bool, same H, W).
 
@@ -400,21 +423,15 @@ def inject_defect(
     mask = np.asarray(mask, bool)
     if mask.shape != image_hw(crop):
         raise ValueError(f"mask is {mask.shape} but the crop is {image_hw(crop)}; they must match")
-    label = np.zeros(hw, bool)
-    overlap = placement_overlap(hw, mask.shape, top_left)
-    bbox = None
-    if overlap is not None:
-        label[overlap.target] = mask[overlap.source]
-        box = mask_bbox(mask[overlap.source])  # the label's box, from the (small) window
-        if box is not None:
-            ty, tx = overlap.target[0].start, overlap.target[1].start
-            bbox = (box[0] + ty, box[1] + tx, box[2] + ty, box[3] + tx)
+    label = placed_label(mask, top_left, hw)
+    bbox = placed_bbox(mask, top_left, hw)
     if method == "paste":
         with _timed(timings, "paste"):
             out = blending.paste(image, crop, mask, top_left)
     else:
         with _timed(timings, "poisson"):
             visible = np.zeros_like(mask)  # the part of the defect that lands on the target
+            overlap = placement_overlap(hw, mask.shape, top_left)
             if overlap is not None:
                 visible[overlap.source] = mask[overlap.source]
             region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
