@@ -89,7 +89,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .geometry import connected_components, mask_bbox
+from .geometry import connected_components, grow_box, mask_bbox
 from .samples import MAGNETIC_TILE_CLASSES
 from .validation import SUPPORTED_IMAGE_DTYPES, check_image
 
@@ -244,9 +244,8 @@ class DefectEntry:
         if margin is not None:
             if int(margin) < 0:
                 raise ValueError(f"margin must be >= 0, got {margin}")
-            by0, bx0, by1, bx1 = mask_bbox(mask)  # type: ignore[misc]  # never empty: ids are real blobs
-            y0, x0 = max(by0 - int(margin), 0), max(bx0 - int(margin), 0)
-            y1, x1 = min(by1 + int(margin), self.hw[0]), min(bx1 + int(margin), self.hw[1])
+            box = mask_bbox(mask)  # never empty: ids are real blobs
+            y0, x0, y1, x1 = grow_box(box, int(margin), self.hw)  # type: ignore[arg-type]
         sy, sx = self.bbox[0], self.bbox[1]
         return DefectEntry(
             entry_id=self.entry_id,
@@ -367,8 +366,7 @@ def _cut_defects(image: np.ndarray, label_mask: np.ndarray, values: Iterable[int
         box = mask_bbox(mask)
         if box is None:
             continue
-        y0, x0 = max(box[0] - margin, 0), max(box[1] - margin, 0)
-        y1, x1 = min(box[2] + margin, h), min(box[3] + margin, w)
+        y0, x0, y1, x1 = grow_box(box, margin, (h, w))
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         cuts.append((int(value), (y0, x0, y1, x1), crop, np.ascontiguousarray(mask[y0:y1, x0:x1])))
     return cuts

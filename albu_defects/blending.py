@@ -28,7 +28,7 @@ import scipy.sparse.linalg
 from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
-from .geometry import dilate_mask, mask_bbox, placement_overlap
+from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
 from .validation import as_bool_mask, check_image, check_matching_images, clip_to_dtype, image_hw
 
 __all__ = [
@@ -131,7 +131,7 @@ def _region(inputs: BlendInputs) -> _Region:
     wy, wx = inputs.window
     by0, bx0, by1, bx1 = mask_bbox(inputs.mask)  # type: ignore[misc]  # the mask is never empty here
     ty0, tx0, ty1, tx1 = wy.start + by0, wx.start + bx0, wy.start + by1, wx.start + bx1
-    cy0, cx0, cy1, cx1 = max(ty0 - 1, 0), max(tx0 - 1, 0), min(ty1 + 1, height), min(tx1 + 1, width)
+    cy0, cx0, cy1, cx1 = grow_box((ty0, tx0, ty1, tx1), 1, (height, width))
     mask = np.zeros((cy1 - cy0, cx1 - cx0), bool)
     mask[ty0 - cy0 : ty1 - cy0, tx0 - cx0 : tx1 - cx0] = inputs.mask[by0:by1, bx0:bx1]
     # Source on the crop; rows/columns of the crop beyond the source window repeat its edge, so the

@@ -47,10 +47,10 @@ def panel_samples(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
 
 def _zoom(image: np.ndarray, mask: np.ndarray, margin: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """The part of ``image`` (and ``mask``) around the mask's box, for a close-up tile."""
-    from .geometry import mask_bbox
+    from .geometry import grow_box, mask_bbox
 
-    y0, x0, y1, x1 = mask_bbox(mask) or (0, 0, *mask.shape)
-    window = (slice(max(0, y0 - margin), y1 + margin), slice(max(0, x0 - margin), x1 + margin))
+    y0, x0, y1, x1 = grow_box(mask_bbox(mask) or (0, 0, *mask.shape), margin, mask.shape)
+    window = (slice(y0, y1), slice(x0, x1))
     return image[window], mask[window]
 
 

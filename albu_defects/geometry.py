@@ -16,6 +16,7 @@ __all__ = [
     "Overlap",
     "connected_components",
     "dilate_mask",
+    "grow_box",
     "mask_bbox",
     "placement_overlap",
     "random_top_left",
@@ -78,6 +79,12 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def grow_box(box: tuple[int, int, int, int], margin: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box=(y0, x0, y1, x1)`` (ends exclusive) grown by ``margin`` pixels on every side, clipped to ``hw``."""
+    y0, x0, y1, x1 = box
+    return max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, int(hw[0])), min(x1 + margin, int(hw[1]))
 
 
 def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -58,7 +58,7 @@ import numpy as np
 
 from . import blending
 from .bank import DefectBank, DefectEntry
-from .geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
+from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
 from .validation import check_image, image_hw
 
 __all__ = [
@@ -241,9 +241,7 @@ def crop_to_defect(crop: np.ndarray, mask: np.ndarray, context: int) -> tuple[np
     box = mask_bbox(mask)
     if box is None:
         raise ValueError("the defect's mask is empty")
-    h, w = image_hw(crop)
-    y0, x0 = max(box[0] - context, 0), max(box[1] - context, 0)
-    y1, x1 = min(box[2] + context, h), min(box[3] + context, w)
+    y0, x0, y1, x1 = grow_box(box, context, image_hw(crop))
     return crop[y0:y1, x0:x1], mask[y0:y1, x0:x1], (y0, x0)
 
 
