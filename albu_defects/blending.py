@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
 from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
-from .validation import as_bool_mask, check_image, check_matching_images, clip_to_dtype, image_hw
+from .validation import as_bool_mask, check_choice, check_image, check_matching_images, clip_to_dtype, image_hw
 
 __all__ = [
     "AUTO_OPENCV_MIN_KEPT",
@@ -55,6 +55,9 @@ AUTO_OPENCV_MIN_CONTRAST = 0.75
 
 Mode = Literal["normal", "mixed"]
 Method = Literal["auto", "opencv", "exact"]
+#: The values of ``mode`` and ``method`` (the same as the literals above).
+POISSON_MODES: tuple[str, ...] = ("normal", "mixed")
+POISSON_METHODS: tuple[str, ...] = ("auto", "opencv", "exact")
 
 
 class BlendInputs(NamedTuple):
@@ -549,11 +552,6 @@ def _solve_region(region: _Region, mode: Mode, solver: str = "auto") -> np.ndarr
     return _solve_splu(region, rhs, diag, index)
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in ("normal", "mixed"):
-        raise ValueError(f"mode must be 'normal' or 'mixed', got {mode!r}")
-
-
 def _exact_crop(inputs: BlendInputs, mode: Mode, solver: str = "auto") -> tuple[_Region, np.ndarray]:
     region = _region(inputs)
     return region, _solve_region(region, mode, solver)
@@ -575,7 +573,7 @@ def poisson_solve(
 
     Pixels outside the mask hold the target's values. See :func:`poisson_blend` for the equation.
     """
-    _check_mode(mode)
+    check_choice(mode, POISSON_MODES, "mode")
     inputs = check_blend_inputs(target, source, mask, top_left)
     out = target.astype(np.float64)
     if inputs is None:
@@ -776,9 +774,8 @@ def poisson_blend(
     source's own. Everything else, and every failed check, is solved exactly, so a small or thin
     defect never vanishes while its mask says it is there.
     """
-    _check_mode(mode)
-    if method not in ("auto", "opencv", "exact"):
-        raise ValueError(f"method must be 'auto', 'opencv' or 'exact', got {method!r}")
+    check_choice(mode, POISSON_MODES, "mode")
+    check_choice(method, POISSON_METHODS, "method")
     inputs = check_blend_inputs(target, source, mask, top_left)
     if inputs is None:
         return target.copy()

@@ -52,6 +52,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .validation import check_choice
+
 __all__ = ["WEIGHT_MODES", "ClassWeights", "WeightUpdate", "losses_to_probabilities"]
 
 #: Ways of mapping losses to probabilities.
@@ -63,8 +65,7 @@ _ATTACH_LOCK = threading.Lock()
 
 
 def _check_settings(mode: str, temperature: float, floor: float) -> tuple[str, float, float]:
-    if mode not in WEIGHT_MODES:
-        raise ValueError(f"mode must be one of {list(WEIGHT_MODES)}, got {mode!r}")
+    check_choice(mode, WEIGHT_MODES, "mode")
     temperature = float(temperature)
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0 (softmax of loss / temperature), got {temperature}")

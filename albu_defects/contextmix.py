@@ -38,7 +38,7 @@ from pydantic import Field
 from scipy import special
 
 from .base import DefectTransform
-from .validation import check_image, check_mask_shape, check_matching_images, image_hw
+from .validation import check_choice, check_image, check_mask_shape, check_matching_images, image_hw
 
 __all__ = [
     "BOX_KINDS",
@@ -72,8 +72,7 @@ def check_box_options(alpha: float, box: str, box_size: float, min_box_side: int
     """Raise a ValueError naming the first bad box option (shared by the numpy and torch classes)."""
     if not float(alpha) > 0:
         raise ValueError(f"alpha must be > 0 (the Beta(alpha, alpha) parameter), got {alpha}")
-    if box not in BOX_KINDS:
-        raise ValueError(f"box must be one of {BOX_KINDS}, got {box!r}")
+    check_choice(box, BOX_KINDS, "box")
     if not 0.0 < float(box_size) <= 1.0:
         raise ValueError(f"box_size must lie in (0, 1] (the box's share of the image area), got {box_size}")
     if isinstance(min_box_side, bool) or int(min_box_side) != min_box_side or min_box_side < 1:
@@ -157,8 +156,7 @@ def mix_weights(boxes: np.ndarray, height: int, width: int, label_mode: LabelMod
     from the partner, and ``lambda_A = 1 - lambda_B``. ``"one-hot"`` (section 5.5): weight 1 for
     the image that covers more of the output (the host on a tie), 0 for the other.
     """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    check_choice(label_mode, LABEL_MODES, "label_mode")
     boxes = np.asarray(boxes)
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     total = int(height) * int(width)

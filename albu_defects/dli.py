@@ -83,6 +83,7 @@ from pydantic import Field, field_validator
 
 from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
 from .base import DefectCompose, DefectTransform
+from .blending import POISSON_METHODS, POISSON_MODES
 from .injection import (
     PLACEMENTS,
     SIZE_MODES,
@@ -93,7 +94,7 @@ from .injection import (
     plan_injection,
     write_class,
 )
-from .validation import check_image, check_probability, image_hw
+from .validation import check_choice, check_image, check_probability, image_hw
 
 __all__ = [
     "DynamicLabelInjection",
@@ -104,8 +105,6 @@ __all__ = [
 ]
 
 FILLS: tuple[str, ...] = ("all", "balance")
-POISSON_MODES: tuple[str, ...] = ("normal", "mixed")
-POISSON_METHODS: tuple[str, ...] = ("auto", "opencv", "exact")
 _SINGLE_KEYS = ("image", "mask", "bboxes", "keypoints")
 
 
@@ -117,8 +116,7 @@ def fill_plan(counts: Sequence[int], available: int, fill: str, rng: np.random.G
     how many images may be injected. ``fill="all"`` uses them all; ``"balance"`` stops once every
     count is equal.
     """
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    check_choice(fill, FILLS, "fill")
     current = np.asarray(counts, np.int64).copy()
     chosen: list[int] = []
     if current.size == 0:
@@ -257,12 +255,6 @@ def _yaml_classes(classes: Sequence[str | int] | None) -> list[str | int] | None
             raise ValueError(f"classes must be class names or int ids, got {c!r}")
         out.append(c if isinstance(c, str) else int(c))
     return out
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 def _check_margin(value: Any) -> int:
@@ -525,14 +517,14 @@ class DynamicLabelInjection(DefectCompose):
         self.bank = _check_bank_arg(bank)
         self.classes = _yaml_classes(classes)
         self.poisson_p = check_probability(poisson_p, "poisson_p")
-        self.poisson_mode = _check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
-        self.poisson_method = _check_choice(poisson_method, POISSON_METHODS, "poisson_method")
+        self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
+        self.poisson_method = check_choice(poisson_method, POISSON_METHODS, "poisson_method")
         self.blend_margin = _check_margin(blend_margin)
-        self.fill = _check_choice(fill, FILLS, "fill")
+        self.fill = check_choice(fill, FILLS, "fill")
         self.max_inject_fraction = check_probability(max_inject_fraction, "max_inject_fraction")
         self.defect_transform = transform
-        self.placement = _check_choice(placement, PLACEMENTS, "placement")
-        self.size_mode = _check_choice(size_mode, SIZE_MODES, "size_mode")
+        self.placement = check_choice(placement, PLACEMENTS, "placement")
+        self.size_mode = check_choice(size_mode, SIZE_MODES, "size_mode")
         self.timings: MutableMapping[str, float] | None = None
         self._available_keys.update({"images", "masks", "labels"})
         _class_ids(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes

@@ -59,7 +59,7 @@ import numpy as np
 from . import blending
 from .bank import DefectBank, DefectEntry
 from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
-from .validation import check_image, image_hw
+from .validation import check_choice, check_image, image_hw
 
 __all__ = [
     "InjectionPlan",
@@ -412,8 +412,7 @@ def inject_defect(
     else). ``crop`` must match ``image`` in dtype and channels (see :func:`match_channels`). When
     ``class_mask`` is given, ``class_id`` is written on the label. Inputs are never modified.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, METHODS, "method")
     if isinstance(blend_margin, bool) or int(blend_margin) != blend_margin or blend_margin < 0:
         raise ValueError(f"blend_margin must be an int >= 0 (pixels), got {blend_margin!r}")
     check_image(image, "image")
@@ -526,10 +525,8 @@ def plan_injection(
     forces the bank entry (it must be of ``class_id``); ``target_name`` names the target in errors.
     ``timings`` (a dict) accumulates seconds under "sampling" and "transform".
     """
-    if size_mode not in SIZE_MODES:
-        raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    check_choice(size_mode, SIZE_MODES, "size_mode")
+    check_choice(placement, PLACEMENTS, "placement")
     target_hw = image_hw(target)
     context = int(blend_margin) + 1  # Poisson reads source gradients one pixel past its region
     with _timed(timings, "sampling"):

@@ -39,8 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate, get_worker_info
 
-from .contextmix import BoxKind, LabelMode, check_box_options, mix_weights, nearest_source_index, sample_boxes
+from .contextmix import (
+    LABEL_MODES,
+    BoxKind,
+    LabelMode,
+    check_box_options,
+    mix_weights,
+    nearest_source_index,
+    sample_boxes,
+)
 from .dli import DynamicLabelInjection
+from .validation import check_choice
 
 __all__ = [
     "ContextMix",
@@ -56,6 +65,7 @@ __all__ = [
 ]
 
 Interpolation = Literal["nearest", "bilinear"]
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear")
 
 
 # =============================================================================== ContextMix
@@ -129,8 +139,7 @@ def paste_resized_batch(
     ``buffers`` (a :class:`ScratchBuffers`) reuses scratch memory across calls.
     """
     images = _check_images(images)
-    if interpolation not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+    check_choice(interpolation, INTERPOLATIONS, "interpolation")
     return _paste(images, partners, boxes, interpolation, inplace, buffers or ScratchBuffers())
 
 
@@ -380,12 +389,10 @@ class ContextMix:
             raise ValueError(f"p must lie in [0, 1], got {p}")
         if mode not in ("batch", "sample"):
             raise ValueError(f"mode must be 'batch' (one box per batch) or 'sample' (one per image), got {mode!r}")
-        if label_mode not in ("area", "one-hot"):
-            raise ValueError(f"label_mode must be 'area' or 'one-hot', got {label_mode!r}")
+        check_choice(label_mode, LABEL_MODES, "label_mode")
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
-        if interpolation not in ("nearest", "bilinear"):
-            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        check_choice(interpolation, INTERPOLATIONS, "interpolation")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.alpha = float(alpha)

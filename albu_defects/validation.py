@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "SUPPORTED_IMAGE_DTYPES",
     "as_bool_mask",
+    "check_choice",
     "check_class_mask",
     "check_image",
     "check_mask_shape",
@@ -121,6 +122,13 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return float(value)
+
+
+def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` naming ``name`` and the choices."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
 def check_range(
