@@ -18,6 +18,7 @@ import albumentations as A
 import numpy as np
 
 from .base import IS_ALBUMENTATIONS_X, DefectCompose
+from .validation import check_probability
 
 __all__ = ["BatchCompose"]
 
@@ -104,8 +105,7 @@ class BatchCompose(DefectCompose):
             raise ValueError("transforms must be a list of transforms, e.g. [albu_defects.ContextMix(p=1)]")
         if isinstance(num_partners, bool) or int(num_partners) != num_partners or num_partners < 1:
             raise ValueError(f"num_partners must be an integer >= 1, got {num_partners!r}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
+        check_probability(p, "p")
         self._compose = A.Compose(
             list(transforms),
             bbox_params=bbox_params,

@@ -38,7 +38,14 @@ from pydantic import Field
 from scipy import special
 
 from .base import DefectTransform
-from .validation import check_choice, check_image, check_mask_shape, check_matching_images, image_hw
+from .validation import (
+    check_choice,
+    check_image,
+    check_mask_shape,
+    check_matching_images,
+    check_probability,
+    image_hw,
+)
 
 __all__ = [
     "BOX_KINDS",
@@ -186,12 +193,11 @@ def soft_labels(
     Each one-hot vector is smoothed first (``1 - s + s/K`` on the class, ``s/K`` elsewhere, as
     timm), so the result still sums to 1.
     """
-    if not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
-    off = float(label_smoothing) / num_classes
+    label_smoothing = check_probability(label_smoothing, "label_smoothing")
+    off = label_smoothing / num_classes
     target = np.full(num_classes, off, dtype=np.float64)
-    target[_class_id(label_a, num_classes, "label")] += weights[0] * (1.0 - float(label_smoothing))
-    target[_class_id(label_b, num_classes, "the partner's label")] += weights[1] * (1.0 - float(label_smoothing))
+    target[_class_id(label_a, num_classes, "label")] += weights[0] * (1.0 - label_smoothing)
+    target[_class_id(label_b, num_classes, "the partner's label")] += weights[1] * (1.0 - label_smoothing)
     return target.astype(np.float32)
 
 

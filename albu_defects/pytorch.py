@@ -49,7 +49,7 @@ from .contextmix import (
     sample_boxes,
 )
 from .dli import DynamicLabelInjection
-from .validation import check_choice
+from .validation import check_choice, check_probability
 
 __all__ = [
     "ContextMix",
@@ -385,13 +385,11 @@ class ContextMix:
             isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1
         ):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
+        check_probability(p, "p")
         if mode not in ("batch", "sample"):
             raise ValueError(f"mode must be 'batch' (one box per batch) or 'sample' (one per image), got {mode!r}")
         check_choice(label_mode, LABEL_MODES, "label_mode")
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        check_probability(label_smoothing, "label_smoothing")
         check_choice(interpolation, INTERPOLATIONS, "interpolation")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
