@@ -99,6 +99,7 @@ __all__ = [
     "DefectEntry",
     "SkippedSource",
     "bank_reference",
+    "check_bank_arg",
     "format_stats",
     "read_image",
     "resolve_bank",
@@ -1306,10 +1307,9 @@ def resolve_bank(bank: DefectBank | str | os.PathLike[str]) -> DefectBank:
     The cache is keyed by the resolved absolute path and reloads when the folder's index changes
     (the bank was saved again).
     """
+    bank = check_bank_arg(bank)
     if isinstance(bank, DefectBank):
         return bank
-    if not isinstance(bank, (str, os.PathLike)):
-        raise ValueError(f"bank must be a DefectBank or the path of a saved bank, got {type(bank).__name__}")
     root = Path(bank).resolve()
     try:
         stamp = _index_stamp(root)
@@ -1328,10 +1328,22 @@ def resolve_bank(bank: DefectBank | str | os.PathLike[str]) -> DefectBank:
 
 def bank_reference(bank: DefectBank | str | os.PathLike[str]) -> str:
     """The YAML-safe string a transform should serialize for its ``bank`` argument (the folder path)."""
+    bank = check_bank_arg(bank)
     if isinstance(bank, DefectBank):
         if bank.path is None:
             raise ValueError("this DefectBank has no folder to refer to; save it first with bank.save(path)")
         return str(bank.path)
+    return bank
+
+
+def check_bank_arg(bank: Any) -> DefectBank | str:
+    """A transform's ``bank`` argument as it is kept: a :class:`DefectBank` as is, a path as a string.
+
+    Raises ``ValueError`` for anything else. Loading (:func:`resolve_bank`) and serializing
+    (:func:`bank_reference`) start from it.
+    """
+    if isinstance(bank, DefectBank):
+        return bank
     if isinstance(bank, (str, os.PathLike)):
         return os.fspath(bank)
     raise ValueError(f"bank must be a DefectBank or the path of a saved bank, got {type(bank).__name__}")

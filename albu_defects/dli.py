@@ -70,7 +70,6 @@ Reproducibility
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, Literal
@@ -81,7 +80,7 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
-from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
+from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, resolve_bank
 from .base import DefectCompose, DefectTransform
 from .blending import POISSON_METHODS, POISSON_MODES
 from .injection import (
@@ -193,14 +192,6 @@ def _same_layout(out: Any, given: np.ndarray) -> Any:
 
 
 # =========================================================================================== shared parameters
-def _check_bank_arg(bank: Any) -> DefectBank | str:
-    if isinstance(bank, DefectBank):
-        return bank
-    if isinstance(bank, (str, os.PathLike)):
-        return os.fspath(bank)
-    raise ValueError(f"bank must be a DefectBank or the path of a saved bank, got {type(bank).__name__}")
-
-
 def _class_ids(bank: DefectBank, classes: Sequence[str | int] | None, name: str = "classes") -> list[int]:
     """Bank class ids of ``classes`` (all when ``None``); every one must have entries."""
     ids = list(range(1, len(bank.classes) + 1)) if classes is None else [bank.class_id(c) for c in classes]
@@ -514,7 +505,7 @@ class DynamicLabelInjection(DefectCompose):
     ) -> None:
         transform = _as_transform(defect_transform)
         super().__init__(transforms=[transform], p=check_probability(p, "p"), seed=seed)
-        self.bank = _check_bank_arg(bank)
+        self.bank = check_bank_arg(bank)
         self.classes = _yaml_classes(classes)
         self.poisson_p = check_probability(poisson_p, "poisson_p")
         self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
@@ -729,7 +720,7 @@ class InjectDefect(DefectTransform):
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
-        self.bank = _check_bank_arg(bank)
+        self.bank = check_bank_arg(bank)
         self.classes = _yaml_classes(classes)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.n = n

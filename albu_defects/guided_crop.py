@@ -76,7 +76,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import field_validator, model_validator
 from tqdm.auto import tqdm
 
-from .bank import DefectBank, DefectEntry, bank_reference, resolve_bank
+from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, resolve_bank
 from .base import DefectTransform, input_image
 from .blending import paste
 from .class_weights import ClassWeights
@@ -668,8 +668,7 @@ class GuidedCropPaste(DefectTransform):
         @field_validator("bank")
         @classmethod
         def _bank(cls, value: Any) -> Any:
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
+            value = check_bank_arg(value)
             resolve_bank(value)  # a clear ValueError now rather than in a worker
             return value
 
