@@ -104,6 +104,16 @@ class DefectTransform(A.DualTransform):
         """Reject unsupported images and masks of the wrong size before sampling."""
         check_sample_inputs(data)
 
+    # ----------------------------------------------------------------- helpers for subclasses
+    def processor_label_fields(self, key: str = "bboxes") -> list[str]:
+        """The label fields of the calling Compose's ``key`` processor ("bboxes" or "keypoints"); ``[]`` if none.
+
+        Through ``get_processor``, not ``self.processors``: AlbumentationsX keeps the processors in
+        the call's invocation. Outside a Compose there is no processor.
+        """
+        params = getattr(self.get_processor(key), "params", None)
+        return list(getattr(params, "label_fields", None) or [])
+
     # ----------------------------------------------------------------- the bridge
     def _sample_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         self.check_inputs(data)

@@ -529,11 +529,11 @@ class ContextMix(DefectTransform):
         """The partner's bboxes/keypoints in albumentations' internal format (via the Compose's processor)."""
         if partner.get(key) is None:
             raise ValueError(f"the host has {key} but {name} has none: pass its {key} (an empty list if it has none)")
-        processor = self.get_processor(key) if hasattr(self, "get_processor") else None
+        processor = self.get_processor(key)
         if processor is None:  # standalone call: annotations are already in the internal format
             converted = np.asarray(partner[key], dtype=np.float64)
         else:
-            label_fields = list(processor.params.label_fields or [])
+            label_fields = self.processor_label_fields(key)
             missing = [field for field in label_fields if field not in partner]
             if missing:
                 raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
@@ -574,7 +574,7 @@ class ContextMix(DefectTransform):
     def apply_to_bboxes(
         self, bboxes: np.ndarray, box: tuple[int, int, int, int], partner_bboxes: Any = None, **params: Any
     ):
-        processor = self.get_processor("bboxes") if hasattr(self, "get_processor") else None
+        processor = self.get_processor("bboxes")
         min_visibility = float(processor.params.min_visibility) if processor is not None else 0.0
         min_area = float(processor.params.min_area) if processor is not None else 0.0
         hw = tuple(params["shape"][:2])

@@ -865,8 +865,8 @@ def _append_boxes(
 ) -> np.ndarray:
     """``bboxes`` (normalized albumentations rows) with one row per injected defect appended."""
     h, w = hw
-    processor = transform.get_processor("bboxes") if hasattr(transform, "get_processor") else None
-    label_fields = list(getattr(getattr(processor, "params", None), "label_fields", None) or [])
+    processor = transform.get_processor("bboxes")
+    label_fields = transform.processor_label_fields("bboxes")
     columns = bboxes.shape[1] if bboxes.ndim == 2 and bboxes.size else 4 + len(label_fields)
     rows = []
     for plan in plans:

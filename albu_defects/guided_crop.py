@@ -825,7 +825,7 @@ class GuidedCropPaste(DefectTransform):
         moved = stage_bboxes(existing, plan.stage, (h, w)) if existing.size else None
         if not blob_boxes:
             return moved if moved is not None else bboxes
-        label_fields = self._label_fields()
+        label_fields = self.processor_label_fields("bboxes")
         columns = existing.shape[1] if existing.ndim == 2 and existing.size else 4 + (len(label_fields) or 1)
         rows = np.zeros((len(blob_boxes), columns), np.float64)
         bank = self.resolved_bank()
@@ -839,12 +839,6 @@ class GuidedCropPaste(DefectTransform):
         if moved is None:
             return rows.astype(existing.dtype if existing.dtype.kind == "f" else np.float32)
         return np.concatenate([moved, rows.astype(moved.dtype)])
-
-    def _label_fields(self) -> list[str]:
-        # get_processor, not self.processors: AlbumentationsX keeps the processors in the call's invocation
-        processor = self.get_processor("bboxes")
-        fields = getattr(getattr(processor, "params", None), "label_fields", None)
-        return list(fields or [])
 
     def _encode_label(self, field: str, class_id: int, class_name: str, boxes_came_in: bool) -> float:
         """The encoded value of a new box's label in ``field``, registered with the Compose's label encoder.
