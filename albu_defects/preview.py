@@ -59,6 +59,7 @@ from albumentations.core.bbox_utils import (
     normalize_bboxes,
 )
 
+from .bank import read_image
 from .batch import BatchCompose, _metadata_keys
 from .dli import DynamicLabelInjection
 from .geometry import connected_components, mask_bbox
@@ -156,13 +157,9 @@ def _folder_class(path: Path) -> int:
 def read_preview_image(path: str | os.PathLike[str], mask_threshold: float = 127) -> PreviewImage:
     """Read an image (gray stays (H, W), colour becomes RGB) and its mask as a uint8 class-index mask."""
     path = Path(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"could not read image {path}")
+    image = read_image(path, "image")  # colour as RGB(A), as the bank reads it
     if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = np.ascontiguousarray(image[..., :3])
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path} has dtype {image.dtype}; preview reads 8- and 16-bit images")
     mask_path = find_mask(path)
