@@ -691,11 +691,11 @@ def local_contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
     band = dilate_mask(inside, int(ring)) & ~inside
     if not band.any():
         raise ValueError("mask covers the whole image: there is no ring around it to compare with")
-    values = _as_hwc(image).astype(np.float64)
-    return float(np.abs(values[inside].mean(axis=0) - values[band].mean(axis=0)).mean())
+    return _core_contrast(image, inside, band)
 
 
 def _core_contrast(image: np.ndarray, core: np.ndarray, band: np.ndarray) -> float:
+    """|mean over ``core`` - mean over ``band``|, channels averaged (both non-empty bool masks)."""
     values = _as_hwc(image).astype(np.float64)
     return float(np.abs(values[core].mean(axis=0) - values[band].mean(axis=0)).mean())
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from .validation import check_image, clip_to_dtype
+from .validation import check_image, clip_to_dtype, num_channels
 
 __all__ = ["ColorJitterFactors", "color_jitter", "jitter_affine", "jitter_range", "sample_color_jitter"]
 
@@ -89,7 +89,7 @@ def color_jitter(
     if not (np.isfinite(hue) and -0.5 <= hue <= 0.5):
         raise ValueError(f"hue must be a shift in [-0.5, 0.5] turns (0 = unchanged), got {hue}")
     image = np.ascontiguousarray(image)
-    channels = 1 if image.ndim == 2 else image.shape[2]
+    channels = num_channels(image)
     if contrast == 1.0:
         means = np.zeros(channels)
     elif channels <= 4:

@@ -41,7 +41,7 @@ from pydantic import Field, field_validator
 from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
 from .base import input_image
 from .geometry import mask_bbox
-from .validation import as_bool_mask, check_image, check_range, image_hw
+from .validation import as_bool_mask, check_image, check_range, image_hw, num_channels
 
 __all__ = [
     "FOREGROUND_THUMBNAIL_SIDE",
@@ -370,7 +370,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     check_image(image, "image")
     hw = image_hw(image)
     scale = min(1.0, FOREGROUND_THUMBNAIL_SIDE / max(hw))
-    channels = 1 if image.ndim == 2 else image.shape[2]
+    channels = num_channels(image)
     if channels == 3:
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)  # grey first: one channel to shrink
     elif channels == 1:

@@ -59,7 +59,7 @@ import numpy as np
 from . import blending
 from .bank import DefectBank, DefectEntry
 from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
-from .validation import check_choice, check_image, image_hw
+from .validation import check_choice, check_image, image_hw, num_channels
 
 __all__ = [
     "InjectionPlan",
@@ -170,7 +170,7 @@ def match_channels(crop: np.ndarray, target: np.ndarray, what: str = "defect") -
             f"{what} has dtype {crop.dtype} but the image has {target.dtype}: build the bank from images of "
             f"the same dtype, or inject before converting the images (e.g. before Normalize/ToFloat)"
         )
-    crop_c = 1 if crop.ndim == 2 else crop.shape[2]
+    crop_c = num_channels(crop)
     if target.ndim == 2:
         if crop_c != 1:
             raise ValueError(
