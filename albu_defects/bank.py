@@ -91,7 +91,7 @@ from tqdm.auto import tqdm
 
 from .geometry import connected_components, grow_box, mask_bbox
 from .samples import MAGNETIC_TILE_CLASSES
-from .validation import SUPPORTED_IMAGE_DTYPES, check_image
+from .validation import SUPPORTED_IMAGE_DTYPES, check_image, check_int
 
 __all__ = [
     "DefectBank",
@@ -458,9 +458,7 @@ class _Builder:
 
 
 def _check_margin(margin: int) -> int:
-    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
-        raise ValueError(f"margin must be an int >= 0 (pixels of context around each defect), got {margin!r}")
-    return int(margin)
+    return check_int(margin, "margin", 0, "(pixels of context around each defect)")
 
 
 def _restrict(available: Sequence[str], classes: Sequence[str] | None, what: str) -> list[str]:

@@ -93,7 +93,7 @@ from .injection import (
     plan_injection,
     write_class,
 )
-from .validation import check_choice, check_image, check_probability, image_hw
+from .validation import check_choice, check_image, check_int, check_probability, image_hw
 
 __all__ = [
     "DynamicLabelInjection",
@@ -246,14 +246,6 @@ def _yaml_classes(classes: Sequence[str | int] | None) -> list[str | int] | None
             raise ValueError(f"classes must be class names or int ids, got {c!r}")
         out.append(c if isinstance(c, str) else int(c))
     return out
-
-
-def _check_margin(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(
-            f"blend_margin must be an int >= 0 (pixels around the defect Poisson may blend), got {value!r}"
-        )
-    return int(value)
 
 
 # =========================================================================================== batch parsing
@@ -510,7 +502,7 @@ class DynamicLabelInjection(DefectCompose):
         self.poisson_p = check_probability(poisson_p, "poisson_p")
         self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
         self.poisson_method = check_choice(poisson_method, POISSON_METHODS, "poisson_method")
-        self.blend_margin = _check_margin(blend_margin)
+        self.blend_margin = check_int(blend_margin, "blend_margin", 0, "(pixels around the defect Poisson may blend)")
         self.fill = check_choice(fill, FILLS, "fill")
         self.max_inject_fraction = check_probability(max_inject_fraction, "max_inject_fraction")
         self.defect_transform = transform

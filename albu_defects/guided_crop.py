@@ -83,7 +83,15 @@ from .class_weights import ClassWeights
 from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
 from .geometry import mask_bbox, placement_overlap, random_top_left
 from .injection import match_channels
-from .validation import check_class_mask, check_image, check_probability, dtype_max, image_hw, num_channels
+from .validation import (
+    check_class_mask,
+    check_image,
+    check_int,
+    check_probability,
+    dtype_max,
+    image_hw,
+    num_channels,
+)
 
 __all__ = [
     "CLASS_VECTOR_KEY",
@@ -148,10 +156,7 @@ class GuidedCropOptions(NamedTuple):
 
     def checked(self) -> GuidedCropOptions:
         """These options, validated (``ValueError`` naming the argument)."""
-        if isinstance(self.max_defects, bool) or not isinstance(self.max_defects, (int, np.integer)):
-            raise ValueError(f"max_defects must be an int >= 1, got {self.max_defects!r}")
-        if self.max_defects < 1:
-            raise ValueError(f"max_defects must be >= 1 (the paper uses up to 3), got {self.max_defects}")
+        max_defects = check_int(self.max_defects, "max_defects", 1, "(the paper uses up to 3)")
         for prefix in ("crop_", ""):
             for name, center, bounds in (
                 ("brightness", 1.0, (0.0, np.inf)),
@@ -167,7 +172,7 @@ class GuidedCropOptions(NamedTuple):
             raise ValueError(
                 f"border_threshold must lie in [0, 1] (a fraction of the white level), got {self.border_threshold}"
             )
-        return self._replace(max_defects=int(self.max_defects))
+        return self._replace(max_defects=max_defects)
 
     @property
     def crop_jitter(self) -> tuple[Any, Any, Any, Any]:
@@ -907,12 +912,6 @@ class SynthesizedSample(NamedTuple):
     base_index: int  # which of bank.free_images it was pasted on
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    return int(seed)
-
-
 def synthesize_one(
     bank: DefectBank, index: int, probabilities: np.ndarray, seed: int, options: GuidedCropOptions
 ) -> SynthesizedSample:
@@ -948,8 +947,7 @@ def _synthesis_setup(
     bank: DefectBank | str | os.PathLike[str], n: int, weights: Any, seed: int, workers: int | None, options: dict
 ) -> tuple[DefectBank, np.ndarray, int, GuidedCropOptions, int]:
     bank = resolve_bank(bank)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be an int >= 0 (how many images to synthesize), got {n!r}")
+    check_int(n, "n", 0, "(how many images to synthesize)")
     if bank.num_free == 0:
         raise ValueError("the bank has no defect-free images to paste on (build it from data with defect-free images)")
     unknown = sorted(set(options) - set(GuidedCropOptions._fields))
@@ -958,9 +956,8 @@ def _synthesis_setup(
     checked = GuidedCropOptions(**options).checked()
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    return bank, class_probabilities(weights, bank), _check_seed(seed), checked, int(workers)
+    workers = check_int(workers, "workers", 1)
+    return bank, class_probabilities(weights, bank), check_int(seed, "seed"), checked, workers
 
 
 def synthesize(

@@ -16,6 +16,7 @@ __all__ = [
     "check_choice",
     "check_class_mask",
     "check_image",
+    "check_int",
     "check_mask_shape",
     "check_matching_images",
     "check_probability",
@@ -129,6 +130,16 @@ def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def check_int(value: Any, name: str, minimum: int = 0, hint: str = "") -> int:
+    """Return ``value`` as an int if it is a Python or numpy integer ``>= minimum`` (never a bool), else raise.
+
+    ``hint`` (e.g. ``"(pixels)"``) follows the requirement in the message.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{' ' + hint if hint else ''}, got {value!r}")
+    return int(value)
 
 
 def check_range(
