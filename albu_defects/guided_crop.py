@@ -64,9 +64,7 @@ from __future__ import annotations
 import math
 import os
 import weakref
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -74,9 +72,8 @@ import cv2
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import field_validator, model_validator
-from tqdm.auto import tqdm
 
-from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, resolve_bank
+from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, ordered_map, resolve_bank
 from .base import DefectTransform, input_image
 from .blending import paste
 from .class_weights import ClassWeights
@@ -924,25 +921,6 @@ def synthesize_one(
     return SynthesizedSample(index, result.image, result.mask, result.class_vector, names, result.bboxes, base_index)
 
 
-def _ordered_map(work: Any, count: int, workers: int, desc: str, progress: bool) -> Iterator[Any]:
-    """``work(i)`` for i in 0..count-1 on a thread pool, yielded in order, with at most 4 x workers in flight."""
-    with tqdm(total=count, desc=desc, unit="img", disable=not progress) as bar:
-        if workers == 1:
-            for i in range(count):
-                yield work(i)
-                bar.update()
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[Future[Any]] = deque()
-            submitted = 0
-            while submitted < count or pending:
-                while submitted < count and len(pending) < 4 * workers:
-                    pending.append(pool.submit(work, submitted))
-                    submitted += 1
-                yield pending.popleft().result()
-                bar.update()
-
-
 def _synthesis_setup(
     bank: DefectBank | str | os.PathLike[str], n: int, weights: Any, seed: int, workers: int | None, options: dict
 ) -> tuple[DefectBank, np.ndarray, int, GuidedCropOptions, int]:
@@ -979,7 +957,7 @@ def synthesize(
     numpy release the GIL).
     """
     bank, probabilities, seed, checked, workers = _synthesis_setup(bank, n, weights, seed, workers, options)
-    return _ordered_map(
+    return ordered_map(
         lambda i: synthesize_one(bank, i, probabilities, seed, checked), int(n), workers, "Guided-Crop", progress
     )
 
@@ -1049,7 +1027,7 @@ def synthesize_to_folder(
             "bboxes": [list(box) for box in sample.bboxes],
         }
 
-    items = list(_ordered_map(work, int(n), workers, "Guided-Crop synth", progress))
+    items = list(ordered_map(work, int(n), workers, "Guided-Crop synth", progress))
     manifest = {
         "format": "albu-defects-guided-crop",
         "bank": str(bank.path) if bank.path is not None else None,
