@@ -78,6 +78,7 @@ import shutil
 import threading
 import uuid
 import warnings
+import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1356,6 +1357,22 @@ def check_bank_arg(bank: Any) -> DefectBank | str:
     if isinstance(bank, (str, os.PathLike)):
         return os.fspath(bank)
     raise ValueError(f"bank must be a DefectBank or the path of a saved bank, got {type(bank).__name__}")
+
+
+def cached_per_object(cache: dict[int, tuple[weakref.ref, Any]], obj: Any, compute: Callable[[Any], Any]) -> Any:
+    """``compute(obj)``, computed once per live object and kept in ``cache`` (keyed by ``id``).
+
+    Banks and entries compare by value and are unhashable, so a ``WeakKeyDictionary`` cannot hold
+    them; a weak reference checks the id still names the same object, and its callback drops the
+    cached value when the object goes.
+    """
+    key = id(obj)
+    cached = cache.get(key)
+    if cached is not None and cached[0]() is obj:
+        return cached[1]
+    value = compute(obj)
+    cache[key] = (weakref.ref(obj, lambda _, key=key: cache.pop(key, None)), value)
+    return value
 
 
 def format_stats(rows: Sequence[Mapping[str, Any]]) -> str:

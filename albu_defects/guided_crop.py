@@ -73,7 +73,15 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import field_validator, model_validator
 
-from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, ordered_map, resolve_bank
+from .bank import (
+    DefectBank,
+    DefectEntry,
+    bank_reference,
+    cached_per_object,
+    check_bank_arg,
+    ordered_map,
+    resolve_bank,
+)
 from .base import DefectTransform, input_image
 from .blending import paste
 from .class_weights import ClassWeights
@@ -196,22 +204,21 @@ _TABLES: dict[int, tuple[weakref.ref, ConfigurationTable]] = {}
 
 def configuration_table(bank: DefectBank) -> ConfigurationTable:
     """The lookup table of ``bank`` (computed once per bank object)."""
-    cached = _TABLES.get(id(bank))
-    if cached is not None and cached[0]() is bank:
-        return cached[1]
+    return cached_per_object(_TABLES, bank, _configuration_table)
+
+
+def _configuration_table(bank: DefectBank) -> ConfigurationTable:
     sets = {config: count for config, count in bank.class_sets().items() if config}
     if not sets:
         raise ValueError("the bank holds no defects; Guided-Crop needs at least one defect entry")
     counts = bank.counts()
-    table = ConfigurationTable(
+    return ConfigurationTable(
         configurations=tuple(sets),
         counts=np.array(list(sets.values()), np.float64),
         available=np.array([counts[name]["entries"] > 0 for name in bank.classes]),
         images=np.array([counts[name]["images"] for name in bank.classes], np.float64),
         crop_kinds=frozenset((e.crop.dtype.name, num_channels(e.crop)) for e in bank.entries),
     )
-    _TABLES[id(bank)] = (weakref.ref(bank), table)
-    return table
 
 
 def class_probabilities(

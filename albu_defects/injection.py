@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 from . import blending
-from .bank import DefectBank, DefectEntry
+from .bank import DefectBank, DefectEntry, cached_per_object
 from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
 from .validation import check_choice, check_image, image_hw, num_channels
 
@@ -459,14 +459,12 @@ _DEFECT_BOXES: dict[int, tuple[weakref.ref[DefectEntry], tuple[int, int]]] = {}
 
 def _defect_hw(entry: DefectEntry) -> tuple[int, int]:
     """Height and width of an entry's mask box (cached per entry object while it lives)."""
-    cached = _DEFECT_BOXES.get(id(entry))
-    if cached is not None and cached[0]() is entry:
-        return cached[1]
+    return cached_per_object(_DEFECT_BOXES, entry, _mask_box_hw)
+
+
+def _mask_box_hw(entry: DefectEntry) -> tuple[int, int]:
     y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
-    hw = (y1 - y0, x1 - x0)
-    key = id(entry)
-    _DEFECT_BOXES[key] = (weakref.ref(entry, lambda _, key=key: _DEFECT_BOXES.pop(key, None)), hw)
-    return hw
+    return y1 - y0, x1 - x0
 
 
 def choose_entry(

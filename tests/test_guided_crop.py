@@ -142,6 +142,20 @@ def test_lookup_table_is_the_bank_class_sets(bank):
     assert configuration_table(bank) is table  # cached per bank
 
 
+def test_lookup_table_cache_lets_go_of_dead_banks():
+    import gc
+
+    from albu_defects import guided_crop
+
+    temporary = toy_bank()
+    configuration_table(temporary)
+    key = id(temporary)
+    assert key in guided_crop._TABLES
+    del temporary
+    gc.collect()
+    assert key not in guided_crop._TABLES  # the cached table leaves with its bank (no growth per bank)
+
+
 def test_configurations_follow_the_lookup_table(bank):
     table = configuration_table(bank)
     rng = np.random.default_rng(0)
