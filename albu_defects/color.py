@@ -2,7 +2,8 @@
 
 :func:`color_jitter` applies given factors (a pure function: same factors, same output);
 :func:`sample_color_jitter` draws factors from ranges with a ``np.random.Generator``. CutPaste uses
-both on its patch; any method that recolours a patch reuses them.
+both on its patch and Guided-Crop on each crop and on the whole image; any method that recolours a
+patch reuses them.
 
 Conventions (torchvision's ``ColorJitter`` factors, applied in the fixed order brightness, contrast,
 saturation, hue):

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from .samples import Sample, load_samples
-from .visualize import draw_mask_outline, label_tile, make_grid, to_display, write_picture
+from .visualize import (
+    draw_bboxes,
+    draw_mask_outline,
+    label_tile,
+    make_grid,
+    overlay_class_mask,
+    to_display,
+    write_picture,
+)
 
 __all__ = ["PANELS", "build_demo", "write_demo"]
 
@@ -27,8 +35,6 @@ def _samples_of(samples: list[Sample], class_name: str) -> list[Sample]:
 
 def tile(image: np.ndarray, text: str, mask: np.ndarray | None = None, class_mask: bool = False) -> np.ndarray:
     """A labelled display tile of ``image`` with ``mask`` outlined (or tinted by class)."""
-    from .visualize import overlay_class_mask
-
     shown = to_display(image, TILE_HEIGHT)
     if mask is not None:
         shown = overlay_class_mask(shown, mask) if class_mask else draw_mask_outline(shown, mask)
@@ -99,7 +105,6 @@ def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[
     from .bank import DefectBank
     from .guided_crop import GuidedCropPaste
     from .samples import sample_root
-    from .visualize import draw_bboxes, label_tile, overlay_class_mask
 
     bank = DefectBank.from_folder(sample_root(), progress=False)
     transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)

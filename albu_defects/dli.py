@@ -366,12 +366,11 @@ class _Masks:
         fmt = self.formats[index]
         if fmt == "index":
             return write_class(item, label, class_id)
-        planes = [np.array(p, copy=True) for p in item] if fmt == "onehot_list" else None
         if fmt == "onehot":
             out = item.copy()
             out[class_id - 1][label] = 1
             return out
-        assert planes is not None
+        planes = [np.array(p, copy=True) for p in item]  # "onehot_list"
         planes[class_id - 1][label] = 1
         return tuple(planes) if isinstance(item, tuple) else planes
 

@@ -1,7 +1,7 @@
 """Shared geometry: where a placed patch overlaps an image, mask boxes, dilation, blobs.
 
-Every method that pastes something (blending, DLI, Guided-Crop, CutPaste, ContextMix) places a
-patch with its top-left corner at ``(y, x)`` on a target, possibly partly outside it. The overlap
+Every method that pastes a patch (blending, DLI / InjectDefect, Guided-Crop, CutPaste) places it
+with its top-left corner at ``(y, x)`` on a target, possibly partly outside it. The overlap
 arithmetic lives here once.
 """
 

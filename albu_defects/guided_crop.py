@@ -971,8 +971,6 @@ def synthesize(
 
 def _write_encoded(path: Path, image: np.ndarray) -> None:
     """Encode ``image`` by the file's suffix (OpenCV defaults: PNG zlib level 1) and write it in one go."""
-    import cv2
-
     ok, encoded = cv2.imencode(path.suffix, image)
     if not ok:
         raise ValueError(f"could not encode {path} ({image.dtype} {image.shape})")
@@ -1001,8 +999,6 @@ def synthesize_to_folder(
     """
     import csv
     import json
-
-    import cv2
 
     bank, probabilities, seed, checked, workers = _synthesis_setup(bank, n, weights, seed, workers, options)
     root = Path(out)

@@ -68,7 +68,7 @@ def _fit_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim == 3:
         mask = mask[..., 0]
-    mask = mask.astype(np.int32) if mask.dtype == bool else mask.astype(np.int32, copy=False)
+    mask = mask.astype(np.int32, copy=False)
     if mask.shape != hw:
         mask = cv2.resize(mask.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST).astype(np.int32)
     return mask
