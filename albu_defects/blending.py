@@ -38,6 +38,7 @@ __all__ = [
     "RESIDUAL_BOUND",
     "local_contrast",
     "paste",
+    "paste_into",
     "poisson_blend",
     "poisson_solve",
 ]
@@ -96,10 +97,21 @@ def paste(target: np.ndarray, source: np.ndarray, mask: np.ndarray, top_left: tu
     inputs = check_blend_inputs(target, source, mask, top_left)
     out = target.copy()
     if inputs is not None:
-        window = out[inputs.window]
-        mask = inputs.mask if window.ndim == 2 else inputs.mask[..., None]
-        np.copyto(window, inputs.source, where=mask)  # much faster than boolean fancy indexing
+        _copy_masked(out, inputs)
     return out
+
+
+def paste_into(target: np.ndarray, source: np.ndarray, mask: np.ndarray, top_left: tuple[int, int]) -> None:
+    """:func:`paste` writing into ``target`` itself (a writable array), for several pastes on one copy."""
+    inputs = check_blend_inputs(target, source, mask, top_left)
+    if inputs is not None:
+        _copy_masked(target, inputs)
+
+
+def _copy_masked(out: np.ndarray, inputs: BlendInputs) -> None:
+    window = out[inputs.window]
+    mask = inputs.mask if window.ndim == 2 else inputs.mask[..., None]
+    np.copyto(window, inputs.source, where=mask)  # much faster than boolean fancy indexing
 
 
 # --------------------------------------------------------------------------------------------

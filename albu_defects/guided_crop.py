@@ -83,7 +83,7 @@ from .bank import (
     resolve_bank,
 )
 from .base import DefectTransform, input_image
-from .blending import paste
+from .blending import paste_into
 from .class_weights import ClassWeights
 from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
 from .geometry import mask_bbox, placement_overlap, random_top_left
@@ -305,7 +305,7 @@ def paste_defects(image: np.ndarray, defects: Sequence[PlacedDefect]) -> np.ndar
     out = image.copy()
     for defect in defects:
         crop = color_jitter(match_channels(defect.entry.crop, image), *defect.jitter)
-        out = paste(out, crop, defect.entry.mask, defect.top_left)
+        paste_into(out, crop, defect.entry.mask, defect.top_left)
     return out
 
 
