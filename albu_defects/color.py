@@ -29,7 +29,15 @@ import numpy as np
 
 from .validation import check_image, clip_to_dtype, num_channels
 
-__all__ = ["ColorJitterFactors", "color_jitter", "jitter_affine", "jitter_range", "sample_color_jitter"]
+__all__ = [
+    "JITTER_LIMITS",
+    "ColorJitterFactors",
+    "check_jitter",
+    "color_jitter",
+    "jitter_affine",
+    "jitter_range",
+    "sample_color_jitter",
+]
 
 #: RGB -> luma weights (ITU-R BT.601), as torchvision's ``rgb_to_grayscale``.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -133,6 +141,21 @@ def jitter_range(
     return low, high
 
 
+#: Per jitter kind, the factor that leaves the image unchanged and the bounds of its range.
+JITTER_LIMITS: dict[str, tuple[float, tuple[float, float]]] = {
+    "brightness": (1.0, (0.0, np.inf)),
+    "contrast": (1.0, (0.0, np.inf)),
+    "saturation": (1.0, (0.0, np.inf)),
+    "hue": (0.0, (-0.5, 0.5)),
+}
+
+
+def check_jitter(kind: str, value: float | Sequence[float], name: str | None = None) -> tuple[float, float]:
+    """:func:`jitter_range` of a ``kind`` in :data:`JITTER_LIMITS` (its centre and bounds); ``name`` in errors."""
+    center, bounds = JITTER_LIMITS[kind]
+    return jitter_range(value, name or kind, center=center, bounds=bounds)
+
+
 def sample_color_jitter(
     rng: np.random.Generator,
     brightness: float | Sequence[float] = 0.1,
@@ -142,9 +165,9 @@ def sample_color_jitter(
 ) -> ColorJitterFactors:
     """Draw uniform jitter factors, torchvision style: ``0.1`` means a factor in [0.9, 1.1] (hue: [-0.1, 0.1])."""
     ranges = (
-        jitter_range(brightness, "brightness", center=1.0, bounds=(0.0, np.inf)),
-        jitter_range(contrast, "contrast", center=1.0, bounds=(0.0, np.inf)),
-        jitter_range(saturation, "saturation", center=1.0, bounds=(0.0, np.inf)),
-        jitter_range(hue, "hue", center=0.0, bounds=(-0.5, 0.5)),
+        check_jitter("brightness", brightness),
+        check_jitter("contrast", contrast),
+        check_jitter("saturation", saturation),
+        check_jitter("hue", hue),
     )
     return ColorJitterFactors(*(float(rng.uniform(low, high)) for low, high in ranges))

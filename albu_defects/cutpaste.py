@@ -32,7 +32,7 @@ from pydantic import field_validator
 from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
 from .base import input_image
 from .blending import paste
-from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
+from .color import ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
 from .validation import check_image, check_range, image_hw
 
 __all__ = [
@@ -203,16 +203,10 @@ class CutPaste(AnomalyTransform):
         def _rotation(cls, value: tuple[float, float]) -> tuple[float, float]:
             return check_range(value, "rotation_range", -180.0, 180.0)
 
-        @field_validator("brightness", "contrast", "saturation")
+        @field_validator("brightness", "contrast", "saturation", "hue")
         @classmethod
-        def _factor(cls, value: Any, info: Any) -> Any:
-            jitter_range(value, info.field_name, center=1.0, bounds=(0.0, np.inf))
-            return value
-
-        @field_validator("hue")
-        @classmethod
-        def _hue(cls, value: Any) -> Any:
-            jitter_range(value, "hue", center=0.0, bounds=(-0.5, 0.5))
+        def _jitter(cls, value: Any, info: Any) -> Any:
+            check_jitter(info.field_name, value)
             return value
 
     def __init__(

@@ -85,7 +85,7 @@ from .bank import (
 from .base import DefectTransform, input_image
 from .blending import paste_into
 from .class_weights import ClassWeights
-from .color import ColorJitterFactors, color_jitter, jitter_range, sample_color_jitter
+from .color import JITTER_LIMITS, ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
 from .geometry import mask_bbox, placement_overlap, random_top_left
 from .injection import match_channels
 from .validation import (
@@ -163,13 +163,8 @@ class GuidedCropOptions(NamedTuple):
         """These options, validated (``ValueError`` naming the argument)."""
         max_defects = check_int(self.max_defects, "max_defects", 1, "(the paper uses up to 3)")
         for prefix in ("crop_", ""):
-            for name, center, bounds in (
-                ("brightness", 1.0, (0.0, np.inf)),
-                ("contrast", 1.0, (0.0, np.inf)),
-                ("saturation", 1.0, (0.0, np.inf)),
-                ("hue", 0.0, (-0.5, 0.5)),
-            ):
-                jitter_range(getattr(self, prefix + name), prefix + name, center=center, bounds=bounds)
+            for kind in JITTER_LIMITS:
+                check_jitter(kind, getattr(self, prefix + kind), prefix + kind)
         check_probability(self.flip_p, "flip_p")
         if not 0.0 <= float(self.shift_limit) <= 1.0:
             raise ValueError(f"shift_limit must lie in [0, 1] (a fraction of the image side), got {self.shift_limit}")
