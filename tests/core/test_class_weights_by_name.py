@@ -50,7 +50,9 @@ def test_guided_crop_paste_reads_class_weights_by_name(bank):
 def test_synthesize_reads_class_weights_by_name(bank):
     with ad.ClassWeights(SHUFFLED, floor=0.0) as weights:
         _all_loss_on(weights, "Crack")
-        names = {name for s in ad.synthesize(bank, 12, weights, seed=0, workers=1, progress=False) for name in s.classes}
+        names = {
+            name for s in ad.synthesize(bank, 12, weights, seed=0, workers=1, progress=False) for name in s.classes
+        }
     assert names == {"Crack"}
 
 
