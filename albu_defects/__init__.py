@@ -8,19 +8,24 @@ Torch is never imported here: the batch ops for tensors live in ``albu_defects.p
 
 from __future__ import annotations
 
-from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
-from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
-from .base import IS_ALBUMENTATIONS_X, DefectTransform
-from .batch import BatchCompose
-from .blending import local_contrast, paste, poisson_blend
-from .class_weights import ClassWeights, losses_to_probabilities
-from .color import color_jitter, sample_color_jitter
-from .contextmix import ContextMix
-from .cropliq import CropLiq
-from .cutpaste import CutPaste
-from .dli import DynamicLabelInjection, InjectDefect
-from .guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
-from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
+from albu_defects.bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
+from albu_defects.blending import local_contrast, paste, poisson_blend
+from albu_defects.core.batch import BatchCompose
+from albu_defects.core.class_weights import ClassWeights, losses_to_probabilities
+from albu_defects.core.color import color_jitter, sample_color_jitter
+from albu_defects.core.transform import IS_ALBUMENTATIONS_X, DefectTransform
+from albu_defects.data import MAGNETIC_TILE_CLASSES, Sample, load_samples
+from albu_defects.methods.anomaly.transform import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+from albu_defects.methods.contextmix.functional import ContextMix
+from albu_defects.methods.cropliq.functional import CropLiq
+from albu_defects.methods.cutpaste.functional import CutPaste
+from albu_defects.methods.guided_crop.functional import (
+    CLASS_VECTOR_KEY,
+    GuidedCropPaste,
+    synthesize,
+    synthesize_to_folder,
+)
+from albu_defects.methods.injection.dli import DynamicLabelInjection, InjectDefect
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ import numpy as np
 from _common import markdown_table, median_ms, write_section
 
 from albu_defects import CropLiq, CutPaste, load_samples
-from albu_defects.cropliq import liquify, sample_warp_field
+from albu_defects.methods.cropliq.functional import liquify, sample_warp_field
 
 SIZE = 256
 TARGETS_MS = {"CropLiq": 1.0, "CutPaste": 0.3}

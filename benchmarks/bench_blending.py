@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MAGNETIC_TILE_ROOT, markdown_table, write_section
 
 from albu_defects import MAGNETIC_TILE_CLASSES, local_contrast, paste, poisson_blend
-from albu_defects.geometry import connected_components, dilate_mask, mask_bbox
+from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox
 
 BUCKETS = (("<1k", 0, 1_000), ("1k-10k", 1_000, 10_000), (">=10k", 10_000, 1 << 62))
 TARGET_RATIO = {"1k-10k": 2.0, ">=10k": 3.0}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from _common import interleaved_times_ms, markdown_table, write_section
 
-from albu_defects.contextmix import sample_boxes
+from albu_defects.methods.contextmix.functional import sample_boxes
 from albu_defects.pytorch import ContextMix
 
 CONFIGS = [((64, 3, 224, 224), torch.float32), ((256, 3, 32, 32), torch.float32), ((64, 3, 256, 256), torch.uint8)]

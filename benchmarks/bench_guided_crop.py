@@ -32,7 +32,7 @@ import numpy as np
 from _common import MAGNETIC_TILE_ROOT, markdown_table, median_ms, write_section
 
 from albu_defects import ClassWeights, DefectBank, GuidedCropPaste
-from albu_defects.guided_crop import (
+from albu_defects.methods.guided_crop.functional import (
     apply_global_stage,
     class_probabilities,
     paste_defects,

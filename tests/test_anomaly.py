@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import AnomalySynthesis, CropLiq, CutPaste
-from albu_defects.anomaly import merge_anomaly_mask
+from albu_defects.methods.anomaly.transform import merge_anomaly_mask
 
 
 def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_rejects_bad_arguments(build, fragment):
 
 
 def test_demo_panels_show_the_anomaly_masks(samples):
-    from albu_defects.demo import PANELS, panel_cropliq, panel_cutpaste
+    from albu_defects.tools.demo import PANELS, panel_cropliq, panel_cutpaste
 
     assert panel_cropliq in PANELS and panel_cutpaste in PANELS
     for panel in (panel_cropliq, panel_cutpaste):

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from albu_defects import blending as bl
 from albu_defects import local_contrast, paste, poisson_blend
 from albu_defects.blending import RESIDUAL_BOUND, poisson_solve
-from albu_defects.geometry import connected_components, dilate_mask, mask_bbox
+from albu_defects.blending import poisson as bl
+from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 LAYOUTS = (None, 1, 3, 5)  # (H, W), (H, W, 1), (H, W, 3), (H, W, 5)

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import ClassWeights, DefectBank, GuidedCropPaste, load_samples, losses_to_probabilities
-from albu_defects.class_weights import WeightUpdate
-from albu_defects.samples import sample_root
+from albu_defects.core.class_weights import WeightUpdate
+from albu_defects.data import sample_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

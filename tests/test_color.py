@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from albu_defects.color import ColorJitterFactors, color_jitter, sample_color_jitter
+from albu_defects.core.color import ColorJitterFactors, color_jitter, sample_color_jitter
 
 LUMA = np.array([0.299, 0.587, 0.114])
 SCALE = {np.uint8: 255.0, np.uint16: 65535.0, np.float32: 1.0}

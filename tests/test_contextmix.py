@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import BatchCompose, ContextMix
-from albu_defects.contextmix import (
+from albu_defects.methods.contextmix.functional import (
     bboxes_into_box,
     mix_weights,
     nearest_source_index,

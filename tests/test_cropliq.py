@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import CropLiq
-from albu_defects.cropliq import (
+from albu_defects.methods.cropliq.functional import (
     MIN_JACOBIAN_DET,
     WARP_KINDS,
     Region,

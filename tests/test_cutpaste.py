@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import CutPaste
-from albu_defects.color import ColorJitterFactors
-from albu_defects.cutpaste import (
+from albu_defects.core.color import ColorJitterFactors
+from albu_defects.methods.cutpaste.functional import (
     cut_paste,
     cutpaste_patch_size,
     max_scar_extent,

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from albu_defects import DefectBank, DefectBankWarning, DynamicLabelInjection, InjectDefect
-from albu_defects.dli import fill_plan, water_fill
-from albu_defects.geometry import dilate_mask, mask_bbox
-from albu_defects.samples import sample_root
-from albu_defects.validation import dtype_max
+from albu_defects.core.geometry import dilate_mask, mask_bbox
+from albu_defects.core.validation import dtype_max
+from albu_defects.data import sample_root
+from albu_defects.methods.injection.dli import fill_plan, water_fill
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 _BANKS: dict[tuple, DefectBank] = {}

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import albu_defects
-from albu_defects.geometry import connected_components, dilate_mask, mask_bbox, placement_overlap
-from albu_defects.samples import MAGNETIC_TILE_CLASSES, sample_root
-from albu_defects.validation import as_bool_mask, check_class_mask, check_image, clip_to_dtype, dtype_max
+from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox, placement_overlap
+from albu_defects.core.validation import as_bool_mask, check_class_mask, check_image, clip_to_dtype, dtype_max
+from albu_defects.data import MAGNETIC_TILE_CLASSES, sample_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_core_package_works_without_torch():
     # albumentations itself imports torch when it is installed, so block it: the core must not need it.
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import albu_defects, albu_defects.cli, albu_defects.demo\n"
+        "import albu_defects, albu_defects.tools.cli, albu_defects.tools.demo\n"
         "import pkgutil, importlib\n"
         "for m in pkgutil.iter_modules(albu_defects.__path__):\n"
         "    if m.name not in ('pytorch', '__main__'): importlib.import_module('albu_defects.' + m.name)\n"

@@ -22,10 +22,10 @@ from albu_defects import (
     load_samples,
     synthesize,
 )
-from albu_defects.cli import main as cli_main
-from albu_defects.color import ColorJitterFactors
-from albu_defects.geometry import connected_components, mask_bbox, placement_overlap
-from albu_defects.guided_crop import (
+from albu_defects.core.color import ColorJitterFactors
+from albu_defects.core.geometry import connected_components, mask_bbox, placement_overlap
+from albu_defects.data import sample_root
+from albu_defects.methods.guided_crop.functional import (
     GlobalStage,
     GuidedCropOptions,
     PlacedDefect,
@@ -43,7 +43,7 @@ from albu_defects.guided_crop import (
     stage_geometry,
     stage_keypoints,
 )
-from albu_defects.samples import sample_root
+from albu_defects.tools.cli import main as cli_main
 
 TOY_CLASSES = ["scratch", "dent", "spot"]
 DTYPES = (np.uint8, np.uint16, np.float32)
@@ -145,7 +145,7 @@ def test_lookup_table_is_the_bank_class_sets(bank):
 def test_lookup_table_cache_lets_go_of_dead_banks():
     import gc
 
-    from albu_defects import guided_crop
+    from albu_defects.methods.guided_crop import functional as guided_crop
 
     temporary = toy_bank()
     configuration_table(temporary)
@@ -665,7 +665,7 @@ def test_real_magnetic_tile(magnetic_tile_root):
 
 
 def test_demo_panel():
-    from albu_defects.demo import PANELS, panel_guided_crop
+    from albu_defects.tools.demo import PANELS, panel_guided_crop
 
     assert panel_guided_crop in PANELS
     title, tiles = panel_guided_crop(load_samples(), np.random.default_rng(0))

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from albu_defects import DefectBank
-from albu_defects.geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
-from albu_defects.injection import (
+from albu_defects.core.geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
+from albu_defects.core.validation import dtype_max
+from albu_defects.methods.injection.functional import (
     choose_entry,
     crop_to_defect,
     fit_to_target,
@@ -24,7 +25,6 @@ from albu_defects.injection import (
     transform_defect,
     write_class,
 )
-from albu_defects.validation import dtype_max
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 

@@ -21,8 +21,9 @@ from albu_defects import (
     DynamicLabelInjection,
     GuidedCropPaste,
 )
-from albu_defects.cli import main
-from albu_defects.preview import (
+from albu_defects.data import sample_root
+from albu_defects.tools.cli import main
+from albu_defects.tools.preview import (
     collect_images,
     find_mask,
     load_pipeline,
@@ -30,7 +31,6 @@ from albu_defects.preview import (
     run_pipeline,
     write_preview,
 )
-from albu_defects.samples import sample_root
 
 
 def write(path, array):

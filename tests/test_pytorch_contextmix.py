@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
-from albu_defects.contextmix import paste_resized, sample_boxes
+from albu_defects.methods.contextmix.functional import paste_resized, sample_boxes
 from albu_defects.pytorch import ContextMix, ContextMixCollate, paste_resized_batch
 
 

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 from albu_defects import DefectBank, DynamicLabelInjection, resolve_bank  # noqa: E402
+from albu_defects.data import sample_root  # noqa: E402
 from albu_defects.pytorch import DLICollate  # noqa: E402
-from albu_defects.samples import sample_root  # noqa: E402
 
 SIZE = 48
 

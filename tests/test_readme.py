@@ -22,7 +22,7 @@ from torch.utils.data import Dataset  # noqa: E402
 
 import albu_defects  # noqa: E402
 from albu_defects import load_samples  # noqa: E402
-from albu_defects.geometry import mask_bbox  # noqa: E402
+from albu_defects.core.geometry import mask_bbox  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .samples import Sample, load_samples
+from albu_defects.data import Sample, load_samples
+
 from .visualize import (
     draw_bboxes,
     draw_mask_outline,
@@ -53,7 +54,7 @@ def panel_samples(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
 
 def _zoom(image: np.ndarray, mask: np.ndarray, margin: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """The part of ``image`` (and ``mask``) around the mask's box, for a close-up tile."""
-    from .geometry import grow_box, mask_bbox
+    from albu_defects.core.geometry import grow_box, mask_bbox
 
     y0, x0, y1, x1 = grow_box(mask_bbox(mask) or (0, 0, *mask.shape), margin, mask.shape)
     window = (slice(y0, y1), slice(x0, x1))
@@ -64,7 +65,7 @@ def panel_cropliq(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
     """CropLiq on defect-free tiles: each warp kind, its anomaly mask outlined, plus close-ups."""
     import albumentations as A
 
-    from .cropliq import CropLiq
+    from albu_defects.methods.cropliq.functional import CropLiq
 
     free = sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[:2]  # the larger tiles
     tiles = []
@@ -84,7 +85,7 @@ def panel_cutpaste(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     """CutPaste normal and scar on defect-free tiles, pasted pixels outlined."""
     import albumentations as A
 
-    from .cutpaste import CutPaste
+    from albu_defects.methods.cutpaste.functional import CutPaste
 
     free = _samples_of(samples, "Free")
     tiles = []
@@ -102,13 +103,13 @@ def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[
     """Guided-Crop on the defect-free tiles: the base, then results with the class mask tinted and blob boxes."""
     import albumentations as A
 
-    from .bank import DefectBank
-    from .guided_crop import GuidedCropPaste
-    from .samples import sample_root
+    from albu_defects.bank import DefectBank
+    from albu_defects.data import sample_root
+    from albu_defects.methods.guided_crop.functional import GuidedCropPaste
 
     bank = DefectBank.from_folder(sample_root(), progress=False)
     transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)
-    from .base import IS_ALBUMENTATIONS_X
+    from albu_defects.core.transform import IS_ALBUMENTATIONS_X
 
     box_format = {"coord_format" if IS_ALBUMENTATIONS_X else "format": "pascal_voc"}  # X renamed the argument
     pipeline = A.Compose([transform], bbox_params=A.BboxParams(**box_format), seed=int(rng.integers(2**31)))
@@ -129,8 +130,8 @@ def panel_blending(samples: list[Sample], rng: np.random.Generator) -> tuple[str
 
     Tiles are zoomed on the defect; the outline is the blend region (the defect grown by 3 px).
     """
-    from .blending import paste, poisson_blend
-    from .geometry import dilate_mask, mask_bbox
+    from albu_defects.blending import paste, poisson_blend
+    from albu_defects.core.geometry import dilate_mask, mask_bbox
 
     target = _samples_of(samples, "Free")[0].image
     donor = _samples_of(samples, "Crack")[0]
@@ -158,9 +159,9 @@ def _dli_batch(samples: list[Sample], seed: int) -> tuple[list[Sample], dict]:
     """A batch of the bundled samples (all three defect-free, one of each defect class) and DLI's output."""
     import warnings
 
-    from .bank import DefectBank
-    from .dli import DynamicLabelInjection
-    from .samples import sample_root
+    from albu_defects.bank import DefectBank
+    from albu_defects.data import sample_root
+    from albu_defects.methods.injection.dli import DynamicLabelInjection
 
     batch = [s for s in samples if s.class_name == "Free"]
     seen: set[str] = set()
@@ -200,7 +201,7 @@ def panel_contextmix(samples: list[Sample], rng: np.random.Generator) -> tuple[s
     """ContextMix: a defect image resized into a random box of a defect-free one, masks and weights."""
     import albumentations as A
 
-    from .contextmix import ContextMix
+    from albu_defects.methods.contextmix.functional import ContextMix
 
     hosts = _samples_of(samples, "Free")
     partners = [s for s in samples if s.class_name != "Free"]

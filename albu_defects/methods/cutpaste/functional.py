@@ -7,7 +7,7 @@ Two variants, with the paper's defaults:
 - ``"scar"``: a thin rectangle, width 2-16 and height 10-25 pixels (integers, inclusive), rotated by
   ``U(-45, 45)`` degrees about its centre, pasted at a random location.
 
-Both jitter the patch by 0.1 in brightness, contrast, saturation and hue (:mod:`albu_defects.color`;
+Both jitter the patch by 0.1 in brightness, contrast, saturation and hue (:mod:`albu_defects.core.color`;
 saturation and hue are skipped on grayscale). The anomaly mask is exactly the set of pasted pixels:
 the rectangle, or for a scar its rotated footprint (the pixel centres inside the rotated rectangle).
 The paste is hard (:func:`albu_defects.paste`), so every pixel outside the footprint keeps its value.
@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 from pydantic import field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
-from .base import input_image
-from .blending import paste
-from .color import ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
-from .validation import check_image, check_range, image_hw
+from albu_defects.blending import paste
+from albu_defects.core.color import ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
+from albu_defects.core.transform import input_image
+from albu_defects.core.validation import check_image, check_range, image_hw
+from albu_defects.methods.anomaly.transform import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
 
 __all__ = [
     "CutPaste",

@@ -6,7 +6,7 @@ the class that is currently rarest in the batch (Algorithm 1 of the paper): (a) 
 class ``c*`` (ties broken at random), (b) draw a defect of class ``c*`` from the bank, (c)
 transform it (flips + affine by default), (d) choose Poisson blending with probability
 ``poisson_p``, else cut-paste, (e) inject it and update the counts. The shared mechanics (scaling,
-placement, blending, labels) are :mod:`albu_defects.injection`'s.
+placement, blending, labels) are :mod:`albu_defects.methods.injection.functional`'s.
 
 Class counts
     The count of class ``c`` is the number of images in the batch that hold ``c`` (an image holding
@@ -57,7 +57,7 @@ Errors (``ValueError``)
     A balanced class with no bank entries; a defect larger than a target in ``size_mode="absolute"``
     (names the class, the image and the closest defect); mask class ids unknown to the bank; an image
     and its mask of different sizes; dtype or channel mismatches between bank and images (a gray
-    bank into colour images is repeated over the channels; see :mod:`albu_defects.injection`).
+    bank into colour images is repeated over the channels; see :mod:`albu_defects.methods.injection.functional`).
 
 Reproducibility
     Every random draw comes from the compose's generators (``seed`` here, or the enclosing
@@ -80,10 +80,12 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
-from .bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, resolve_bank
-from .base import DefectCompose, DefectTransform
-from .blending import POISSON_METHODS, POISSON_MODES
-from .injection import (
+from albu_defects.bank import DefectBank, DefectEntry, bank_reference, check_bank_arg, resolve_bank
+from albu_defects.blending import POISSON_METHODS, POISSON_MODES
+from albu_defects.core.transform import DefectCompose, DefectTransform
+from albu_defects.core.validation import check_choice, check_image, check_int, check_probability, image_hw
+
+from .functional import (
     PLACEMENTS,
     SIZE_MODES,
     InjectionPlan,
@@ -93,7 +95,6 @@ from .injection import (
     plan_injection,
     write_class,
 )
-from .validation import check_choice, check_image, check_int, check_probability, image_hw
 
 __all__ = [
     "DynamicLabelInjection",
@@ -227,7 +228,7 @@ def _bank_arg(bank: DefectBank | str) -> str:
 
 
 def _blending(transform: Any) -> dict[str, Any]:
-    """The blending arguments of :func:`~albu_defects.injection.apply_plan` held by a DLI transform."""
+    """The blending arguments of :func:`~albu_defects.methods.injection.functional.apply_plan` held by a DLI transform."""
     return {
         "blend_margin": transform.blend_margin,
         "poisson_mode": transform.poisson_mode,

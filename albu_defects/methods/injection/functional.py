@@ -56,10 +56,11 @@ from typing import Any, Literal, NamedTuple
 import cv2
 import numpy as np
 
-from . import blending
-from .bank import DefectBank, DefectEntry, cached_per_object
-from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
-from .validation import check_choice, check_image, image_hw, num_channels
+from albu_defects import blending
+from albu_defects.bank import DefectBank, DefectEntry
+from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap, random_top_left
+from albu_defects.core.parallel import cached_per_object
+from albu_defects.core.validation import check_choice, check_image, image_hw, num_channels
 
 __all__ = [
     "InjectionPlan",

@@ -37,8 +37,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 from scipy import special
 
-from .base import DefectTransform
-from .validation import (
+from albu_defects.core.transform import DefectTransform
+from albu_defects.core.validation import (
     check_choice,
     check_image,
     check_mask_shape,

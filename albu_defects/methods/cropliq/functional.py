@@ -38,10 +38,10 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from .anomaly import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
-from .base import input_image
-from .geometry import mask_bbox
-from .validation import as_bool_mask, check_image, check_range, image_hw, num_channels
+from albu_defects.core.geometry import mask_bbox
+from albu_defects.core.transform import input_image
+from albu_defects.core.validation import as_bool_mask, check_image, check_range, image_hw, num_channels
+from albu_defects.methods.anomaly.transform import ANOMALY_MASK_KEY, AnomalyInitSchema, AnomalyTransform
 
 __all__ = [
     "FOREGROUND_THUMBNAIL_SIDE",
@@ -456,7 +456,7 @@ class CropLiq(AnomalyTransform):
         mask_class_id: value written into ``mask`` on the anomaly pixels.
 
     Targets: image, mask (anomaly merged in), masks/bboxes/keypoints (unchanged). Outputs
-    ``anomaly_label`` and ``anomaly_mask`` (see :mod:`albu_defects.anomaly`). Raises ``ValueError`` for
+    ``anomaly_label`` and ``anomaly_mask`` (see :mod:`albu_defects.methods.anomaly.transform`). Raises ``ValueError`` for
     an image under 8x8 pixels, ``region="bbox"`` without boxes, a missing or empty object mask, or a
     region too small for an 8x8 patch.
     """

@@ -17,7 +17,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from .base import IS_ALBUMENTATIONS_X, DefectCompose
+from .transform import IS_ALBUMENTATIONS_X, DefectCompose
 from .validation import check_probability
 
 __all__ = ["BatchCompose"]

@@ -59,11 +59,12 @@ from albumentations.core.bbox_utils import (
     normalize_bboxes,
 )
 
-from .bank import read_image
-from .batch import BatchCompose, _metadata_keys
-from .dli import DynamicLabelInjection
-from .geometry import connected_components, mask_bbox
-from .samples import MAGNETIC_TILE_CLASSES
+from albu_defects.bank import read_image
+from albu_defects.core.batch import BatchCompose, _metadata_keys
+from albu_defects.core.geometry import connected_components, mask_bbox
+from albu_defects.data import MAGNETIC_TILE_CLASSES
+from albu_defects.methods.injection.dli import DynamicLabelInjection
+
 from .visualize import (
     draw_bboxes,
     draw_mask_outline,

@@ -28,8 +28,15 @@ import scipy.sparse.linalg
 from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
-from .geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
-from .validation import as_bool_mask, check_choice, check_image, check_matching_images, clip_to_dtype, image_hw
+from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
+from albu_defects.core.validation import (
+    as_bool_mask,
+    check_choice,
+    check_image,
+    check_matching_images,
+    clip_to_dtype,
+    image_hw,
+)
 
 __all__ = [
     "AUTO_OPENCV_MIN_KEPT",

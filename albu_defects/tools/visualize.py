@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .validation import dtype_max
+from albu_defects.core.validation import dtype_max
 
 __all__ = [
     "CLASS_COLORS",

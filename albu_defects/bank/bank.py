@@ -10,7 +10,7 @@ arrays handed to :meth:`DefectBank.from_arrays`) so they can serve as injection 
 Class ids
     ``bank.classes`` is a tuple of defect-class names; class id ``k`` (1-based) is
     ``bank.classes[k - 1]`` and 0 is background / defect-free, matching class-index masks.
-    For the Magnetic Tile layout the order is :data:`~albu_defects.samples.MAGNETIC_TILE_CLASSES`
+    For the Magnetic Tile layout the order is :data:`~albu_defects.data.MAGNETIC_TILE_CLASSES`
     (Blowhole, Break, Crack, Fray, Uneven -> 1..5) when exactly those classes are present, else the
     sorted folder names. ``classes=`` restricts and orders the classes in every constructor.
 
@@ -78,10 +78,8 @@ import shutil
 import threading
 import uuid
 import warnings
-import weakref
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -90,9 +88,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .geometry import connected_components, grow_box, mask_bbox
-from .samples import MAGNETIC_TILE_CLASSES
-from .validation import SUPPORTED_IMAGE_DTYPES, check_image, check_int
+from albu_defects.core.geometry import connected_components, grow_box, mask_bbox
+from albu_defects.core.parallel import ordered_map
+from albu_defects.core.validation import SUPPORTED_IMAGE_DTYPES, check_image, check_int
+from albu_defects.data import MAGNETIC_TILE_CLASSES
 
 __all__ = [
     "DefectBank",
@@ -590,29 +589,6 @@ def _generic_sources(root: Path) -> list[_Source]:
         else:
             sources.append(_Source(stem, images[stem][0], masks[stem][0]))
     return sources
-
-
-def ordered_map(work: Callable[[int], Any], count: int, workers: int, desc: str, progress: bool) -> Iterator[Any]:
-    """``work(i)`` for i in 0..count-1 on a thread pool, yielded in order, with at most 4 x workers in flight.
-
-    A tqdm bar (``desc``, unit "img") counts the results. Threads suit image work: OpenCV decoding
-    and numpy release the GIL. Used by the bank builder and Guided-Crop's offline synthesis.
-    """
-    with tqdm(total=count, desc=desc, unit="img", disable=not progress) as bar:
-        if workers == 1:
-            for i in range(count):
-                yield work(i)
-                bar.update()
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[Future[Any]] = deque()
-            submitted = 0
-            while submitted < count or pending:
-                while submitted < count and len(pending) < 4 * workers:
-                    pending.append(pool.submit(work, submitted))
-                    submitted += 1
-                yield pending.popleft().result()
-                bar.update()
 
 
 def _run_parallel(
@@ -1357,22 +1333,6 @@ def check_bank_arg(bank: Any) -> DefectBank | str:
     if isinstance(bank, (str, os.PathLike)):
         return os.fspath(bank)
     raise ValueError(f"bank must be a DefectBank or the path of a saved bank, got {type(bank).__name__}")
-
-
-def cached_per_object(cache: dict[int, tuple[weakref.ref, Any]], obj: Any, compute: Callable[[Any], Any]) -> Any:
-    """``compute(obj)``, computed once per live object and kept in ``cache`` (keyed by ``id``).
-
-    Banks and entries compare by value and are unhashable, so a ``WeakKeyDictionary`` cannot hold
-    them; a weak reference checks the id still names the same object, and its callback drops the
-    cached value when the object goes.
-    """
-    key = id(obj)
-    cached = cache.get(key)
-    if cached is not None and cached[0]() is obj:
-        return cached[1]
-    value = compute(obj)
-    cache[key] = (weakref.ref(obj, lambda _, key=key: cache.pop(key, None)), value)
-    return value
 
 
 def format_stats(rows: Sequence[Mapping[str, Any]]) -> str:

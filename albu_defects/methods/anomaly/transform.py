@@ -28,8 +28,8 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from .base import DefectCompose, DefectTransform, check_sample_inputs, input_image
-from .validation import check_probability, image_hw
+from albu_defects.core.transform import DefectCompose, DefectTransform, check_sample_inputs, input_image
+from albu_defects.core.validation import check_probability, image_hw
 
 __all__ = [
     "ANOMALY_LABEL_KEY",

@@ -5,7 +5,7 @@ Contents:
 - **ContextMix** (:class:`ContextMix`, :func:`paste_resized_batch`): ContextMix on a batch of
   (N, C, H, W) tensors, called like torchvision's ``CutMix`` or timm's ``Mixup``:
   ``images, targets = ContextMix(num_classes=K)(images, labels)``. The box math is the numpy
-  module's (:func:`albu_defects.contextmix.sample_boxes`, ``mix_weights``,
+  module's (:func:`albu_defects.methods.contextmix.functional.sample_boxes`, ``mix_weights``,
   ``nearest_source_index``); this module only moves pixels, with no device-specific code.
 - **worker and rank seeds** (:func:`worker_init_fn`, :func:`reseed_pipeline`, :func:`worker_seed`,
   :func:`find_pipelines`, :func:`distributed_rank`): albumentations hands every DataLoader worker
@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate, get_worker_info
 
-from .contextmix import (
+from albu_defects.core.validation import check_choice, check_probability
+from albu_defects.methods.contextmix.functional import (
     LABEL_MODES,
     BoxKind,
     LabelMode,
@@ -48,8 +49,7 @@ from .contextmix import (
     nearest_source_index,
     sample_boxes,
 )
-from .dli import DynamicLabelInjection
-from .validation import check_choice, check_probability
+from albu_defects.methods.injection.dli import DynamicLabelInjection
 
 __all__ = [
     "ContextMix",
@@ -335,7 +335,7 @@ class ContextMix:
 
     Each image ``i`` gets the whole image ``perm[i]`` (a random permutation, as the paper's
     ``shuffle_index``: any batch size, a sample may draw itself) resized into a box, with the box
-    math of :func:`albu_defects.contextmix.sample_boxes`. ``labels``:
+    math of :func:`albu_defects.methods.contextmix.functional.sample_boxes`. ``labels``:
 
     - int class ids (N,) -> soft targets (N, num_classes) float32:
       ``lambda_A * onehot(y) + lambda_B * onehot(y[perm])`` with optional label smoothing;

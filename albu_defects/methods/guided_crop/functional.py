@@ -13,7 +13,7 @@ One synthetic sample, as in section III.C of the paper:
    gives 1 to 3 defects, all of the primary class.
 2. **Blob crops.** For each defect, a random source image of its class and a random non-empty
    subset of its blobs (:meth:`DefectBank.sample_blobs`); only the blob pixels are pasted.
-3. **Crop jitter and displacement.** Each crop is colour-jittered (:mod:`albu_defects.color`) and
+3. **Crop jitter and displacement.** Each crop is colour-jittered (:mod:`albu_defects.core.color`) and
    placed uniformly at random over the whole image: its blobs' box lands inside the image when it
    fits, and covers the image along an axis where it does not.
 4. **Priority.** The crops get a random priority and are pasted back to front, so where they
@@ -73,22 +73,20 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import field_validator, model_validator
 
-from .bank import (
+from albu_defects.bank import (
     DefectBank,
     DefectEntry,
     bank_reference,
-    cached_per_object,
     check_bank_arg,
-    ordered_map,
     resolve_bank,
 )
-from .base import DefectTransform, input_image
-from .blending import paste_into
-from .class_weights import ClassWeights
-from .color import JITTER_LIMITS, ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
-from .geometry import mask_bbox, placement_overlap, random_top_left
-from .injection import match_channels
-from .validation import (
+from albu_defects.blending import paste_into
+from albu_defects.core.class_weights import ClassWeights
+from albu_defects.core.color import JITTER_LIMITS, ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
+from albu_defects.core.geometry import mask_bbox, placement_overlap, random_top_left
+from albu_defects.core.parallel import cached_per_object, ordered_map
+from albu_defects.core.transform import DefectTransform, input_image
+from albu_defects.core.validation import (
     check_class_mask,
     check_image,
     check_int,
@@ -97,6 +95,7 @@ from .validation import (
     image_hw,
     num_channels,
 )
+from albu_defects.methods.injection.functional import match_channels
 
 __all__ = [
     "CLASS_VECTOR_KEY",

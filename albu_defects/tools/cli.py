@@ -25,7 +25,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bank_build(args: argparse.Namespace) -> int:
     import warnings
 
-    from .bank import DefectBank, format_stats
+    from albu_defects.bank import DefectBank, format_stats
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -43,7 +43,7 @@ def _cmd_bank_build(args: argparse.Namespace) -> int:
 def _cmd_bank_stats(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .bank import DefectBank, format_stats
+    from albu_defects.bank import DefectBank, format_stats
 
     bank = DefectBank.load(args.bank)
     print(format_stats(bank.stats()))
@@ -76,9 +76,9 @@ def _per_class_values(text: str, classes: Sequence[str], option: str) -> list[fl
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .bank import resolve_bank
-    from .class_weights import losses_to_probabilities
-    from .guided_crop import synthesize_to_folder
+    from albu_defects.bank import resolve_bank
+    from albu_defects.core.class_weights import losses_to_probabilities
+    from albu_defects.methods.guided_crop.functional import synthesize_to_folder
 
     bank = resolve_bank(args.bank)
     if args.weights is not None and args.losses is not None:
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "non-png image, <stem>_mask.*, or a masks/ folder beside the images folder) and draw one row per "
         "image: the input, then --samples draws, masks tinted by class, boxes drawn. Batch pipelines "
         "(BatchCompose, DynamicLabelInjection) run on all images as one batch; ContextMix gets the other "
-        "images as partners. Details: help(albu_defects.preview).",
+        "images as partners. Details: help(albu_defects.tools.preview).",
     )
     preview.add_argument("pipeline", metavar="PIPELINE", help="pipeline saved with A.save (.yaml, .yml or .json)")
     preview.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders (searched recursively)")
