@@ -4,28 +4,26 @@ Albumentations-compatible transforms for ContextMix, Dynamic Label Injection, Gu
 CropLiq and CutPaste, on shared cores: a Poisson blender and a defect bank. Importing this package
 registers its transforms with albumentations, so ``A.load`` can read pipelines that use them.
 Torch is never imported here: the batch ops for tensors live in ``albu_defects.pytorch``.
+
+Layers (imports flow downwards only): :mod:`.tools` -> :mod:`.pytorch` -> :mod:`.methods` ->
+:mod:`.blending`, :mod:`.bank` -> :mod:`.core` (and :mod:`.data`, the bundled samples).
 """
 
 from __future__ import annotations
 
-from albu_defects.bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
-from albu_defects.blending import local_contrast, paste, poisson_blend
-from albu_defects.core.batch import BatchCompose
-from albu_defects.core.class_weights import ClassWeights, losses_to_probabilities
-from albu_defects.core.color import color_jitter, sample_color_jitter
-from albu_defects.core.transform import IS_ALBUMENTATIONS_X, DefectTransform
-from albu_defects.data import MAGNETIC_TILE_CLASSES, Sample, load_samples
-from albu_defects.methods.anomaly.transform import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
-from albu_defects.methods.contextmix.functional import ContextMix
-from albu_defects.methods.cropliq.functional import CropLiq
-from albu_defects.methods.cutpaste.functional import CutPaste
-from albu_defects.methods.guided_crop.functional import (
-    CLASS_VECTOR_KEY,
-    GuidedCropPaste,
-    synthesize,
-    synthesize_to_folder,
-)
-from albu_defects.methods.injection.dli import DynamicLabelInjection, InjectDefect
+from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
+from .blending import local_contrast, paste, poisson_blend
+from .core.batch import BatchCompose
+from .core.class_weights import ClassWeights, losses_to_probabilities
+from .core.color import color_jitter, sample_color_jitter
+from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
+from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples
+from .methods.anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+from .methods.contextmix import ContextMix
+from .methods.cropliq import CropLiq
+from .methods.cutpaste import CutPaste
+from .methods.guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
+from .methods.injection import DynamicLabelInjection, InjectDefect
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import AnomalySynthesis, CropLiq, CutPaste
-from albu_defects.methods.anomaly.transform import merge_anomaly_mask
+from albu_defects.methods.anomaly.functional import merge_anomaly_mask
 
 
 def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

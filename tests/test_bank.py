@@ -494,7 +494,7 @@ def test_pickling_a_saved_bank_sends_only_the_path(mt_root, tmp_path):
     assert len(light) < 300 < len(heavy) and str(tmp_path / "bank").encode() in light
     assert pickle.loads(light) == bank
     code = (
-        "import pickle, sys; from albu_defects.bank.bank import _CACHE; b = pickle.loads(sys.stdin.buffer.read()); "
+        "import pickle, sys; from albu_defects.bank.registry import _CACHE; b = pickle.loads(sys.stdin.buffer.read()); "
         "print(len(b), b.num_free, len(_CACHE))"
     )
     out = subprocess.run(
@@ -529,7 +529,7 @@ def test_resolve_bank_loads_each_folder_once(mt_root, tmp_path, monkeypatch):
     assert first.classes == ("Crack",) and first is not bank
     assert resolve_bank(str(path)) is first and resolve_bank(f"{tmp_path}/./bank") is first
     assert len(loads) == 0  # save() itself registered the new bank
-    albu_defects.bank.bank._CACHE.clear()
+    albu_defects.bank.registry._CACHE.clear()
     again = resolve_bank("bank")
     assert again == first and again is not first and resolve_bank(path) is again and len(loads) == 1
     with pytest.raises(ValueError, match="not a defect bank"):

@@ -26,19 +26,21 @@ from albu_defects.core.color import ColorJitterFactors
 from albu_defects.core.geometry import connected_components, mask_bbox, placement_overlap
 from albu_defects.data import sample_root
 from albu_defects.methods.guided_crop.functional import (
-    GlobalStage,
     GuidedCropOptions,
     PlacedDefect,
-    apply_global_stage,
     blob_owner_map,
     class_probabilities,
     composite_mask,
     configuration_table,
-    empty_borders,
     paste_defects,
     plan_guided_crop,
     render_guided_crop,
     sample_configuration,
+)
+from albu_defects.methods.guided_crop.stage import (
+    GlobalStage,
+    apply_global_stage,
+    empty_borders,
     stage_bboxes,
     stage_geometry,
     stage_keypoints,

@@ -13,18 +13,17 @@ from albu_defects import DefectBank
 from albu_defects.core.geometry import dilate_mask, mask_bbox, placement_overlap, random_top_left
 from albu_defects.core.validation import dtype_max
 from albu_defects.methods.injection.functional import (
-    choose_entry,
     crop_to_defect,
     fit_to_target,
     inject_defect,
     match_channels,
-    plan_injection,
     relative_scale,
     resize_defect,
     source_top_left,
     transform_defect,
     write_class,
 )
+from albu_defects.methods.injection.plan import choose_entry, plan_injection
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 

@@ -27,12 +27,12 @@ _BATCH_TO_SAMPLE = {"images": "image", "masks": "mask", "bboxes": "bboxes", "key
 _SAMPLE_TO_BATCH = {value: key for key, value in _BATCH_TO_SAMPLE.items()}
 
 
-def _metadata_keys(transforms: Sequence[Any]) -> list[str]:
+def metadata_keys(transforms: Sequence[Any]) -> list[str]:
     """``metadata_key`` of every transform, nested composes included, in order, without repeats."""
     keys: list[str] = []
     for transform in transforms:
         nested = getattr(transform, "transforms", None)
-        found = _metadata_keys(nested) if isinstance(transform, A.BaseCompose) and nested else []
+        found = metadata_keys(nested) if isinstance(transform, A.BaseCompose) and nested else []
         key = getattr(transform, "metadata_key", None)
         for candidate in ([key] if isinstance(key, str) else []) + found:
             if candidate not in keys:
@@ -115,7 +115,7 @@ class BatchCompose(DefectCompose):
         super().__init__(transforms=list(transforms), p=p, seed=seed)
         self.num_partners = int(num_partners)
         self.is_check_shapes = is_check_shapes
-        self.metadata_keys = _metadata_keys(self.transforms)
+        self.metadata_keys = metadata_keys(self.transforms)
 
     def set_random_seed(self, seed: int | None) -> None:
         """Seed the pairing stream and (as ``A.Compose`` does) every inner transform."""

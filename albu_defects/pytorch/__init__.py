@@ -1,10 +1,31 @@
 """PyTorch batch ops: the only part of albu-defects that imports torch.
 
-- :class:`ContextMix` (:func:`paste_resized_batch`): ContextMix on a batch of (N, C, H, W) tensors;
-- worker and rank seeds (:func:`worker_init_fn`, :func:`reseed_pipeline`, :func:`worker_seed`,
-  :func:`find_pipelines`, :func:`distributed_rank`);
-- collate wrappers: :class:`ContextMixCollate`, :class:`DLICollate`.
+- :mod:`.contextmix`: **ContextMix** on a batch of (N, C, H, W) tensors (:class:`ContextMix`,
+  :func:`paste_resized_batch`), called like torchvision's ``CutMix`` or timm's ``Mixup``:
+  ``images, targets = ContextMix(num_classes=K)(images, labels)``.
+- :mod:`.workers`: **worker and rank seeds** (:func:`worker_init_fn`, :func:`reseed_pipeline`,
+  :func:`worker_seed`, :func:`find_pipelines`, :func:`distributed_rank`): albumentations hands every
+  DataLoader worker the same random state, so ``num_workers=4`` repeats one augmentation stream four
+  times (and DDP ranks repeat each other). ``DataLoader(..., worker_init_fn=worker_init_fn)``
+  re-seeds every pipeline on the worker's dataset from torch's per-worker seed and the rank.
+- :mod:`.collate`: **collate wrappers**, DataLoader ``collate_fn`` objects. :class:`ContextMixCollate`
+  collates a batch and mixes it; :class:`DLICollate` runs Dynamic Label Injection on the samples a
+  worker gathers for one batch, then collates them.
 """
 
-from .contextmix import *  # noqa: F403
-from .contextmix import __all__  # noqa: F401
+from .collate import ContextMixCollate, DLICollate
+from .contextmix import ContextMix, ScratchBuffers, paste_resized_batch
+from .workers import distributed_rank, find_pipelines, reseed_pipeline, worker_init_fn, worker_seed
+
+__all__ = [
+    "ContextMix",
+    "ContextMixCollate",
+    "DLICollate",
+    "ScratchBuffers",
+    "distributed_rank",
+    "find_pipelines",
+    "paste_resized_batch",
+    "reseed_pipeline",
+    "worker_init_fn",
+    "worker_seed",
+]

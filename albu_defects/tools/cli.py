@@ -78,7 +78,7 @@ def _per_class_values(text: str, classes: Sequence[str], option: str) -> list[fl
 def _cmd_synth(args: argparse.Namespace) -> int:
     from albu_defects.bank import resolve_bank
     from albu_defects.core.class_weights import losses_to_probabilities
-    from albu_defects.methods.guided_crop.functional import synthesize_to_folder
+    from albu_defects.methods.guided_crop.synthesis import synthesize_to_folder
 
     bank = resolve_bank(args.bank)
     if args.weights is not None and args.losses is not None:

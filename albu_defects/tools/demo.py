@@ -65,7 +65,7 @@ def panel_cropliq(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
     """CropLiq on defect-free tiles: each warp kind, its anomaly mask outlined, plus close-ups."""
     import albumentations as A
 
-    from albu_defects.methods.cropliq.functional import CropLiq
+    from albu_defects.methods.cropliq.transform import CropLiq
 
     free = sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[:2]  # the larger tiles
     tiles = []
@@ -85,7 +85,7 @@ def panel_cutpaste(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     """CutPaste normal and scar on defect-free tiles, pasted pixels outlined."""
     import albumentations as A
 
-    from albu_defects.methods.cutpaste.functional import CutPaste
+    from albu_defects.methods.cutpaste.transform import CutPaste
 
     free = _samples_of(samples, "Free")
     tiles = []
@@ -105,7 +105,7 @@ def panel_guided_crop(samples: list[Sample], rng: np.random.Generator) -> tuple[
 
     from albu_defects.bank import DefectBank
     from albu_defects.data import sample_root
-    from albu_defects.methods.guided_crop.functional import GuidedCropPaste
+    from albu_defects.methods.guided_crop.transform import GuidedCropPaste
 
     bank = DefectBank.from_folder(sample_root(), progress=False)
     transform = GuidedCropPaste(bank=bank, weights="inverse_frequency", p=1.0)
@@ -201,7 +201,7 @@ def panel_contextmix(samples: list[Sample], rng: np.random.Generator) -> tuple[s
     """ContextMix: a defect image resized into a random box of a defect-free one, masks and weights."""
     import albumentations as A
 
-    from albu_defects.methods.contextmix.functional import ContextMix
+    from albu_defects.methods.contextmix.transform import ContextMix
 
     hosts = _samples_of(samples, "Free")
     partners = [s for s in samples if s.class_name != "Free"]

@@ -60,7 +60,7 @@ from albumentations.core.bbox_utils import (
 )
 
 from albu_defects.bank import read_image
-from albu_defects.core.batch import BatchCompose, _metadata_keys
+from albu_defects.core.batch import BatchCompose, metadata_keys
 from albu_defects.core.geometry import connected_components, mask_bbox
 from albu_defects.data import MAGNETIC_TILE_CLASSES
 from albu_defects.methods.injection.dli import DynamicLabelInjection
@@ -298,7 +298,7 @@ def run_pipeline(pipeline: Any, items: Sequence[PreviewImage], samples: int = 3,
         return _run_batch(pipeline, items, samples)
     params = _bbox_params(pipeline)
     strict = bool(getattr(pipeline, "strict", False))
-    keys = _metadata_keys([pipeline])
+    keys = metadata_keys([pipeline])
     rng = np.random.default_rng(seed)
     results = []
     for i, item in enumerate(items):
