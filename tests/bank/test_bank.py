@@ -24,7 +24,7 @@ from albu_defects.bank import format_stats, read_image
 from albu_defects.data import MAGNETIC_TILE_CLASSES, load_samples, sample_root
 from albu_defects.tools.cli import main as cli_main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STATS_KEYS = {"class", "images", "area_pct_mean", "area_pct_std", "blobs_mean", "blobs_max"}
 
 

@@ -19,7 +19,7 @@ from albu_defects import ClassWeights, DefectBank, GuidedCropPaste, load_samples
 from albu_defects.core.class_weights import WeightUpdate
 from albu_defects.data import sample_root
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 losses_strategy = st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=1, max_size=12)
 

@@ -535,7 +535,7 @@ def test_batch_compose_is_generic_and_checks_its_batch():
 def test_readme_yaml_example_loads(tmp_path):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## ContextMix", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "readme.yaml"
