@@ -49,10 +49,10 @@ def plain_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray, in
     partner = images[perm]
     out = images if inplace else images.clone()
     if boxes.ndim == 1:
-        y0, x0, y1, x1 = (int(v) for v in boxes)
+        x0, y0, x1, y1 = (int(v) for v in boxes)
         out[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
     else:
-        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             out[i, :, y0:y1, x0:x1] = partner[i, :, y0:y1, x0:x1]
     return out
 
@@ -61,14 +61,14 @@ def box_only_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray,
     """A leaner CutMix: gather only the box pixels of the partners (no permuted copy of the batch)."""
     out = images if inplace else images.clone()
     if boxes.ndim == 1:
-        y0, x0, y1, x1 = (int(v) for v in boxes)
+        x0, y0, x1, y1 = (int(v) for v in boxes)
         out[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
     else:
         patches = [
             images[j, :, y0:y1, x0:x1].clone()
-            for j, (y0, x0, y1, x1) in zip(perm.tolist(), boxes.tolist(), strict=True)
+            for j, (x0, y0, x1, y1) in zip(perm.tolist(), boxes.tolist(), strict=True)
         ]
-        for i, ((y0, x0, y1, x1), patch) in enumerate(zip(boxes.tolist(), patches, strict=True)):
+        for i, ((x0, y0, x1, y1), patch) in enumerate(zip(boxes.tolist(), patches, strict=True)):
             out[i, :, y0:y1, x0:x1] = patch
     return out
 

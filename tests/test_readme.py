@@ -58,7 +58,7 @@ def stand_ins() -> dict:
     bboxes = []
     for mask in masks:
         box = mask_bbox(mask > 0)
-        bboxes.append([] if box is None else [[box[1], box[0], box[3], box[2]]])
+        bboxes.append([] if box is None else [list(box)])
     return {
         "image": next(s for s in samples if s.class_name == "Free").image,
         "images": images,

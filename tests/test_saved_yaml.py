@@ -4,13 +4,16 @@ The files in tests/fixtures/saved_0_1_0 were written by its make.py under 0.1.0:
 transform and compose, with a bank (also written by 0.1.0) referred to by the relative path ``bank``.
 """
 
+import json
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 
 import albu_defects as ad
+from albu_defects.core.geometry import box_slices
 
 FIXTURES = Path(__file__).parent / "fixtures" / "saved_0_1_0"
 SIDE = 96
@@ -34,6 +37,14 @@ def test_saved_bank_loads(saved):
     bank = ad.resolve_bank("bank")
     assert bank.classes == ad.MAGNETIC_TILE_CLASSES
     assert bank.num_free == 3 and len(bank) == 9
+    # 0.1.0 wrote format version 1, with boxes as (y0, x0, y1, x1): they load in today's order
+    assert json.loads((saved / "bank" / "index.json").read_text())["version"] == 1
+    images = [cv2.resize(s.image, (SIDE, SIDE), interpolation=cv2.INTER_AREA) for s in ad.load_samples()]
+    for entry in bank.entries:  # the box places the crop in its 96x96 source image (the make.py arrays)
+        x_min, y_min, x_max, y_max = entry.bbox
+        assert 0 <= x_min < x_max <= SIDE and 0 <= y_min < y_max <= SIDE
+        source = images[int(entry.source_id.removeprefix("array_"))]
+        np.testing.assert_array_equal(entry.crop, source[box_slices(entry.bbox)])
 
 
 def test_per_sample_pipeline(saved):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from albu_defects.core.geometry import grow_box, mask_bbox
+from albu_defects.core.geometry import box_slices, grow_box, mask_bbox
 from albu_defects.core.parallel import ordered_map
 from albu_defects.core.validation import check_image
 from albu_defects.data import MAGNETIC_TILE_CLASSES
@@ -66,9 +66,9 @@ def _cut_defects(image: np.ndarray, label_mask: np.ndarray, values: Iterable[int
         box = mask_bbox(mask)
         if box is None:
             continue
-        y0, x0, y1, x1 = grow_box(box, margin, (h, w))
-        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        cuts.append((int(value), (y0, x0, y1, x1), crop, np.ascontiguousarray(mask[y0:y1, x0:x1])))
+        box = grow_box(box, margin, (h, w))
+        window = box_slices(box)
+        cuts.append((int(value), box, np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[window])))
     return cuts
 
 

@@ -8,7 +8,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from albu_defects.core.geometry import connected_components, grow_box, mask_bbox
+from albu_defects.core.geometry import (
+    Box,
+    box_slices,
+    connected_components,
+    grow_box,
+    image_box,
+    mask_bbox,
+    translate_box,
+)
 from albu_defects.core.validation import check_image, check_int
 
 __all__ = ["DEFAULT_MARGIN", "DefectBankWarning", "DefectEntry", "SkippedSource", "check_margin", "readonly"]
@@ -45,7 +53,8 @@ class DefectEntry:
 
     ``crop`` holds the source pixels of ``bbox`` (the defect's bounding box plus the bank's margin,
     clipped to the image; dtype and channels as read, colour in RGB); ``mask`` (bool, same height and
-    width) marks the defect's own pixels. ``bbox = (y0, x0, y1, x1)`` places the crop in its source
+    width) marks the defect's own pixels. ``bbox = (x_min, y_min, x_max, y_max)`` (the package's box
+    convention, :mod:`albu_defects.core.geometry`) places the crop in its source
     image of size ``source_hw`` (ends exclusive). ``blob_labels`` labels the 8-connected blobs of
     ``mask`` 1..``num_blobs`` (0 elsewhere). ``area_fraction`` is the defect's pixel count divided by
     the source image's. ``blob_subset`` is ``None`` for a whole entry, or the blob labels of the whole
@@ -57,7 +66,7 @@ class DefectEntry:
     class_name: str
     source_id: str
     source_hw: tuple[int, int]
-    bbox: tuple[int, int, int, int]
+    bbox: Box
     crop: np.ndarray
     mask: np.ndarray
     blob_subset: tuple[int, ...] | None = None
@@ -74,11 +83,11 @@ class DefectEntry:
         hw = (int(crop.shape[0]), int(crop.shape[1]))
         if mask.shape != hw:
             raise ValueError(f"mask of entry {self.source_id!r} is {mask.shape}, but its crop is {hw}")
-        y0, x0, y1, x1 = (int(v) for v in self.bbox)
+        x0, y0, x1, y1 = (int(v) for v in self.bbox)
         sh, sw = (int(v) for v in self.source_hw)
         if (y1 - y0, x1 - x0) != hw or not (0 <= y0 < y1 <= sh and 0 <= x0 < x1 <= sw):
             raise ValueError(
-                f"bbox {self.bbox} of entry {self.source_id!r} must be a {hw[0]}x{hw[1]} box inside its "
+                f"bbox {self.bbox} (x_min, y_min, x_max, y_max) of entry {self.source_id!r} must be a {hw[0]}x{hw[1]} box inside its "
                 f"{sh}x{sw} source image"
             )
         if int(self.class_id) < 1:
@@ -89,7 +98,7 @@ class DefectEntry:
         set_(self, "entry_id", int(self.entry_id))
         set_(self, "class_id", int(self.class_id))
         set_(self, "source_hw", (sh, sw))
-        set_(self, "bbox", (y0, x0, y1, x1))
+        set_(self, "bbox", (x0, y0, x1, y1))
         set_(self, "crop", readonly(crop))
         set_(self, "mask", readonly(mask))
         if self.blob_subset is not None:
@@ -110,9 +119,9 @@ class DefectEntry:
 
     @property
     def relative_bbox(self) -> tuple[float, float, float, float]:
-        """``bbox`` as fractions of the source size: (y0/H, x0/W, y1/H, x1/W)."""
-        (y0, x0, y1, x1), (h, w) = self.bbox, self.source_hw
-        return y0 / h, x0 / w, y1 / h, x1 / w
+        """``bbox`` as fractions of the source size: ``(x_min / W, y_min / H, x_max / W, y_max / H)``."""
+        (x0, y0, x1, y1), (h, w) = self.bbox, self.source_hw
+        return x0 / w, y0 / h, x1 / w, y1 / h
 
     def with_blobs(self, blob_ids: Iterable[int], margin: int | None = None) -> DefectEntry:
         """This entry restricted to some of its blobs (labels in ``1..num_blobs``).
@@ -128,22 +137,21 @@ class DefectEntry:
         if self.blob_subset is not None:
             raise ValueError("with_blobs applies to whole entries; this one is already restricted")
         mask = np.isin(self.blob_labels, ids)
-        y0, x0, y1, x1 = 0, 0, *self.hw
+        box = image_box(self.hw)
         if margin is not None:
             if int(margin) < 0:
                 raise ValueError(f"margin must be >= 0, got {margin}")
-            box = mask_bbox(mask)  # never empty: ids are real blobs
-            y0, x0, y1, x1 = grow_box(box, int(margin), self.hw)  # type: ignore[arg-type]
-        sy, sx = self.bbox[0], self.bbox[1]
+            box = grow_box(mask_bbox(mask), int(margin), self.hw)  # type: ignore[arg-type]  # never empty
+        window = box_slices(box)
         return DefectEntry(
             entry_id=self.entry_id,
             class_id=self.class_id,
             class_name=self.class_name,
             source_id=self.source_id,
             source_hw=self.source_hw,
-            bbox=(sy + y0, sx + x0, sy + y1, sx + x1),
-            crop=self.crop[y0:y1, x0:x1],
-            mask=mask[y0:y1, x0:x1],
+            bbox=translate_box(box, (self.bbox[1], self.bbox[0])),
+            crop=self.crop[window],
+            mask=mask[window],
             blob_subset=tuple(ids),
         )
 

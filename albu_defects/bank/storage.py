@@ -2,10 +2,10 @@
 
 A bank folder holds::
 
-    index.json     {"format": "albu-defects-bank", "version": 1, "classes": [...], "margin": int,
+    index.json     {"format": "albu-defects-bank", "version": 2, "classes": [...], "margin": int,
                     "build": {...}, "arrays": "entries.npz", "mask_bits": int,
                     "entries": [{"source_id", "class_id", "source_hw": [h, w],
-                                 "bbox": [y0, x0, y1, x1], "shape": [h, w(, c)], "dtype", "offset"}],
+                                 "bbox": [x_min, y_min, x_max, y_max], "shape": [h, w(, c)], "dtype", "offset"}],
                     "free": [{"file": "free/000000.png"} | {"external": "/abs/path.jpg"}],
                     "skipped": [{"source_id", "reason", "detail"}]}
     entries.npz    uncompressed, read with allow_pickle=False: "crops_<dtype>" (every crop of that
@@ -13,8 +13,9 @@ A bank folder holds::
                    "masks_packed" (np.packbits of every entry's boolean mask, flattened, in order)
     free/          defect-free images stored in the bank (arrays as .npy, copied files as is)
 
-``bbox`` is the crop's box in source coordinates (ends exclusive), so a defect's relative position
-can be kept. Blobs and areas are recomputed from the masks at load. There are no
+``bbox`` is the crop's box in its source image (the package's box convention, ends exclusive), so
+a defect's relative position can be kept. Version 1 (albu-defects 0.1.0) wrote it as ``[y0, x0, y1,
+x1]``; such banks still load (and are written as version 2 when saved again). Blobs and areas are recomputed from the masks at load. There are no
 pickles, and every relative path in the index must stay inside the bank folder (``..``, absolute
 paths and symlinks that escape are rejected), so loading a bank from elsewhere never runs code or
 reads outside it (except ``"external"`` free images, read as images only). The crops live in the
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["ARRAYS_FILE", "FORMAT_NAME", "FORMAT_VERSION", "INDEX_FILE", "read_bank", "write_bank"]
 
 FORMAT_NAME = "albu-defects-bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`read_bank` reads; version 1 stored ``bbox`` as ``[y0, x0, y1, x1]``.
+READABLE_VERSIONS = (1, 2)
 INDEX_FILE = "index.json"
 ARRAYS_FILE = "entries.npz"
 FREE_DIR = "free"
@@ -162,7 +165,8 @@ def read_bank(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ValueError(f"corrupt defect bank {root}: {what}")
 
     expect(isinstance(index, dict) and index.get("format") == FORMAT_NAME, f"{INDEX_FILE} is not a {FORMAT_NAME}")
-    expect(index.get("version") == FORMAT_VERSION, f"format version {index.get('version')!r} is not supported")
+    version = index.get("version")
+    expect(version in READABLE_VERSIONS, f"format version {version!r} is not supported")
     classes = index.get("classes")
     expect(isinstance(classes, list) and all(isinstance(c, str) for c in classes), "classes must be names")
     entries_meta, free_meta = index.get("entries"), index.get("free")
@@ -197,7 +201,7 @@ def read_bank(path: str | os.PathLike[str]) -> dict[str, Any]:
                     class_name=classes[class_id - 1],
                     source_id=str(meta["source_id"]),
                     source_hw=tuple(meta["source_hw"]),
-                    bbox=tuple(meta["bbox"]),
+                    bbox=_stored_box(meta["bbox"], version),
                     crop=buffer[offset : offset + size].reshape(shape),
                     mask=masks[mask_offset : mask_offset + hw].reshape(shape[:2]),
                 )
@@ -230,6 +234,14 @@ def read_bank(path: str | os.PathLike[str]) -> dict[str, Any]:
         "build_info": index.get("build") or {},
         "path": root,
     }
+
+
+def _stored_box(values: Any, version: int) -> tuple[int, ...]:
+    """An entry's ``bbox`` as read: version 1 stored ``[y0, x0, y1, x1]``, version 2 the box itself."""
+    values = tuple(int(v) for v in values)
+    if version == 1 and len(values) == 4:
+        return values[1], values[0], values[3], values[2]
+    return values
 
 
 def _inside(root: Path, relative: Any) -> Path:

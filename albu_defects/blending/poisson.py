@@ -28,7 +28,10 @@ import scipy.sparse.linalg
 from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
-from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
+# (row, col)-ordered extents under their old names until issue 14 moves this module to boxes
+from albu_defects.core.geometry import dilate_mask, placement_overlap
+from albu_defects.core.geometry import grow_extent_rc as grow_box
+from albu_defects.core.geometry import mask_extent_rc as mask_bbox
 from albu_defects.core.validation import (
     as_bool_mask,
     check_choice,

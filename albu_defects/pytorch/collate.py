@@ -105,7 +105,7 @@ class DLICollate:
     masks; labels ints (0 = defect-free) or multi-hot vectors. Every value comes back in its own
     type and layout, then ``collate_fn`` (default ``torch.utils.data.default_collate``) collates.
     Dict samples also get ``log_key`` (set ``None`` to skip): ``{"class_id": int (0 = not
-    injected), "entry_id": int (-1), "method": str (""), "bbox": int64 (4,) (y0, x0, y1, x1; -1)}``,
+    injected), "entry_id": int (-1), "method": str (""), "bbox": int64 (4,) (x_min, y_min, x_max, y_max; -1)}``,
     which collates into tensors and lists.
 
     ``dli`` holds its bank as a path (or a saved bank, which pickles as its path), so each worker

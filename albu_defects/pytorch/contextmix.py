@@ -103,7 +103,7 @@ def paste_resized_batch(
     """Paste the whole image ``partners[i]`` of the batch, resized into ``boxes[i]``, over image ``i``.
 
     ``images`` (N, C, H, W); ``partners`` (N,) indices into the batch (a permutation, say);
-    ``boxes`` (N, 4) int ``(y0, x0, y1, x1)`` (empty = untouched) or (4,) for one box shared by
+    ``boxes`` (N, 4) int ``(x_min, y_min, x_max, y_max)`` (empty = untouched) or (4,) for one box shared by
     the batch. Pixels are read before any is written, so partners may overlap the output.
 
     Nearest (any dtype) is an index gather: source pixel ``floor((i + 0.5) * H / h)`` as in the
@@ -165,9 +165,12 @@ def _paste(
         return _paste_one_box(images, partner_index, boxes, interpolation, inplace, buffers)
     if boxes.shape != (n, 4):
         raise ValueError(f"boxes must have shape (4,) or ({n}, 4), got {boxes.shape}")
-    y0, x0, y1, x1 = boxes.T
+    x0, y0, x1, y1 = boxes.T
     if not ((y0 >= 0) & (y0 <= y1) & (y1 <= height) & (x0 >= 0) & (x0 <= x1) & (x1 <= width)).all():
-        raise ValueError(f"every box must lie inside the {height}x{width} image with y0 <= y1 and x0 <= x1")
+        raise ValueError(
+            f"every box (x_min, y_min, x_max, y_max) must lie inside the {height}x{width} image "
+            "with x_min <= x_max and y_min <= y_max"
+        )
     active = (y1 > y0) & (x1 > x0)
     if not active.any():
         return images if inplace else images.clone()
@@ -220,15 +223,15 @@ def _paste_per_sample_nearest(
     _, channels, height, width = images.shape
     device = images.device
     samples = np.flatnonzero(active)
-    by_height = samples[np.argsort(-(boxes[samples, 2] - boxes[samples, 0]), kind="stable")]
+    by_height = samples[np.argsort(-(boxes[samples, 3] - boxes[samples, 1]), kind="stable")]
     groups = [g for g in np.array_split(by_height, min(HEIGHT_GROUPS, len(by_height))) if len(g)]
-    group_rows = [len(g) * channels * int((boxes[g, 2] - boxes[g, 0]).max()) for g in groups]
+    group_rows = [len(g) * channels * int((boxes[g, 3] - boxes[g, 1]).max()) for g in groups]
     mixed = buffers.get("pasted", (sum(group_rows), width), images.dtype, device)
     source = _wide_rows(_flat_rows(images))
     destinations, offset = [], 0
     cols = np.arange(width)[None, :]
     for group, rows_in_group in zip(groups, group_rows, strict=True):
-        y0, x0, y1, x1 = boxes[group].T
+        x0, y0, x1, y1 = boxes[group].T
         heights, widths = y1 - y0, x1 - x0
         box_rows = np.minimum(np.arange(int(heights.max()))[None, :], heights[:, None] - 1)  # (g, hmax)
         host_rows = _row_index(group, channels, height, y0[:, None] + box_rows)
@@ -268,9 +271,11 @@ def _paste_one_box(
     buffers: ScratchBuffers,
 ) -> torch.Tensor:
     n, channels, height, width = images.shape
-    y0, x0, y1, x1 = (int(v) for v in box)
+    x0, y0, x1, y1 = (int(v) for v in box)
     if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):
-        raise ValueError(f"box {(y0, x0, y1, x1)} must lie inside the {height}x{width} image")
+        raise ValueError(
+            f"box {(x0, y0, x1, y1)} (x_min, y_min, x_max, y_max) must lie inside the {height}x{width} image"
+        )
     h, w = y1 - y0, x1 - x0
     if h == 0 or w == 0:
         return images if inplace else images.clone()
@@ -321,7 +326,7 @@ class ContextMix:
     probability ``p``; ``"sample"`` draws a box per image and mixes each with probability ``p``.
     Works on any device and on uint8 or float images (dtype and shape kept); random numbers come
     from ``generator`` (a CPU ``torch.Generator``), or one seeded with ``seed``, or torch's global
-    generator. After a call, ``last_perm``, ``last_boxes`` (N, 4) and ``last_weights`` (N, 2)
+    generator. After a call, ``last_perm``, ``last_boxes`` (N, 4) ``(x_min, y_min, x_max, y_max)`` and ``last_weights`` (N, 2)
     hold what was drawn. On GPU call it in the training loop after ``.to(device)``.
 
     Args:

@@ -54,10 +54,9 @@ def panel_samples(samples: list[Sample], rng: np.random.Generator) -> tuple[str,
 
 def _zoom(image: np.ndarray, mask: np.ndarray, margin: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """The part of ``image`` (and ``mask``) around the mask's box, for a close-up tile."""
-    from albu_defects.core.geometry import grow_box, mask_bbox
+    from albu_defects.core.geometry import box_slices, grow_box, image_box, mask_bbox
 
-    y0, x0, y1, x1 = grow_box(mask_bbox(mask) or (0, 0, *mask.shape), margin, mask.shape)
-    window = (slice(y0, y1), slice(x0, x1))
+    window = box_slices(grow_box(mask_bbox(mask) or image_box(mask.shape), margin, mask.shape))
     return image[window], mask[window]
 
 
@@ -131,19 +130,18 @@ def panel_blending(samples: list[Sample], rng: np.random.Generator) -> tuple[str
     Tiles are zoomed on the defect; the outline is the blend region (the defect grown by 3 px).
     """
     from albu_defects.blending import paste, poisson_blend
-    from albu_defects.core.geometry import dilate_mask, mask_bbox
+    from albu_defects.core.geometry import box_slices, dilate_mask, mask_bbox
 
     target = _samples_of(samples, "Free")[0].image
     donor = _samples_of(samples, "Crack")[0]
-    y0, x0, y1, x1 = mask_bbox(dilate_mask(donor.mask, 6))  # type: ignore[misc]
-    source = donor.image[y0:y1, x0:x1]
-    region = dilate_mask(donor.mask[y0:y1, x0:x1], 3)  # the defect plus a 3-px ring of its own background
+    window = box_slices(mask_bbox(dilate_mask(donor.mask, 6)))  # type: ignore[arg-type]
+    source = donor.image[window]
+    region = dilate_mask(donor.mask[window], 3)  # the defect plus a 3-px ring of its own background
     ty = int(rng.integers(0, max(1, target.shape[0] - source.shape[0])))
     tx = int(rng.integers(0, max(1, target.shape[1] - source.shape[1])))
     placed = np.zeros(target.shape, bool)
     placed[ty : ty + region.shape[0], tx : tx + region.shape[1]] = region
-    zy0, zx0, zy1, zx1 = mask_bbox(dilate_mask(placed, 10))  # type: ignore[misc]
-    zoom = (slice(zy0, zy1), slice(zx0, zx1))
+    zoom = box_slices(mask_bbox(dilate_mask(placed, 10)))  # type: ignore[arg-type]
     results = [("defect-free target", target), ("cut-paste", paste(target, source, region, (ty, tx)))]
     try:
         results.append(("OpenCV", poisson_blend(target, source, region, (ty, tx), method="opencv")))

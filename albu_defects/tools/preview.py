@@ -207,13 +207,12 @@ def load_pipeline(path: str | os.PathLike[str]) -> Any:
 
 # ------------------------------------------------------------------------------- running
 def _mask_boxes(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Pixel ``(x0, y0, x1, y1)`` boxes of each connected component of each class, and their classes."""
+    """Pixel boxes (``(x_min, y_min, x_max, y_max)``) of each connected component of each class, and their classes."""
     boxes, classes = [], []
     for class_id in (int(v) for v in np.unique(mask) if v != 0):
         count, components = connected_components(mask == class_id)
         for component in range(1, count + 1):
-            y0, x0, y1, x1 = mask_bbox(components == component)  # type: ignore[misc]
-            boxes.append([x0, y0, x1, y1])
+            boxes.append(list(mask_bbox(components == component)))  # type: ignore[arg-type]
             classes.append(class_id)
     return np.asarray(boxes, np.float64).reshape(-1, 4), classes
 

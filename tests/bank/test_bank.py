@@ -103,7 +103,7 @@ def test_magnetic_tile_layout_counts_entries_and_pixels(mt_root):
         stem = entry.source_id.split("/")[1]
         image = cv2.imread(str(folder / f"{stem}.jpg"), cv2.IMREAD_UNCHANGED)
         mask = cv2.imread(str(folder / f"{stem}.png"), cv2.IMREAD_UNCHANGED) > 127
-        y0, x0, y1, x1 = entry.bbox
+        x0, y0, x1, y1 = entry.bbox
         assert entry.source_hw == image.shape
         np.testing.assert_array_equal(entry.crop, image[y0:y1, x0:x1])
         np.testing.assert_array_equal(entry.mask, mask[y0:y1, x0:x1])
@@ -113,9 +113,9 @@ def test_magnetic_tile_layout_counts_entries_and_pixels(mt_root):
         assert not entry.crop.flags.writeable and not entry.mask.flags.writeable
     crack = bank.entries_of("Crack")[0]
     assert crack.source_id == "MT_Crack/c1"
-    assert crack.bbox == (10 - 8, 10 - 8, 40 + 8, 70 + 8)  # row 9 (100) is below the threshold
+    assert crack.bbox == (10 - 8, 10 - 8, 70 + 8, 40 + 8)  # row 9 (100) is below the threshold
     fray = bank.entries_of("Fray")[0]
-    assert fray.bbox == (0, 0, 6 + 8, 40)  # margin clipped at the image border
+    assert fray.bbox == (0, 0, 40, 6 + 8)  # margin clipped at the image border
 
 
 def test_magnetic_tile_class_order_matches_magnetic_tile_classes_when_complete(tmp_path):
@@ -138,7 +138,7 @@ def test_magnetic_tile_class_order_matches_magnetic_tile_classes_when_complete(t
 def test_threshold_and_margin_options(mt_root):
     low = build(mt_root, mask_threshold=50, margin=0)
     crack = low.entries_of("Crack")[0]
-    assert crack.bbox == (9, 10, 40, 70)  # the 100-valued row counts now, and there is no margin
+    assert crack.bbox == (10, 9, 70, 40)  # the 100-valued row counts now, and there is no margin
     assert crack.mask[0, :10].all()
     with pytest.raises(ValueError, match="margin"):
         build(mt_root, margin=-1)
@@ -154,7 +154,7 @@ def test_bundled_samples_match_load_samples():
     for sample in defects:
         (entry,) = [e for e in bank.entries if e.source_id == f"MT_{sample.class_name}/{sample.name}"]
         assert entry.class_id == sample.class_id
-        y0, x0, y1, x1 = entry.bbox
+        x0, y0, x1, y1 = entry.bbox
         np.testing.assert_array_equal(entry.crop, sample.image[y0:y1, x0:x1])
         np.testing.assert_array_equal(entry.mask, sample.mask[y0:y1, x0:x1])
         assert entry.mask.sum() == sample.mask.sum()
@@ -198,7 +198,7 @@ def test_generic_layout_multi_class_images_and_class_names_file(tmp_path):
     assert bank.num_free == 1 and bank.free_images[0].endswith("free.png")
     np.testing.assert_array_equal(bank.load_free(0), rgb)  # colour comes back as RGB
     a_dent = next(e for e in bank.entries if e.source_id == "a" and e.class_name == "dent")
-    y0, x0, y1, x1 = a_dent.bbox
+    x0, y0, x1, y1 = a_dent.bbox
     np.testing.assert_array_equal(a_dent.crop, rgb[y0:y1, x0:x1])
     np.testing.assert_array_equal(a_dent.mask, (two_classes == 2)[y0:y1, x0:x1])
     # class_names argument (dict) wins over the file; classes= restricts and orders
@@ -298,7 +298,7 @@ def test_blobs_match_cv2_connected_components(mask, margin):
     (entry,) = DefectBank.from_arrays([image], [mask], margin=margin).entries
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     assert entry.num_blobs == count - 1
-    y0, x0, y1, x1 = entry.bbox
+    x0, y0, x1, y1 = entry.bbox
     reference = labels[y0:y1, x0:x1]
     # the same partition: each bank blob is exactly one cv2 blob
     inside = entry.mask
@@ -327,7 +327,7 @@ def test_sampling_is_reproducible_and_restricts_blobs(mt_root):
         assert part.num_blobs == len(subset)
         seen_subsets.add((part.source_id, subset))
         # the tightened crop is the same source pixels, and its mask is the chosen blobs only
-        oy, ox = part.bbox[0] - whole.bbox[0], part.bbox[1] - whole.bbox[1]
+        ox, oy = part.bbox[0] - whole.bbox[0], part.bbox[1] - whole.bbox[1]
         window = (slice(oy, oy + part.hw[0]), slice(ox, ox + part.hw[1]))
         np.testing.assert_array_equal(part.crop, whole.crop[window])
         np.testing.assert_array_equal(part.mask, np.isin(whole.blob_labels, subset)[window])
@@ -680,3 +680,17 @@ def test_entry_rejects_inconsistent_fields():
         DefectEntry(0, 1, "a", "s", (10, 10), (8, 8, 12, 12), crop, np.ones((4, 4), bool))
     with pytest.raises(ValueError, match="entry ids must be their index"):
         DefectBank(["a"], [DefectEntry(3, 1, "a", "s", (10, 10), (0, 0, 4, 4), crop, np.ones((4, 4), bool))])
+
+
+def test_version_1_banks_load_and_are_saved_as_version_2(tmp_path):
+    # the 0.1.0 bank of tests/fixtures stored boxes as (y0, x0, y1, x1); version 2 stores the box itself
+    old = DefectBank.load(REPO_ROOT / "tests" / "fixtures" / "saved_0_1_0" / "bank")
+    index = json.loads((REPO_ROOT / "tests" / "fixtures" / "saved_0_1_0" / "bank" / "index.json").read_text())
+    assert index["version"] == 1
+    for entry, meta in zip(old.entries, index["entries"], strict=True):
+        y0, x0, y1, x1 = meta["bbox"]
+        assert entry.bbox == (x0, y0, x1, y1) and entry.crop.shape[:2] == (y1 - y0, x1 - x0)
+    new_index = json.loads((old.save(tmp_path / "bank") / "index.json").read_text())
+    assert new_index["version"] == 2
+    assert [tuple(meta["bbox"]) for meta in new_index["entries"]] == [e.bbox for e in old.entries]
+    assert DefectBank.load(tmp_path / "bank") == old

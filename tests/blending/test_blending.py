@@ -411,7 +411,7 @@ def _cv_case(seed=0, size=60, patch=24):
 
 def _raw_seamless_clone(target, source, mask, top_left, flag=cv2.NORMAL_CLONE):
     """cv2.seamlessClone called correctly by hand (3-channel uint8, 0/255 copy, exact centre)."""
-    y0, x0, y1, x1 = mask_bbox(mask)
+    x0, y0, x1, y1 = mask_bbox(mask)
     center = (top_left[1] + x0 + (x1 - x0) // 2, top_left[0] + y0 + (y1 - y0) // 2)
     return cv2.seamlessClone(source, target, (mask * 255).astype(np.uint8), center, flag)
 
@@ -476,7 +476,7 @@ def test_opencv_region_touching_or_leaving_the_border_is_placed_exactly(top_left
     out = poisson_blend(target, source, mask, top_left, method="opencv")
     outside_box = np.ones(target.shape[:2], bool)
     placed = _placed_mask(target, mask, top_left)
-    y0, x0, y1, x1 = mask_bbox(placed)
+    x0, y0, x1, y1 = mask_bbox(placed)
     outside_box[y0:y1, x0:x1] = False
     np.testing.assert_array_equal(out[outside_box], target[outside_box])  # cv2 changes its box only
     assert (out[placed] != target[placed]).any()
@@ -591,7 +591,7 @@ def _defect_pairs(defect_images, free_images, rng, max_defect=None):
             own = labels == k
             if own.sum() < 9 or (max_defect is not None and own.sum() >= max_defect):
                 continue
-            y0, x0, y1, x1 = mask_bbox(dilate_mask(own, 6))
+            x0, y0, x1, y1 = mask_bbox(dilate_mask(own, 6))
             source, label = image[y0:y1, x0:x1], own[y0:y1, x0:x1]
             for target in free_images:
                 if target.shape[0] < source.shape[0] + 2 or target.shape[1] < source.shape[1] + 2:

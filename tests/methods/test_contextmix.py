@@ -59,7 +59,7 @@ def run(transform: ContextMix, seed: int = 0, compose_kwargs: dict | None = None
     min_side=st.integers(1, 6),
 )
 def test_sample_boxes_lie_inside_and_respect_min_side(height, width, draws, alpha, box, box_size, min_side):
-    y0, x0, y1, x1 = sample_boxes(
+    x0, y0, x1, y1 = sample_boxes(
         height, width, np.array(draws), alpha=alpha, box=box, box_size=box_size, min_box_side=min_side
     )
     assert 0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width
@@ -67,19 +67,19 @@ def test_sample_boxes_lie_inside_and_respect_min_side(height, width, draws, alph
     assert empty == (y1 == y0 and x1 == x0)  # an empty box is empty in both directions
     if not empty:
         assert y1 - y0 >= min_side and x1 - x0 >= min_side
-    weights = mix_weights(np.array([y0, x0, y1, x1]), height, width)
+    weights = mix_weights(np.array([x0, y0, x1, y1]), height, width)
     assert np.isclose(weights.sum(), 1.0) and weights[1] == (y1 - y0) * (x1 - x0) / (height * width)
 
 
 def test_box_kinds_follow_the_paper_variants():
     draws = np.array([[0.3, 0.5, 0.5]])
     fixed = sample_boxes(100, 200, draws, box="fixed", box_size=0.25, min_box_side=1)[0]
-    assert (fixed[2] - fixed[0], fixed[3] - fixed[1]) == (50, 100)  # 25 % of the area, image aspect
+    assert (fixed[3] - fixed[1], fixed[2] - fixed[0]) == (50, 100)  # 25 % of the area, image aspect (h, w)
     square = sample_boxes(100, 200, draws, box="square", min_box_side=1)[0]
     assert square[2] - square[0] == square[3] - square[1]  # centred, so not clipped here
     # alpha = 1 makes lam uniform: u = 0.36 -> lam = 0.36 -> sides sqrt(0.64) = 0.8 of the image
     beta = sample_boxes(100, 200, np.array([0.36, 0.5, 0.5]), box="beta", min_box_side=1)
-    assert (beta[2] - beta[0], beta[3] - beta[1]) == (80, 160)
+    assert (beta[3] - beta[1], beta[2] - beta[0]) == (80, 160)
     # boxes below min_box_side are skipped (empty), as the paper's code skips sides <= 2 px
     tiny = sample_boxes(100, 200, np.array([0.9999, 0.5, 0.5]), min_box_side=3)
     assert tiny[2] == tiny[0] and tiny[3] == tiny[1]
@@ -107,7 +107,7 @@ def test_paste_resized_keeps_layout_and_outside(channels, interpolation):
     host = np.full(shape, 7, np.float32)
     partner = np.random.default_rng(0).random((9, 13, *shape[2:])).astype(np.float32)
     read_only(host, partner)
-    out = paste_resized(host, partner, (2, 3, 12, 20), interpolation)
+    out = paste_resized(host, partner, (3, 2, 20, 12), interpolation)  # (x_min, y_min, x_max, y_max)
     assert out.shape == host.shape and out.dtype == host.dtype
     outside = np.ones((20, 30), bool)
     outside[2:12, 3:20] = False
@@ -138,7 +138,7 @@ def test_output_pixels_come_from_host_outside_and_resized_partner_inside(host_hw
     assert image.shape == host.shape and image.dtype == host.dtype
     assert out["mask"].shape == host_mask.shape and out["mask"].dtype == host_mask.dtype
 
-    y0, x0, y1, x1 = transform.params["box"]
+    x0, y0, x1, y1 = transform.params["box"]
     from_partner = (image if image.ndim == 2 else image[..., 0]) > 0
     # lambda_B is the exact fraction of output pixels that came from the partner
     assert np.isclose(out["mix_weights"][1], from_partner.mean(), atol=1e-6)
@@ -268,7 +268,7 @@ def test_bboxes_follow_the_pixels(seed, host_rect, partner_rect, min_visibility)
         ys, xs = np.nonzero(visible)
         np.testing.assert_allclose(boxes["host"], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-4)
     # partner box: scaled into the pasted box, within a pixel of its pasted pixels
-    y0, x0, y1, x1 = transform.params["box"]
+    x0, y0, x1, y1 = transform.params["box"]
     pasted = out["mask"] == 2
     assert ("partner" in boxes) == (y1 > y0)
     if y1 == y0:
@@ -284,13 +284,13 @@ def test_occlusion_rule_clips_side_strips_and_keeps_holes():
     hw = (100, 100)
     # box (x 10..50, y 10..50) normalised; the paste covers its left half over its full height
     bboxes = np.array([[0.1, 0.1, 0.5, 0.5, 7.0]])
-    left = occlude_bboxes(bboxes, (0, 0, 60, 30), hw)
+    left = occlude_bboxes(bboxes, (0, 0, 30, 60), hw)
     np.testing.assert_allclose(left, [[0.3, 0.1, 0.5, 0.5, 7.0]], rtol=1e-6)
     hole = occlude_bboxes(bboxes, (20, 20, 40, 40), hw)  # a hole in the middle: box unchanged
     np.testing.assert_allclose(hole, bboxes, rtol=1e-6)
     assert occlude_bboxes(bboxes, (0, 0, 100, 100), hw).shape == (0, 5)  # fully covered: dropped
-    assert occlude_bboxes(bboxes, (0, 0, 60, 40), hw, min_visibility=0.3).shape == (0, 5)  # 25 % visible
-    moved = bboxes_into_box(np.array([[0.0, 0.0, 1.0, 0.5]]), (10, 20, 30, 60), hw)
+    assert occlude_bboxes(bboxes, (0, 0, 40, 60), hw, min_visibility=0.3).shape == (0, 5)  # 25 % visible
+    moved = bboxes_into_box(np.array([[0.0, 0.0, 1.0, 0.5]]), (20, 10, 60, 30), hw)
     np.testing.assert_allclose(moved, [[0.2, 0.1, 0.6, 0.2]], rtol=1e-6)
 
 
@@ -310,7 +310,7 @@ def test_keypoints_are_removed_under_the_box_and_partner_points_land_on_their_pi
             who=["host"] * len(host_points),
             **{KEY: [{"image": coded, "keypoints": partner_points, "who": ["partner"] * len(partner_points)}]},
         )
-        y0, x0, y1, x1 = transform.params["box"]
+        x0, y0, x1, y1 = transform.params["box"]
         sy, sx = partner_hw[0] / (y1 - y0), partner_hw[1] / (x1 - x0)
         kept = [tuple(p) for p, who in zip(out["keypoints"], out["who"], strict=True) if who == "host"]
         assert kept == [p for p in host_points if not (x0 <= p[0] < x1 and y0 <= p[1] < y1)]
@@ -331,7 +331,7 @@ def test_masks_target_pastes_every_partner_mask():
     }
     transform = ContextMix(p=1.0, min_box_side=1)
     out = run(transform, 2, image=host, masks=masks, **{KEY: [partner]})
-    y0, x0, y1, x1 = transform.params["box"]
+    x0, y0, x1, y1 = transform.params["box"]
     for value, mask in zip((3, 4), out["masks"], strict=True):
         assert (mask[y0:y1, x0:x1] == value).all() and mask.sum() == value * (y1 - y0) * (x1 - x0)
 

@@ -141,17 +141,17 @@ def test_sampled_patch_lies_inside_the_region(seed, area, aspect):
         return
     patch = sample_patch(region, tuple(area), tuple(aspect), rng)
     assert patch is not None
-    y, x, h, w = patch
-    assert h >= 8 and w >= 8
-    assert blobs[y : y + h, x : x + w].all()
-    box = Region.from_box((5, 7, 50, 60))
-    y, x, h, w = sample_patch(box, tuple(area), tuple(aspect), rng)
-    assert y >= 5 and y + h <= 50 and x >= 7 and x + w <= 60
+    x0, y0, x1, y1 = patch  # a box: (x_min, y_min, x_max, y_max)
+    assert y1 - y0 >= 8 and x1 - x0 >= 8
+    assert blobs[y0:y1, x0:x1].all()
+    box = Region.from_box((7, 5, 60, 50))
+    x0, y0, x1, y1 = sample_patch(box, tuple(area), tuple(aspect), rng)
+    assert y0 >= 5 and y1 <= 50 and x0 >= 7 and x1 <= 60
 
 
 def test_bbox_to_pixels_keeps_whole_pixels_only():
-    assert bbox_to_pixels([0.1, 0.2, 0.5, 0.75], (40, 50)) == (8, 5, 30, 25)
-    assert bbox_to_pixels([0.11, 0.0, 0.29, 1.0], (10, 100)) == (0, 11, 10, 29)
+    assert bbox_to_pixels([0.1, 0.2, 0.5, 0.75], (40, 50)) == (5, 8, 25, 30)
+    assert bbox_to_pixels([0.11, 0.0, 0.29, 1.0], (10, 100)) == (11, 0, 29, 10)
 
 
 def disc_image(size: int = 160, radius: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

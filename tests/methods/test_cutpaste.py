@@ -85,7 +85,8 @@ def test_cut_paste_changes_exactly_the_footprint(height, width, angle, source, s
     image = random_image((48, 50, 3), np.float32, seed)  # distinct values: every pasted pixel differs
     image.setflags(write=False)
     target = (28, 28)  # disjoint from every source window
-    out = cut_paste(image, (*source, height, width), target, angle, ColorJitterFactors())
+    y, x = source
+    out = cut_paste(image, (x, y, x + width, y + height), target, angle, ColorJitterFactors())
     rows, cols = scar_extent(height, width, angle)
     footprint = np.zeros((48, 50), bool)
     footprint[28 : 28 + rows, 28 : 28 + cols] = rotated_footprint(height, width, angle)
@@ -99,9 +100,11 @@ def test_cut_paste_changes_exactly_the_footprint(height, width, angle, source, s
 def test_cut_paste_rejects_placements_outside_the_image():
     image = np.zeros((20, 20), np.uint8)
     with pytest.raises(ValueError, match="source"):
-        cut_paste(image, (15, 0, 10, 4), (0, 0))
+        cut_paste(image, (0, 15, 4, 25), (0, 0))  # a 10x4 box below the image
+    with pytest.raises(ValueError, match="source"):
+        cut_paste(image, (4, 0, 4, 10), (0, 0))  # an empty box
     with pytest.raises(ValueError, match="target_top_left"):
-        cut_paste(image, (0, 0, 10, 4), (12, 0))
+        cut_paste(image, (0, 0, 4, 10), (12, 0))
 
 
 # ----------------------------------------------------------------------------- the transform

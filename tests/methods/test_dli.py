@@ -381,9 +381,9 @@ def test_source_placement_and_size_modes_follow_the_source(sample_bank):
             log = out["injections"][0]
             if log["entry_id"] != crack.entry_id:
                 continue
-            y0, x0, y1, x1 = mask_bbox(crack.mask)
-            centre = ((crack.bbox[0] + (y0 + y1) / 2) / sh, (crack.bbox[1] + (x0 + x1) / 2) / sw)
-            by0, bx0, by1, bx1 = log["bbox"]
+            x0, y0, x1, y1 = mask_bbox(crack.mask)
+            centre = ((crack.bbox[1] + (y0 + y1) / 2) / sh, (crack.bbox[0] + (x0 + x1) / 2) / sw)
+            bx0, by0, bx1, by1 = log["bbox"]  # (x_min, y_min, x_max, y_max)
             area = int((out["masks"][0] != 0).sum())
             assert area == pytest.approx(crack.area_px * factor**2, rel=0.25)
             if size_mode == "relative":

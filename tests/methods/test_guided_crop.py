@@ -125,8 +125,8 @@ def _expected_mask(bank: DefectBank, plan, hw) -> np.ndarray:
         blobs = np.isin(source.blob_labels, kept)
         # where the whole entry's crop lands: the restricted crop is a window of it
         corner = (
-            defect.top_left[0] - (defect.entry.bbox[0] - source.bbox[0]),
-            defect.top_left[1] - (defect.entry.bbox[1] - source.bbox[1]),
+            defect.top_left[0] - (defect.entry.bbox[1] - source.bbox[1]),  # top_left is (row, col), boxes x first
+            defect.top_left[1] - (defect.entry.bbox[0] - source.bbox[0]),
         )
         overlap = placement_overlap(hw, source.hw, corner)
         if overlap is not None:
@@ -225,7 +225,8 @@ def test_each_pasted_component_is_a_blob_of_its_source(bank, seed):
     count, labels = connected_components(result.mask > 0)
     kept = defect.entry.blob_subset or tuple(range(1, source.num_blobs + 1))
     assert count == len(kept)  # blobs fit the 64x80 base whole, so each lands whole and apart
-    shift = np.array(defect.top_left) - (np.array(defect.entry.bbox[:2]) - np.array(source.bbox[:2]))
+    offset = np.array(defect.entry.bbox[:2]) - np.array(source.bbox[:2])  # (x, y)
+    shift = np.array(defect.top_left) - offset[::-1]  # (row, col)
     expected = {tuple(map(tuple, np.argwhere(source.blob_labels == b) + shift)) for b in kept}
     found = {tuple(map(tuple, np.argwhere(labels == c))) for c in range(1, count + 1)}
     assert found == expected
@@ -573,12 +574,14 @@ def test_synthesize_is_deterministic_for_a_seed_and_any_thread_count(bank):
     for a, b in zip(two, again, strict=True):
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.mask, b.mask)
-        assert a.bboxes == b.bboxes and a.base_index == b.base_index
+        assert a.bboxes == b.bboxes and a.bbox_classes == b.bbox_classes and a.base_index == b.base_index
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(one, two, strict=True))
     for sample in one:
         assert sample.image.shape == bank.load_free(sample.base_index).shape
         assert sample.classes == tuple(TOY_CLASSES[k - 1] for k in np.unique(sample.mask) if k)
-        assert {box[4] for box in sample.bboxes} == {TOY_CLASSES.index(c) + 1 for c in sample.classes}
+        assert set(sample.bbox_classes) == {TOY_CLASSES.index(c) + 1 for c in sample.classes}
+        for x0, y0, x1, y1 in sample.bboxes:  # (x_min, y_min, x_max, y_max) inside the image
+            assert 0 <= x0 < x1 <= sample.mask.shape[1] and 0 <= y0 < y1 <= sample.mask.shape[0]
 
 
 def test_synthesize_rejects_bad_arguments(bank):
@@ -614,6 +617,9 @@ def test_cli_synth_writes_images_masks_and_a_manifest(tmp_path, bank_path, capsy
         assert image.shape == mask.shape and image.dtype == np.uint8
         assert item["classes"] == [TOY_CLASSES[k - 1] for k in np.unique(mask) if k]
         assert set(item["classes"]) <= {"scratch", "dent"}  # scratch is primary; dent comes with it in (1, 2)
+        assert len(item["bboxes"]) == len(item["bbox_classes"]) >= 1
+        for (x0, y0, x1, y1), class_id in zip(item["bboxes"], item["bbox_classes"], strict=True):
+            assert (mask[y0:y1, x0:x1] == class_id).any()  # (x_min, y_min, x_max, y_max) of a visible blob
     rows = (out / "manifest.csv").read_text().splitlines()
     assert rows[0] == "index,image,mask,classes" and len(rows) == 7
     again = tmp_path / "again"
@@ -679,6 +685,6 @@ def test_mask_bbox_helper_agrees_with_boxes(bank):
     # blob boxes are tight boxes of visible pixels: mask_bbox of each class region equals its box when unique
     plan = plan_guided_crop(bank, _free(bank), np.array([0, 0, 1.0]), np.random.default_rng(3), NO_STAGE)
     result = render_guided_crop(_free(bank), plan, 3)
-    for x0, y0, x1, y1, class_id in result.bboxes:
+    for (x0, y0, x1, y1), class_id in zip(result.bboxes, result.bbox_classes, strict=True):
         window = result.mask[y0:y1, x0:x1] == class_id
-        assert mask_bbox(window) == (0, 0, y1 - y0, x1 - x0)
+        assert mask_bbox(window) == (0, 0, x1 - x0, y1 - y0)

@@ -145,7 +145,7 @@ def test_fit_to_target_shrinks_until_the_defect_fits(size, target):
     crop = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     mask = np.ones(size, bool)
     new_crop, new_mask, factor = fit_to_target(crop, mask, target, context=1)
-    y0, x0, y1, x1 = mask_bbox(new_mask)
+    x0, y0, x1, y1 = mask_bbox(new_mask)
     assert y1 - y0 <= target[0] and x1 - x0 <= target[1]
     assert new_crop.shape[2] == 3 and new_crop.dtype == np.uint8
     fits = size[0] <= target[0] and size[1] <= target[1]
@@ -284,7 +284,7 @@ def test_choose_entry_absolute_names_class_target_and_closest_defect():
     rng = np.random.default_rng(0)
     for _ in range(20):
         entry = choose_entry(bank, 1, (7, 100), "absolute", rng)
-        y0, _, y1, _ = mask_bbox(entry.mask)
+        _, y0, _, y1 = mask_bbox(entry.mask)
         assert y1 - y0 <= 7
     with pytest.raises(ValueError, match=r"no 'c1' defect \(class 1\) fits images\[3\] \(5x5\).*closest is 6x10"):
         choose_entry(bank, 1, (5, 5), "absolute", rng, "images[3]")
@@ -297,7 +297,7 @@ def test_plan_injection_with_blend_margin_keeps_context_for_poisson():
     )
     region = dilate_mask(np.pad(plan.mask, 3), 3)
     assert region.sum() > plan.mask.sum()
-    y0, x0, y1, x1 = mask_bbox(plan.mask)
+    x0, y0, x1, y1 = mask_bbox(plan.mask)
     h, w = plan.mask.shape
     assert min(y0, x0, h - y1, w - x1) >= 3  # context of blend_margin + 1 where the source allows it
 

@@ -78,7 +78,7 @@ def test_lambda_b_is_the_exact_share_of_partner_pixels(n, hw, seed):
     assert weights.shape == (n, 2) and torch.allclose(weights.sum(1), torch.ones(n))
     source_image = (mixed[:, 0] // (h * w)).long()
     for i, j in enumerate(op.last_perm.tolist()):
-        y0, x0, y1, x1 = op.last_boxes[i]
+        x0, y0, x1, y1 = op.last_boxes[i]
         if i != j:
             share = (source_image[i] == j).float().mean()
             assert torch.isclose(share, weights[i, 1], atol=1e-6)
@@ -181,11 +181,11 @@ def test_non_contiguous_and_float64_inputs(inplace):
 
 def test_paste_resized_batch_directly():
     images = random_batch(3, 2, 10, 12, torch.float32)
-    boxes = np.array([[0, 0, 10, 12], [2, 3, 2, 9], [1, 1, 5, 4]])  # full, empty, small
+    boxes = np.array([[0, 0, 12, 10], [3, 2, 9, 2], [1, 1, 4, 5]])  # (x_min, y_min, x_max, y_max): full, empty, small
     out = paste_resized_batch(images, np.array([1, 2, 0]), boxes)
     np.testing.assert_array_equal(out.numpy(), expected_mix(images, [1, 2, 0], boxes))
-    shared = paste_resized_batch(images, torch.tensor([2, 0, 1]), np.array([3, 2, 9, 11]))
-    np.testing.assert_array_equal(shared.numpy(), expected_mix(images, [2, 0, 1], [[3, 2, 9, 11]] * 3))
+    shared = paste_resized_batch(images, torch.tensor([2, 0, 1]), np.array([2, 3, 11, 9]))
+    np.testing.assert_array_equal(shared.numpy(), expected_mix(images, [2, 0, 1], [[2, 3, 11, 9]] * 3))
 
 
 @pytest.mark.parametrize(

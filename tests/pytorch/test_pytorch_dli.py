@@ -51,8 +51,9 @@ def test_dict_samples_are_injected_then_collated(samples, bank_path):
         if injected[i]:
             assert set(mask.unique().tolist()) == {0, int(logs["class_id"][i])}
             assert int(batch["label"][i]) == int(logs["class_id"][i]) and logs["method"][i] == "paste"
-            y0, x0, y1, x1 = logs["bbox"][i].tolist()
+            x0, y0, x1, y1 = logs["bbox"][i].tolist()  # (x_min, y_min, x_max, y_max)
             assert mask[y0:y1, x0:x1].any() and not mask[:y0].any() and not mask[y1:].any()
+            assert not mask[:, :x0].any() and not mask[:, x1:].any()
         else:
             assert torch.equal(batch["image"][i], torch.from_numpy(item["image"]))
             assert int(batch["label"][i]) == item["label"] and logs["entry_id"][i] == -1

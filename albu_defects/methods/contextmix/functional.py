@@ -11,8 +11,9 @@ Section 5.5 variants: square boxes, fixed-size boxes (75 %), one-hot labels (the
 
 Conventions shared by every function here:
 
-- a *box* is ``(y0, x0, y1, x1)`` in pixels, ends exclusive (as :func:`geometry.mask_bbox`); an
-  empty box (``y1 == y0`` or ``x1 == x0``) means "no mixing" and weights ``(1, 0)``;
+- a *box* is ``(x_min, y_min, x_max, y_max)`` in pixels, ends exclusive (the package's box
+  convention, :mod:`albu_defects.core.geometry`); an empty box (``x_max == x_min`` or
+  ``y_max == y_min``) means "no mixing" and weights ``(1, 0)``;
 - boxes come from explicit uniform draws (:func:`sample_boxes`), so the numpy transform and the
   torch batch op (:mod:`albu_defects.pytorch`) share one piece of box math;
 - nearest resizing samples source pixel ``floor((i + 0.5) * src / dst)`` (pixel centres, like
@@ -104,7 +105,7 @@ def sample_boxes(
     box_size: float = 0.75,
     min_box_side: int = 3,
 ) -> np.ndarray:
-    """Boxes ``(..., 4)`` = ``(y0, x0, y1, x1)`` (int64) from uniform ``draws`` of shape ``(..., 3)``.
+    """Boxes ``(..., 4)`` = ``(x_min, y_min, x_max, y_max)`` (int64) from uniform ``draws`` of shape ``(..., 3)``.
 
     ``draws[..., 0]`` gives ``lam`` (:func:`box_lambda`), ``draws[..., 1:3]`` the centre row and
     column. The unclipped box covers ``(1 - lam)`` of the image: ``"beta"`` and ``"fixed"`` keep the
@@ -136,17 +137,20 @@ def sample_boxes(
     x0 = np.clip(centre_x - cut_w // 2, 0, width)
     x1 = np.clip(centre_x - cut_w // 2 + cut_w, 0, width)
     too_small = ((y1 - y0) < min_box_side) | ((x1 - x0) < min_box_side)
-    return np.stack([y0, x0, np.where(too_small, y0, y1), np.where(too_small, x0, x1)], axis=-1)
+    return np.stack([x0, y0, np.where(too_small, x0, x1), np.where(too_small, y0, y1)], axis=-1)
 
 
 def _box_ints(box: Sequence[int] | np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """``box`` as four ints, checked to lie inside an image of size ``hw``."""
     if len(box) != 4:
-        raise ValueError(f"box must be (y0, x0, y1, x1), got {box!r}")
-    y0, x0, y1, x1 = (int(v) for v in box)
+        raise ValueError(f"box must be (x_min, y_min, x_max, y_max), got {box!r}")
+    x0, y0, x1, y1 = (int(v) for v in box)
     if not (0 <= y0 <= y1 <= hw[0] and 0 <= x0 <= x1 <= hw[1]):
-        raise ValueError(f"box {(y0, x0, y1, x1)} must lie inside the {hw[0]}x{hw[1]} image with y0 <= y1, x0 <= x1")
-    return y0, x0, y1, x1
+        raise ValueError(
+            f"box {(x0, y0, x1, y1)} (x_min, y_min, x_max, y_max) must lie inside the {hw[0]}x{hw[1]} image "
+            "with x_min <= x_max and y_min <= y_max"
+        )
+    return x0, y0, x1, y1
 
 
 # ------------------------------------------------------------------------------------- labels
@@ -237,7 +241,7 @@ def paste_resized(
     Pixels outside the box are the host's; an empty box returns an unchanged copy.
     """
     check_matching_images(host, partner, "host", "partner")
-    y0, x0, y1, x1 = _box_ints(box, image_hw(host))
+    x0, y0, x1, y1 = _box_ints(box, image_hw(host))
     out = host.copy()
     if y1 > y0 and x1 > x0:
         out[y0:y1, x0:x1] = resize_image(partner, (y1 - y0, x1 - x0), interpolation)
@@ -252,7 +256,7 @@ def bboxes_into_box(bboxes: np.ndarray, box: Sequence[int], hw: tuple[int, int])
     left are dropped. Extra columns (labels) are kept. Returns normalised host coordinates.
     """
     bboxes = np.asarray(bboxes, dtype=np.float64)
-    y0, x0, y1, x1 = _box_ints(box, hw)
+    x0, y0, x1, y1 = _box_ints(box, hw)
     if bboxes.size == 0 or y1 == y0 or x1 == x0:
         return bboxes[:0].astype(np.float32) if bboxes.ndim == 2 else np.zeros((0, 4), np.float32)
     clipped = np.clip(bboxes[:, :4], 0.0, 1.0)
@@ -286,7 +290,7 @@ def occlude_bboxes(
     part (which changes it only when the paste covers a whole side strip of it).
     """
     bboxes = np.asarray(bboxes, dtype=np.float64)
-    y0, x0, y1, x1 = _box_ints(box, hw)
+    x0, y0, x1, y1 = _box_ints(box, hw)
     if bboxes.size == 0 or y1 == y0 or x1 == x0:
         return bboxes.astype(np.float32)
     height, width = hw
@@ -322,7 +326,7 @@ def keypoints_into_box(keypoints: np.ndarray, box: Sequence[int], partner_hw: tu
     the two scale factors, as albumentations' ``Resize`` does; other columns are kept.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
-    y0, x0, y1, x1 = (int(v) for v in box)
+    x0, y0, x1, y1 = (int(v) for v in box)
     if keypoints.size == 0 or y1 == y0 or x1 == x0:
         # no point lands in an empty box (keypoints[:0], not a reshape: the partner may have points)
         return (keypoints[:0] if keypoints.ndim == 2 else np.zeros((0, 2))).astype(np.float32)
@@ -340,7 +344,7 @@ def keypoints_into_box(keypoints: np.ndarray, box: Sequence[int], partner_hw: tu
 def drop_keypoints_in_box(keypoints: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """Host keypoints (pixels) that stay visible: those outside ``[x0, x1) x [y0, y1)``."""
     keypoints = np.asarray(keypoints)
-    y0, x0, y1, x1 = (int(v) for v in box)
+    x0, y0, x1, y1 = (int(v) for v in box)
     if keypoints.size == 0:
         return keypoints
     covered = (keypoints[:, 0] >= x0) & (keypoints[:, 0] < x1) & (keypoints[:, 1] >= y0) & (keypoints[:, 1] < y1)

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from albu_defects.core.geometry import mask_bbox
+from albu_defects.core.geometry import Box, box_hw, box_slices, mask_bbox
 from albu_defects.core.validation import check_image, image_hw, num_channels
 
 __all__ = [
@@ -284,15 +284,15 @@ def liquify(
 class Region(NamedTuple):
     """Where a patch may go: the whole ``box`` (``mask`` None) or the ``mask`` pixels inside it."""
 
-    box: tuple[int, int, int, int]  # (y0, x0, y1, x1), ends exclusive
+    box: Box  # (x_min, y_min, x_max, y_max), ends exclusive
     area: int
     mask: np.ndarray | None = None  # bool (H, W)
     integral: np.ndarray | None = None  # summed-area table of mask[box], (bh + 1, bw + 1)
 
     @classmethod
-    def from_box(cls, box: tuple[int, int, int, int]) -> Region:
-        y0, x0, y1, x1 = (int(v) for v in box)
-        return cls((y0, x0, y1, x1), max(0, y1 - y0) * max(0, x1 - x0))
+    def from_box(cls, box: Box) -> Region:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        return cls((x0, y0, x1, y1), max(0, y1 - y0) * max(0, x1 - x0))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> Region | None:
@@ -300,30 +300,29 @@ class Region(NamedTuple):
         box = mask_bbox(mask)
         if box is None:
             return None
-        y0, x0, y1, x1 = box
-        integral = cv2.integral(mask[y0:y1, x0:x1].astype(np.uint8))
+        integral = cv2.integral(mask[box_slices(box)].astype(np.uint8))
         return cls(box, int(np.count_nonzero(mask)), mask, integral)
 
     def valid_origins(self, h: int, w: int) -> np.ndarray | None:
         """Boolean map of the top-left corners (relative to ``box``) where an h x w patch lies inside, or None."""
-        y0, x0, y1, x1 = self.box
-        if h > y1 - y0 or w > x1 - x0:
+        bh, bw = box_hw(self.box)
+        if h > bh or w > bw:
             return None
         if self.integral is None:
-            return np.ones((y1 - y0 - h + 1, x1 - x0 - w + 1), bool)
+            return np.ones((bh - h + 1, bw - w + 1), bool)
         s = self.integral
         inside = s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w]
         return inside == h * w
 
     def fits(self, h: int, w: int) -> bool:
         if self.integral is None:
-            return h <= self.box[2] - self.box[0] and w <= self.box[3] - self.box[1]
+            return h <= box_hw(self.box)[0] and w <= box_hw(self.box)[1]
         origins = self.valid_origins(h, w)
         return origins is not None and bool(origins.any())
 
     def place(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int] | None:
-        """A uniformly random top-left ``(y, x)`` (image coordinates) of an h x w patch inside, or None."""
-        y0, x0, y1, x1 = self.box
+        """A uniformly random top-left ``(row, col)`` (image coordinates) of an h x w patch inside, or None."""
+        x0, y0, x1, y1 = self.box
         if self.integral is None:
             if h > y1 - y0 or w > x1 - x0:
                 return None
@@ -341,14 +340,14 @@ class Region(NamedTuple):
         return y0 + oy, x0 + ox
 
 
-def bbox_to_pixels(bbox: Any, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The pixels fully inside a normalized ``(x_min, y_min, x_max, y_max)`` box, as ``(y0, x0, y1, x1)``."""
+def bbox_to_pixels(bbox: Any, hw: tuple[int, int]) -> Box:
+    """The pixels fully inside a normalized ``(x_min, y_min, x_max, y_max)`` box, as a pixel box."""
     H, W = hw
     x_min, y_min, x_max, y_max = (float(v) for v in list(bbox)[:4])
     eps = 1e-4  # normalized boxes carry float32 rounding
     x0, y0 = max(0, int(np.ceil(x_min * W - eps))), max(0, int(np.ceil(y_min * H - eps)))
     x1, y1 = min(W, int(np.floor(x_max * W + eps))), min(H, int(np.floor(y_max * H + eps)))
-    return y0, x0, y1, x1
+    return x0, y0, x1, y1
 
 
 #: Side (pixels) of the thumbnail the automatic foreground estimate works on.
@@ -405,8 +404,8 @@ def sample_patch(
     aspect_range: tuple[float, float],
     rng: np.random.Generator,
     min_side: int = MIN_PATCH_SIDE,
-) -> tuple[int, int, int, int] | None:
-    """A random patch ``(y, x, h, w)`` lying inside ``region``, or ``None`` if not even min_side fits.
+) -> Box | None:
+    """A random patch (a box) lying inside ``region``, or ``None`` if not even min_side fits.
 
     Area is a fraction of the region's area drawn from ``area_range``; aspect (w / h) is
     log-uniform in ``aspect_range``. A patch that does not fit is shrunk (aspect kept) until it does.
@@ -414,13 +413,13 @@ def sample_patch(
     ratio = float(rng.uniform(*area_range))
     aspect = float(np.exp(rng.uniform(np.log(aspect_range[0]), np.log(aspect_range[1]))))
     area = ratio * region.area
-    y0, x0, y1, x1 = region.box
-    h = int(np.clip(round(np.sqrt(area / aspect)), min_side, max(min_side, y1 - y0)))
-    w = int(np.clip(round(np.sqrt(area * aspect)), min_side, max(min_side, x1 - x0)))
+    region_h, region_w = box_hw(region.box)
+    h = int(np.clip(round(np.sqrt(area / aspect)), min_side, max(min_side, region_h)))
+    w = int(np.clip(round(np.sqrt(area * aspect)), min_side, max(min_side, region_w)))
     while True:
         origin = region.place(h, w, rng)
         if origin is not None:
-            return origin[0], origin[1], h, w
+            return origin[1], origin[0], origin[1] + w, origin[0] + h
         if h == min_side and w == min_side:
             return None
         h, w = max(min_side, int(h * 0.8)), max(min_side, int(w * 0.8))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from albu_defects.core.geometry import box_hw, box_slices, image_box
 from albu_defects.core.transform import input_image
 from albu_defects.core.validation import as_bool_mask, check_range, image_hw
 from albu_defects.methods.anomaly.functional import ANOMALY_MASK_KEY
@@ -122,7 +123,7 @@ class CropLiq(AnomalyTransform):
         side = MIN_PATCH_SIDE
         if hw[0] < side or hw[1] < side:
             raise ValueError(f"image is {hw[0]}x{hw[1]} pixels; CropLiq needs at least {side}x{side}")
-        whole = Region.from_box((0, 0, *hw))
+        whole = Region.from_box(image_box(hw))
         if self.region == "image":
             return whole
         if self.region == "auto":  # whole image when no object is found (checked by the caller's draw)
@@ -141,7 +142,7 @@ class CropLiq(AnomalyTransform):
             found = Region.from_box(box)
             if not found.fits(side, side):
                 raise ValueError(
-                    f"the chosen bbox covers {box[2] - box[0]}x{box[3] - box[1]} whole pixels; "
+                    f"the chosen bbox covers {box_hw(box)[0]}x{box_hw(box)[1]} whole pixels; "
                     f"bboxes for CropLiq must be at least {side}x{side}"
                 )
             return found
@@ -161,11 +162,10 @@ class CropLiq(AnomalyTransform):
         for _ in range(MAX_DRAWS):
             patch = sample_patch(region, self.area_range, self.aspect_range, rng)
             if patch is None:  # only an automatic estimate can be this small: fall back to the image
-                region = Region.from_box((0, 0, *image_hw(image)))
+                region = Region.from_box(image_box(image_hw(image)))
                 patch = sample_patch(region, self.area_range, self.aspect_range, rng)
             kind = str(rng.choice(WARP_KINDS)) if self.warp == "random" else self.warp
-            y, x, h, w = patch
-            dx, dy = sample_warp_field(h, w, kind, self.strength_range, rng)
+            dx, dy = sample_warp_field(*box_hw(patch), kind, self.strength_range, rng)
             moved = moved_pixels(dx, dy, self.move_threshold)
             if moved.any():
                 break
@@ -175,8 +175,8 @@ class CropLiq(AnomalyTransform):
                 "raise strength_range or area_range, or lower move_threshold"
             )
         anomaly = np.zeros(image_hw(image), bool)
-        anomaly[y : y + h, x : x + w] = moved
-        return {"top_left": (y, x), "displacement": (dx, dy), ANOMALY_MASK_KEY: anomaly}
+        anomaly[box_slices(patch)] = moved
+        return {"top_left": (patch[1], patch[0]), "displacement": (dx, dy), ANOMALY_MASK_KEY: anomaly}
 
     def apply(self, img: np.ndarray, top_left: tuple[int, int], displacement: Field2D, **params: Any) -> np.ndarray:
         return liquify(img, top_left, *displacement, move_threshold=self.move_threshold)

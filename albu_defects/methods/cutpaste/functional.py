@@ -29,6 +29,7 @@ import numpy as np
 
 from albu_defects.blending import paste
 from albu_defects.core.color import ColorJitterFactors, color_jitter
+from albu_defects.core.geometry import Box, box_slices
 from albu_defects.core.validation import check_image, image_hw
 
 __all__ = [
@@ -116,29 +117,32 @@ def sample_aspect_ratio(aspect_ratio_range: Sequence[float], rng: np.random.Gene
 # --------------------------------------------------------------------------- the operation
 def cut_paste(
     image: np.ndarray,
-    source: tuple[int, int, int, int],
+    source: Box,
     target_top_left: tuple[int, int],
     angle: float = 0.0,
     jitter: ColorJitterFactors | None = None,
 ) -> np.ndarray:
-    """Cut ``source=(y, x, height, width)``, jitter it, rotate it by ``angle`` degrees, paste it whole at ``target_top_left``.
+    """Cut the ``source`` box, jitter it, rotate it by ``angle`` degrees, paste it whole at ``target_top_left``.
 
-    ``target_top_left`` is the corner of the rotated canvas (:func:`scar_extent`), which must lie
+    ``source`` is a box ``(x_min, y_min, x_max, y_max)``; ``target_top_left=(row, col)`` is the corner of the rotated canvas (:func:`scar_extent`), which must lie
     entirely inside the image. Returns a new image; only the pixels of :func:`rotated_footprint`
     at the target change.
     """
     check_image(image, "image")
     H, W = image_hw(image)
-    y, x, height, width = (int(v) for v in source)
-    if height < 1 or width < 1 or y < 0 or x < 0 or y + height > H or x + width > W:
-        raise ValueError(f"source {source} (y, x, height, width) must lie inside the {H}x{W} image")
+    x0, y0, x1, y1 = (int(v) for v in source)
+    if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
+        raise ValueError(
+            f"source {source} (x_min, y_min, x_max, y_max) must be a non-empty box inside the {H}x{W} image"
+        )
+    height, width = y1 - y0, x1 - x0
     rows, cols = scar_extent(height, width, angle)
     ty, tx = int(target_top_left[0]), int(target_top_left[1])
     if ty < 0 or tx < 0 or ty + rows > H or tx + cols > W:
         raise ValueError(
             f"target_top_left {target_top_left} puts the {rows}x{cols} pasted patch outside the {H}x{W} image"
         )
-    patch = image[y : y + height, x : x + width]
+    patch = image[box_slices(source)]
     patch = color_jitter(patch, *(jitter or ColorJitterFactors()))
     rotated, footprint = _rotate_patch(patch, angle)
     return paste(image, rotated, footprint, (ty, tx))

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import field_validator
 
 from albu_defects.core.color import ColorJitterFactors, check_jitter, sample_color_jitter
+from albu_defects.core.geometry import Box
 from albu_defects.core.transform import input_image
 from albu_defects.core.validation import check_range, image_hw
 from albu_defects.methods.anomaly.functional import ANOMALY_MASK_KEY
@@ -144,7 +145,8 @@ class CutPaste(AnomalyTransform):
             height = int(rng.integers(self.scar_height_range[0], self.scar_height_range[1] + 1))
             angle = float(rng.uniform(*self.rotation_range))
         rows, cols = scar_extent(height, width, angle)
-        source = (int(rng.integers(0, H - height + 1)), int(rng.integers(0, W - width + 1)), height, width)
+        y, x = int(rng.integers(0, H - height + 1)), int(rng.integers(0, W - width + 1))
+        source = (x, y, x + width, y + height)
         target = (int(rng.integers(0, H - rows + 1)), int(rng.integers(0, W - cols + 1)))
         jitter = sample_color_jitter(rng, self.brightness, self.contrast, self.saturation, self.hue)
         anomaly = np.zeros((H, W), bool)
@@ -154,7 +156,7 @@ class CutPaste(AnomalyTransform):
     def apply(
         self,
         img: np.ndarray,
-        source: tuple[int, int, int, int],
+        source: Box,
         target: tuple[int, int],
         angle: float,
         jitter: ColorJitterFactors,

@@ -75,7 +75,7 @@ from albu_defects.bank import (
 from albu_defects.blending import paste_into
 from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.color import JITTER_LIMITS, ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
-from albu_defects.core.geometry import placement_overlap, random_top_left
+from albu_defects.core.geometry import Box, placement_overlap, random_top_left
 from albu_defects.core.parallel import cached_per_object
 from albu_defects.core.validation import (
     check_int,
@@ -85,7 +85,15 @@ from albu_defects.core.validation import (
 )
 from albu_defects.methods.injection.functional import match_channels
 
-from .stage import Box, GlobalStage, apply_global_stage, blob_boxes, empty_borders, sample_global_stage, stage_geometry
+from .stage import (
+    BlobBoxes,
+    GlobalStage,
+    apply_global_stage,
+    blob_boxes,
+    empty_borders,
+    sample_global_stage,
+    stage_geometry,
+)
 
 __all__ = [
     "CLASS_VECTOR_KEY",
@@ -314,11 +322,12 @@ class GuidedCropPlan(NamedTuple):
 
 
 class GuidedCropResult(NamedTuple):
-    """One rendered sample: image, class-index mask, blob boxes (pixels) and the multi-label vector."""
+    """One rendered sample: image, class-index mask, blob boxes (pixels) and their classes, the multi-label vector."""
 
     image: np.ndarray
     mask: np.ndarray
-    bboxes: list[Box]
+    bboxes: list[Box]  # (x_min, y_min, x_max, y_max) of each visible blob, ends exclusive
+    bbox_classes: list[int]  # the class id of each box
     class_vector: np.ndarray
 
 
@@ -371,11 +380,13 @@ def mask_class_vector(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return (counts[1 : num_classes + 1] > 0).astype(np.float32)
 
 
-def present_classes(boxes: Sequence[Box], owner: np.ndarray, base: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """The multi-label vector of a composite: visible blobs (they have boxes) plus base classes left uncovered."""
+def present_classes(
+    blob_classes: Sequence[int], owner: np.ndarray, base: np.ndarray | None, num_classes: int
+) -> np.ndarray:
+    """The multi-label vector of a composite: the visible blobs' classes plus base classes left uncovered."""
     vector = np.zeros(num_classes, np.float32)
-    for box in boxes:
-        vector[box[4] - 1] = 1.0
+    for class_id in blob_classes:
+        vector[class_id - 1] = 1.0
     if base is not None and base.any():
         uncovered = np.where(owner == 0, base, 0)
         vector = np.maximum(vector, mask_class_vector(uncovered, num_classes))
@@ -408,8 +419,8 @@ def composite_mask(
 
 def render_labels(
     hw: tuple[int, int], plan: GuidedCropPlan, num_classes: int, mask: np.ndarray | None = None
-) -> tuple[np.ndarray, list[Box], np.ndarray]:
-    """The labels of ``plan`` on an image of size ``hw``: ``(class mask, blob boxes, class vector)``.
+) -> tuple[np.ndarray, BlobBoxes, np.ndarray]:
+    """The labels of ``plan`` on an image of size ``hw``: ``(class mask, blob boxes and classes, class vector)``.
 
     ``mask`` ((H, W) class indices, or ``None`` for zeros) is moved by the global stage and the
     visible blob pixels are written over it.
@@ -421,7 +432,7 @@ def render_labels(
     return (
         composite_mask(owner, blob_classes, base, num_classes),
         boxes,
-        present_classes(boxes, owner, base, num_classes),
+        present_classes(boxes.classes, owner, base, num_classes),
     )
 
 
@@ -430,6 +441,5 @@ def render_guided_crop(
 ) -> GuidedCropResult:
     """Paste ``plan``'s defects on ``image`` and apply its global stage; the mask is ``mask`` (or zeros) updated."""
     final_mask, boxes, vector = render_labels(image_hw(image), plan, num_classes, mask)
-    return GuidedCropResult(
-        apply_global_stage(paste_defects(image, plan.defects), plan.stage), final_mask, boxes, vector
-    )
+    image = apply_global_stage(paste_defects(image, plan.defects), plan.stage)
+    return GuidedCropResult(image, final_mask, boxes.boxes, boxes.classes, vector)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from albu_defects.core.color import ColorJitterFactors, color_jitter, sample_color_jitter
-from albu_defects.core.geometry import mask_bbox
+from albu_defects.core.geometry import Box, mask_bbox, translate_box
 from albu_defects.core.validation import check_image, dtype_max, image_hw
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "Borders",
     "GlobalStage",
     "apply_global_stage",
+    "BlobBoxes",
     "blob_boxes",
     "empty_borders",
     "sample_global_stage",
@@ -38,7 +39,12 @@ __all__ = [
 #: least one line) has a mean at or below ``border_threshold`` times the white level.
 BORDER_DEPTH_FRACTION = 0.02
 
-Box = tuple[int, int, int, int, int]  # pixel (x_min, y_min, x_max, y_max, class_id), ends exclusive
+
+class BlobBoxes(NamedTuple):
+    """The pixel boxes of the visible pasted blobs and, in a separate list, their class ids."""
+
+    boxes: list[Box]  # (x_min, y_min, x_max, y_max), ends exclusive
+    classes: list[int]
 
 
 class Borders(NamedTuple):
@@ -134,15 +140,15 @@ def blob_boxes(
     blob_classes: np.ndarray,
     windows: Sequence[tuple[slice, slice] | None],
     stage: GlobalStage,
-) -> list[Box]:
-    """Pixel boxes ``(x_min, y_min, x_max, y_max, class_id)`` of the visible pixels of each blob.
+) -> BlobBoxes:
+    """Pixel boxes ``(x_min, y_min, x_max, y_max)`` of the visible pixels of each blob, and the blobs' class ids.
 
     ``owner`` is the owner map after ``stage`` (:func:`stage_geometry`), ``windows`` the blobs'
     windows before it (:func:`blob_owner_map`). A blob the shift wraps around an edge gets one box per
     piece; a blob hidden entirely gets none.
     """
     h, w = owner.shape
-    boxes: list[Box] = []
+    found = BlobBoxes([], [])
     for blob, window in enumerate(windows):
         if window is None:
             continue
@@ -152,8 +158,9 @@ def blob_boxes(
             for x0, x1 in cols:
                 box = mask_bbox(owner[y0:y1, x0:x1] == blob)
                 if box is not None:
-                    boxes.append((x0 + box[1], y0 + box[0], x0 + box[3], y0 + box[2], int(blob_classes[blob])))
-    return boxes
+                    found.boxes.append(translate_box(box, (y0, x0)))
+                    found.classes.append(int(blob_classes[blob]))
+    return found
 
 
 def _roll_axis(boxes: np.ndarray, low: int, high: int, fraction: float) -> np.ndarray:

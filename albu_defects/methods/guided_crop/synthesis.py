@@ -15,13 +15,13 @@ from albu_defects.bank import (
     resolve_bank,
 )
 from albu_defects.core.class_weights import ClassWeights
+from albu_defects.core.geometry import Box
 from albu_defects.core.parallel import ordered_map
 from albu_defects.core.validation import (
     check_int,
 )
 
 from .functional import GuidedCropOptions, class_probabilities, plan_guided_crop, render_guided_crop
-from .stage import Box
 
 __all__ = [
     "SynthesizedSample",
@@ -40,7 +40,8 @@ class SynthesizedSample(NamedTuple):
     mask: np.ndarray  # class-index mask (uint8, or uint16 beyond 255 classes)
     class_vector: np.ndarray  # float32 (K,)
     classes: tuple[str, ...]  # names of the classes present in the mask
-    bboxes: list[Box]  # pixel (x_min, y_min, x_max, y_max, class_id) of each visible blob
+    bboxes: list[Box]  # pixel (x_min, y_min, x_max, y_max) of each visible blob, ends exclusive
+    bbox_classes: list[int]  # the class id of each box
     base_index: int  # which of bank.free_images it was pasted on
 
 
@@ -53,7 +54,9 @@ def synthesize_one(
     base = bank.load_free(base_index)
     result = render_guided_crop(base, plan_guided_crop(bank, base, probabilities, rng, options), len(bank.classes))
     names = tuple(bank.classes[k] for k in np.flatnonzero(result.class_vector))
-    return SynthesizedSample(index, result.image, result.mask, result.class_vector, names, result.bboxes, base_index)
+    return SynthesizedSample(
+        index, result.image, result.mask, result.class_vector, names, result.bboxes, result.bbox_classes, base_index
+    )
 
 
 def _synthesis_setup(
@@ -121,7 +124,8 @@ def synthesize_to_folder(
 
     Layout: ``images/000000.png`` (uint8 / uint16 PNG; float32 images as ``.tiff``), ``masks/000000.png``
     (the class-index mask), ``manifest.json`` (bank, seed, n, class names, probabilities, options and
-    one item per image: files, base image, class names, class vector, blob boxes in pixels) and
+    one item per image: files, base image, class names, class vector, blob boxes in pixels
+    (``bboxes``, the package's box convention) and their class ids (``bbox_classes``)) and
     ``manifest.csv`` (``index,image,mask,classes`` with classes joined by ``;``). Image and mask are
     written in the worker threads. A non-empty ``out`` is refused unless ``overwrite=True``.
     """
@@ -156,6 +160,7 @@ def synthesize_to_folder(
             "classes": list(sample.classes),
             "class_vector": [int(v) for v in sample.class_vector],
             "bboxes": [list(box) for box in sample.bboxes],
+            "bbox_classes": list(sample.bbox_classes),
         }
 
     items = list(ordered_map(work, int(n), workers, "Guided-Crop synth", progress))
@@ -167,7 +172,7 @@ def synthesize_to_folder(
         "classes": list(bank.classes),
         "probabilities": [float(p) for p in probabilities],
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in checked._asdict().items()},
-        "bbox_format": "pascal_voc pixels: x_min, y_min, x_max, y_max, class_id",
+        "bbox_format": "pascal_voc pixels: x_min, y_min, x_max, y_max (ends exclusive); class ids in bbox_classes",
         "items": items,
     }
     path = root / "manifest.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +32,7 @@ from .functional import (
     plan_guided_crop,
     render_labels,
 )
-from .stage import Box, apply_global_stage, stage_bboxes, stage_geometry, stage_keypoints
+from .stage import BlobBoxes, apply_global_stage, stage_bboxes, stage_geometry, stage_keypoints
 
 __all__ = [
     "GuidedCropPaste",
@@ -233,7 +232,7 @@ class GuidedCropPaste(DefectTransform):
         bboxes: np.ndarray,
         skip: bool = True,
         plan: GuidedCropPlan | None = None,
-        blob_boxes: Sequence[Box] = (),
+        blob_boxes: BlobBoxes | None = None,
         **params: Any,
     ) -> np.ndarray:
         if skip or plan is None:
@@ -241,14 +240,14 @@ class GuidedCropPaste(DefectTransform):
         h, w = params["shape"][:2]
         existing = np.asarray(bboxes)
         moved = stage_bboxes(existing, plan.stage, (h, w)) if existing.size else None
-        if not blob_boxes:
+        if blob_boxes is None or not blob_boxes.boxes:
             return moved if moved is not None else bboxes
         label_fields = self.processor_label_fields("bboxes")
         columns = existing.shape[1] if existing.ndim == 2 and existing.size else 4 + (len(label_fields) or 1)
-        rows = np.zeros((len(blob_boxes), columns), np.float64)
+        rows = np.zeros((len(blob_boxes.boxes), columns), np.float64)
         bank = self.resolved_bank()
         user_columns = columns - len(label_fields)
-        for i, (x0, y0, x1, y1, class_id) in enumerate(blob_boxes):
+        for i, ((x0, y0, x1, y1), class_id) in enumerate(zip(*blob_boxes, strict=True)):
             rows[i, :4] = (x0 / w, y0 / h, x1 / w, y1 / h)
             rows[i, 4:user_columns] = class_id
             for j, field in enumerate(label_fields):

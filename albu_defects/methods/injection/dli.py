@@ -42,7 +42,7 @@ Outputs
     objects; injected ones are new arrays; stacks are copied), plus ``labels`` (the given ones
     updated, or, when none were given, an (N, K) uint8 multi-hot array derived from the masks),
     ``injections`` (per image ``None`` or a dict: ``class_id``, ``class_name``, ``entry_id``,
-    ``source_id``, ``method`` "poisson" | "paste", ``bbox`` (y0, x0, y1, x1) of the injected label,
+    ``source_id``, ``method`` "poisson" | "paste", ``bbox`` (x_min, y_min, x_max, y_max) of the injected label,
     ``top_left``, ``scale``), and ``class_counts_before`` / ``class_counts_after`` ({class name:
     count} over the balanced classes). Injected one-hot masks get 1 (True for bool) on the defect.
     Other keys pass through unchanged; per-image ``bboxes``/``keypoints`` and single-image keys are

@@ -56,7 +56,17 @@ import cv2
 import numpy as np
 
 from albu_defects import blending
-from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
+from albu_defects.core.geometry import (
+    Box,
+    box_center,
+    box_hw,
+    box_slices,
+    dilate_mask,
+    grow_box,
+    mask_bbox,
+    placement_overlap,
+    translate_box,
+)
 from albu_defects.core.validation import check_choice, check_image, image_hw, num_channels
 
 __all__ = [
@@ -99,13 +109,13 @@ class InjectionResult(NamedTuple):
 
     ``image``: the new image; ``class_mask``: the new class-index mask (``None`` if none was given);
     ``label``: bool (H, W), the injected defect's pixels on the target; ``bbox``: their tight box
-    ``(y0, x0, y1, x1)`` (ends exclusive), ``None`` if nothing landed on the target.
+    ``(x_min, y_min, x_max, y_max)`` (ends exclusive), ``None`` if nothing landed on the target.
     """
 
     image: np.ndarray
     class_mask: np.ndarray | None
     label: np.ndarray
-    bbox: tuple[int, int, int, int] | None
+    bbox: Box | None
 
 
 @contextmanager
@@ -205,8 +215,9 @@ def crop_to_defect(crop: np.ndarray, mask: np.ndarray, context: int) -> tuple[np
     box = mask_bbox(mask)
     if box is None:
         raise ValueError("the defect's mask is empty")
-    y0, x0, y1, x1 = grow_box(box, context, image_hw(crop))
-    return crop[y0:y1, x0:x1], mask[y0:y1, x0:x1], (y0, x0)
+    box = grow_box(box, context, image_hw(crop))
+    window = box_slices(box)
+    return crop[window], mask[window], (box[1], box[0])
 
 
 def transform_defect(
@@ -230,8 +241,8 @@ def transform_defect(
     if crop.ndim == 3 and canvas.ndim == 2:
         canvas = canvas[..., None]
     canvas_mask = cv2.copyMakeBorder(np.asarray(mask, np.uint8), *borders, cv2.BORDER_CONSTANT, value=0)
-    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
-    before = (pad_y + (y0 + y1) / 2.0, pad_x + (x0 + x1) / 2.0)
+    center = box_center(mask_bbox(mask))  # type: ignore[arg-type]
+    before = (pad_y + center[0], pad_x + center[1])
     for _ in range(TRANSFORM_RETRIES):
         out, out_mask = transform(canvas, canvas_mask)
         if not isinstance(out, np.ndarray) or out.dtype != crop.dtype or out.ndim != crop.ndim:
@@ -249,8 +260,8 @@ def transform_defect(
         out_mask = out_mask != 0
         if out_mask.any():
             new_crop, new_mask, (oy, ox) = crop_to_defect(out, out_mask, context)
-            y0, x0, y1, x1 = mask_bbox(new_mask)  # type: ignore[misc]  # small: the cut-down crop
-            after = (oy + (y0 + y1) / 2.0, ox + (x0 + x1) / 2.0)
+            center = box_center(mask_bbox(new_mask))  # type: ignore[arg-type]  # small: the cut-down crop
+            after = (oy + center[0], ox + center[1])
             return new_crop, new_mask, (after[0] - before[0], after[1] - before[1])
     new_crop, new_mask, _ = crop_to_defect(crop, np.asarray(mask, bool), context)
     return new_crop, new_mask, (0.0, 0.0)
@@ -267,8 +278,7 @@ def fit_to_target(
     th, tw = int(target_hw[0]), int(target_hw[1])
     factor = 1.0
     for _ in range(64):
-        y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
-        bh, bw = y1 - y0, x1 - x0
+        bh, bw = box_hw(mask_bbox(mask))  # type: ignore[arg-type]
         if bh <= th and bw <= tw:
             return crop, mask, factor
         step = min(th / bh, tw / bw)
@@ -291,9 +301,11 @@ def source_top_left(
 ) -> tuple[int, int]:
     """``top_left`` putting the mask's centre at ``relative_center`` (fractions of the target) plus ``shift`` px.
 
+    ``relative_center`` and ``shift`` are ``(row, col)``.
+
     Clamped so the mask's box lies inside the target (raises ``ValueError`` when it cannot).
     """
-    y0, x0, y1, x1 = mask_bbox(mask)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(mask)  # type: ignore[misc]
     th, tw = int(target_hw[0]), int(target_hw[1])
     if y1 - y0 > th or x1 - x0 > tw:
         raise ValueError(f"a {y1 - y0}x{x1 - x0} defect does not fit a {th}x{tw} image")
@@ -322,16 +334,15 @@ def placed_label(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int
     return label
 
 
-def placed_bbox(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """Tight box ``(y0, x0, y1, x1)`` of :func:`placed_label`, found in the (small) placed window; ``None`` if empty."""
+def placed_bbox(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]) -> Box | None:
+    """Tight box ``(x_min, y_min, x_max, y_max)`` of :func:`placed_label`, found in the placed window; ``None`` if empty."""
     overlap = placement_overlap(hw, mask.shape, top_left)
     if overlap is None:
         return None
     box = mask_bbox(mask[overlap.source])
     if box is None:
         return None
-    ty, tx = overlap.target[0].start, overlap.target[1].start
-    return box[0] + ty, box[1] + tx, box[2] + ty, box[3] + tx
+    return translate_box(box, (overlap.target[0].start, overlap.target[1].start))
 
 
 def write_class(class_mask: np.ndarray, label: np.ndarray, class_id: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from albu_defects.bank import DefectBank, DefectEntry
-from albu_defects.core.geometry import mask_bbox, random_top_left
+from albu_defects.core.geometry import box_center, box_hw, mask_bbox, random_top_left
 from albu_defects.core.parallel import cached_per_object
 from albu_defects.core.validation import check_choice, image_hw
 
@@ -78,8 +78,7 @@ def _defect_hw(entry: DefectEntry) -> tuple[int, int]:
 
 
 def _mask_box_hw(entry: DefectEntry) -> tuple[int, int]:
-    y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
-    return y1 - y0, x1 - x0
+    return box_hw(mask_bbox(entry.mask))  # type: ignore[arg-type]
 
 
 def choose_entry(
@@ -163,10 +162,10 @@ def plan_injection(
         if placement == "random":
             top_left = random_top_left(mask, target_hw, rng)
         else:
-            y0, x0, y1, x1 = mask_bbox(entry.mask)  # type: ignore[misc]
-            sy, sx = entry.bbox[0], entry.bbox[1]
+            cy, cx = box_center(mask_bbox(entry.mask))  # type: ignore[arg-type]
+            sx, sy = entry.bbox[0], entry.bbox[1]
             sh, sw = entry.source_hw
-            center = ((sy + (y0 + y1) / 2.0) / sh, (sx + (x0 + x1) / 2.0) / sw)
+            center = ((sy + cy) / sh, (sx + cx) / sw)
             top_left = source_top_left(mask, target_hw, center, (shift[0] * factor, shift[1] * factor))
         method = "poisson" if rng.random() < poisson_p else "paste"
     return InjectionPlan(

@@ -259,7 +259,7 @@ def _append_boxes(
         box = placed_bbox(plan.mask, plan.top_left, hw)
         if box is None:
             continue
-        y0, x0, y1, x1 = box
+        x0, y0, x1, y1 = box
         row = np.full(columns, float(plan.class_id))
         row[:4] = (x0 / w, y0 / h, x1 / w, y1 / h)
         first_label = columns - len(label_fields)
