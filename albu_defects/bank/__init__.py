@@ -37,7 +37,7 @@ Bad input
     unsupported dtype, a defect-class image with an empty mask, unknown class values) skips that
     source, is recorded in ``bank.skipped`` (kept when saved) and is reported by one
     :class:`DefectBankWarning` per kind, with the count and the names; ``strict=True`` raises a
-    ``ValueError`` instead. A class left without defects is warned about at build, and sampling it
+    ``ValueError`` instead. A class left without defects is warned about at build, and drawing from it
     raises a ``ValueError`` naming it. Unknown layouts and unknown class names raise.
 
 On-disk format

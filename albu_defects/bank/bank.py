@@ -125,7 +125,7 @@ class DefectBank:
             return resolve_bank, (str(self._path),)
         return super().__reduce_ex__(protocol)
 
-    # -- classes and sampling ----------------------------------------------------------------------
+    # -- classes and draws -------------------------------------------------------------------------
 
     def class_id(self, cls: int | str) -> int:
         """The id (1..K) of a class given by name or id; ``ValueError`` if the bank has no such class."""
@@ -145,19 +145,19 @@ class DefectBank:
             )
         return group
 
-    def sample(self, cls: int | str, rng: np.random.Generator) -> DefectEntry:
+    def draw(self, cls: int | str, rng: np.random.Generator) -> DefectEntry:
         """A uniformly random entry of a class (by id or name), drawn from ``rng``."""
         group = self._nonempty(cls)
         return group[int(_check_rng(rng).integers(len(group)))]
 
-    def sample_blobs(self, cls: int | str, rng: np.random.Generator) -> DefectEntry:
+    def draw_blobs(self, cls: int | str, rng: np.random.Generator) -> DefectEntry:
         """A random entry of a class restricted to a random non-empty subset of its blobs.
 
         Draws an entry uniformly, then a number of blobs uniformly in 1..num_blobs, then which ones.
         The crop is tightened to the kept blobs plus the bank's margin (see :meth:`DefectEntry.with_blobs`);
         when every blob is drawn that is the entry itself, returned as is (no re-labelling of its blobs).
         """
-        entry = self.sample(cls, rng)
+        entry = self.draw(cls, rng)
         count = int(rng.integers(1, entry.num_blobs + 1))
         if count == entry.num_blobs:
             return entry

@@ -152,7 +152,7 @@ class _Builder:
             message = f"{self.origin}: {len(empty)} class(es) have no defects: {', '.join(empty)}"
             if self.strict:
                 raise ValueError(message + " (strict=True)")
-            warnings.warn(message + "; sampling them raises", DefectBankWarning, stacklevel=4)
+            warnings.warn(message + "; drawing from them raises", DefectBankWarning, stacklevel=4)
         return {
             "classes": classes,
             "entries": entries,

@@ -1,9 +1,9 @@
 """Base class for albu-defects transforms, bridging albumentations 2.0.x and AlbumentationsX.
 
-Subclasses implement one pure hook, :meth:`DefectTransform.sample`, that draws every random
+Subclasses implement one pure hook, :meth:`DefectTransform.draw_params`, that draws every random
 parameter from the ``rng`` it is given and returns them as a dict; ``apply_*`` methods then call
-pure functions with those parameters. The bridge below routes that one hook to whichever sampling
-API the installed albumentations expects:
+pure functions with those parameters ("draw" is a random draw; "sample" is a data item). The bridge
+below routes that one hook to whichever parameter API the installed albumentations expects:
 
 - albumentations 2.0.x calls ``get_params_dependent_on_data(params, data)`` and seeds
   ``self.random_generator`` from ``Compose(seed=...)``;
@@ -67,12 +67,13 @@ def public_class_fullname(cls: type) -> str:
 
 
 class DefectTransform(A.DualTransform):
-    """A DualTransform whose random parameters come from one pure hook, :meth:`sample`.
+    """A DualTransform whose random parameters come from one pure hook, :meth:`draw_params`.
 
     Subclasses:
     - declare every ``__init__`` argument in ``InitSchema`` and store it as ``self.<same name>``
       (albumentations serializes by reading attributes of the same name);
-    - implement ``sample(params, data, rng)``: check inputs, draw parameters from ``rng`` only;
+    - implement ``draw_params(params, data, rng)``: draw parameters from ``rng`` only (inputs are
+      checked before, by :meth:`check_inputs`); render outputs in ``apply_*``, not here;
     - optionally implement ``extra_outputs(params, data)`` to add keys (labels, weights) to the
       result of an applied call, and ``default_outputs(data)`` for the same keys when the
       transform is skipped (``p``), so a DataLoader always sees the same keys.
@@ -87,8 +88,17 @@ class DefectTransform(A.DualTransform):
     def get_class_fullname(cls) -> str:
         return public_class_fullname(cls)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # 0.1.0 called the hook ``sample``; a subclass still defining it would silently draw nothing
+        if "sample" in vars(cls) and "draw_params" not in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} defines sample(params, data, rng); the DefectTransform hook is now called "
+                "draw_params(params, data, rng): rename the method"
+            )
+
     # ----------------------------------------------------------------- hooks for subclasses
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Draw this call's parameters from ``rng``. ``params`` holds ``shape``; ``data`` the inputs."""
         return {}
 
@@ -101,7 +111,7 @@ class DefectTransform(A.DualTransform):
         return {}
 
     def check_inputs(self, data: dict[str, Any]) -> None:
-        """Reject unsupported images and masks of the wrong size before sampling."""
+        """Reject unsupported images and masks of the wrong size before drawing parameters."""
         check_sample_inputs(data)
 
     # ----------------------------------------------------------------- helpers for subclasses
@@ -115,9 +125,9 @@ class DefectTransform(A.DualTransform):
         return list(getattr(params, "label_fields", None) or [])
 
     # ----------------------------------------------------------------- the bridge
-    def _sample_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def _draw_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         self.check_inputs(data)
-        return self.sample(params, data, rng)
+        return self.draw_params(params, data, rng)
 
     def _with_defaults(self, result: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         for key, value in self.default_outputs(data).items():
@@ -127,7 +137,7 @@ class DefectTransform(A.DualTransform):
     if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
 
         def sample_parameters(self, params: dict[str, Any], data: dict[str, Any], targets: Any, sampling: Any) -> Any:
-            return SampledParams(params=self._sample_checked(params, data, sampling.random_generator))
+            return SampledParams(params=self._draw_checked(params, data, sampling.random_generator))
 
         def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **kwargs: Any) -> Any:
             # X's Compose calls leaves here (not through __call__), also when ``p`` skips them.
@@ -149,7 +159,7 @@ class DefectTransform(A.DualTransform):
             return self._with_defaults(super().__call__(*args, force_apply=force_apply, **kwargs), kwargs)
 
         def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-            return self._sample_checked(params, data, self.random_generator)
+            return self._draw_checked(params, data, self.random_generator)
 
         def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
             result = super().apply_with_params(params, *args, **kwargs)

@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
-from .contextmix import ContextMix
+from .contextmix import TensorContextMix
 from .workers import reseed_in_worker
 
 __all__ = [
@@ -28,7 +28,7 @@ class ContextMixCollate:
     ``(mixed, targets, *rest)``) or a mapping with ``image_key`` and ``label_key`` (``label_key``
     may be absent: ``targets`` then holds the weights), returned with those keys replaced and
     ``mix_weights`` (N, 2) added. Images must be (N, C, H, W) tensors (e.g. from ``ToTensorV2``).
-    Other arguments go to :class:`ContextMix`.
+    Other arguments go to :class:`~albu_defects.pytorch.TensorContextMix`.
 
     In worker processes every worker gets its own stream: the op gets a generator seeded by
     :func:`reseed_pipeline` (the worker's seed, ``seed`` when set, and the rank), so workers, epochs
@@ -48,7 +48,7 @@ class ContextMixCollate:
         self.collate_fn = collate_fn or default_collate
         self.image_key = image_key
         self.label_key = label_key
-        self.contextmix = ContextMix(**contextmix_kwargs)
+        self.contextmix = TensorContextMix(**contextmix_kwargs)
         self._worker_seed: int | None = None
 
     def __call__(self, samples: list[Any]) -> Any:

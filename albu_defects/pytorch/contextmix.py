@@ -1,7 +1,7 @@
 """ContextMix on a batch of (N, C, H, W) tensors: the torch batch op and the batched resize-and-paste.
 
-Called like torchvision's ``CutMix`` or timm's ``Mixup``: ``images, targets = ContextMix(num_classes=K)(images,
-labels)``. The box math is the numpy transform's (:func:`albu_defects.methods.contextmix.functional.sample_boxes`,
+:class:`TensorContextMix` is called like torchvision's ``CutMix`` or timm's ``Mixup``:
+``images, targets = TensorContextMix(num_classes=K)(images, labels)``. The box math is the numpy transform's (:func:`albu_defects.methods.contextmix.functional.draw_boxes`,
 ``mix_weights``, ``nearest_source_index``); this module only moves pixels, with no device-specific code.
 
 Where to run it: on a GPU the batch op belongs in the training loop, after ``.to(device)``
@@ -28,13 +28,13 @@ from albu_defects.methods.contextmix.functional import (
     BoxKind,
     LabelMode,
     check_box_options,
+    draw_boxes,
     mix_weights,
     nearest_source_index,
-    sample_boxes,
 )
 
 __all__ = [
-    "ContextMix",
+    "TensorContextMix",
     "ScratchBuffers",
     "paste_resized_batch",
 ]
@@ -43,7 +43,7 @@ Interpolation = Literal["nearest", "bilinear"]
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear")
 
 
-# =============================================================================== ContextMix
+# =============================================================================== the batch op
 def _check_images(images: Any) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
@@ -310,12 +310,15 @@ def _soft_targets(
     return weights[:, :1] * one_hot + weights[:, 1:] * one_hot.index_select(0, partner)
 
 
-class ContextMix:
+class TensorContextMix:
     """ContextMix on a batch of (N, C, H, W) tensors: ``images, targets = cm(images, labels)``.
+
+    The torch counterpart of the numpy transform :class:`albu_defects.ContextMix` (one sample at a
+    time, inside an ``A.Compose``); named apart from it after 0.1.0 (it was ``albu_defects.pytorch.ContextMix``).
 
     Each image ``i`` gets the whole image ``perm[i]`` (a random permutation, as the paper's
     ``shuffle_index``: any batch size, a sample may draw itself) resized into a box, with the box
-    math of :func:`albu_defects.methods.contextmix.functional.sample_boxes`. ``labels``:
+    math of :func:`albu_defects.methods.contextmix.functional.draw_boxes`. ``labels``:
 
     - int class ids (N,) -> soft targets (N, num_classes) float32:
       ``lambda_A * onehot(y) + lambda_B * onehot(y[perm])`` with optional label smoothing;
@@ -395,7 +398,7 @@ class ContextMix:
 
     def __repr__(self) -> str:
         return (
-            f"ContextMix(alpha={self.alpha}, num_classes={self.num_classes}, p={self.p}, mode={self.mode!r}, "
+            f"TensorContextMix(alpha={self.alpha}, num_classes={self.num_classes}, p={self.p}, mode={self.mode!r}, "
             f"box={self.box!r}, label_mode={self.label_mode!r}, interpolation={self.interpolation!r})"
         )
 
@@ -405,7 +408,7 @@ class ContextMix:
         count = 1 if self.mode == "batch" else size
         apply = torch.rand(count, generator=self.generator, dtype=torch.float64).numpy() < self.p
         draws = torch.rand(count, 3, generator=self.generator, dtype=torch.float64).numpy()
-        boxes = sample_boxes(
+        boxes = draw_boxes(
             height,
             width,
             draws,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from .contextmix import ContextMix
+from .contextmix import TensorContextMix
 
 __all__ = [
     "distributed_rank",
@@ -129,7 +129,7 @@ def reseed_in_worker(pipeline: Any, last_worker_seed: int | None) -> int | None:
 
 
 def _is_pipeline(value: Any) -> bool:
-    return isinstance(value, (A.BaseCompose, A.BasicTransform, ContextMix))
+    return isinstance(value, (A.BaseCompose, A.BasicTransform, TensorContextMix))
 
 
 def reseed_pipeline(pipeline: Any, rank: int | None = None) -> int:
@@ -137,19 +137,19 @@ def reseed_pipeline(pipeline: Any, rank: int | None = None) -> int:
 
     ``pipeline``: an albumentations ``Compose`` (or any ``BaseCompose``: :class:`~albu_defects.BatchCompose`,
     :class:`~albu_defects.DynamicLabelInjection`, ...), a single transform, or a torch
-    :class:`ContextMix`. Its new seed is :func:`worker_seed` of its own ``seed`` (kept as the base:
+    :class:`~albu_defects.pytorch.TensorContextMix`. Its new seed is :func:`worker_seed` of its own ``seed`` (kept as the base:
     ``pipeline.seed`` is restored afterwards, so calling it twice in one worker gives the same
     stream), the worker's seed and ``rank``. A ``Compose`` passes the seed to every child, as
     ``Compose(seed=...)`` does. Outside a worker it still separates ranks (call it once per rank
     after ``init_process_group`` when ``num_workers=0``).
     """
-    if isinstance(pipeline, ContextMix):
+    if isinstance(pipeline, TensorContextMix):
         seed = worker_seed(pipeline.seed, rank)
         pipeline.generator = torch.Generator().manual_seed(seed)
         return seed
     if not isinstance(pipeline, (A.BaseCompose, A.BasicTransform)):
         raise ValueError(
-            f"pipeline must be an albumentations Compose/transform or albu_defects.pytorch.ContextMix, "
+            f"pipeline must be an albumentations Compose/transform or albu_defects.pytorch.TensorContextMix, "
             f"got {type(pipeline).__name__}"
         )
     base = getattr(pipeline, "seed", None)
@@ -164,7 +164,7 @@ def find_pipelines(root: Any) -> list[Any]:
     """The augmentation pipelines reachable from ``root`` (e.g. a Dataset), outermost only.
 
     A pipeline is an albumentations ``BaseCompose`` (``A.Compose``, ``A.OneOf``, our batch
-    composes), a single albumentations transform, or a torch :class:`ContextMix`; once found, its
+    composes), a single albumentations transform, or a :class:`~albu_defects.pytorch.TensorContextMix`; once found, its
     children are not searched (re-seeding a compose re-seeds them). The search walks instance
     attributes (``vars(obj)``: ``dataset.transform``, ``Subset.dataset``, ``ConcatDataset.datasets``,
     ...) and the items of lists, tuples, sets and dict values, at most :data:`SEARCH_MAX_DEPTH`

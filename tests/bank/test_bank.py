@@ -310,13 +310,13 @@ def test_blobs_match_cv2_connected_components(mask, margin):
 
 def test_sampling_is_reproducible_and_restricts_blobs(mt_root):
     bank = build(mt_root)
-    draws = [bank.sample("Crack", np.random.default_rng(7)).entry_id for _ in range(3)]
+    draws = [bank.draw("Crack", np.random.default_rng(7)).entry_id for _ in range(3)]
     assert len(set(draws)) == 1
-    assert {bank.sample(2, np.random.default_rng(s)).source_id for s in range(30)} == {"MT_Crack/c1", "MT_Crack/c2"}
+    assert {bank.draw(2, np.random.default_rng(s)).source_id for s in range(30)} == {"MT_Crack/c1", "MT_Crack/c2"}
     seen_subsets = set()
     for seed in range(40):
-        part = bank.sample_blobs("Crack", np.random.default_rng(seed))
-        again = bank.sample_blobs("Crack", np.random.default_rng(seed))
+        part = bank.draw_blobs("Crack", np.random.default_rng(seed))
+        again = bank.draw_blobs("Crack", np.random.default_rng(seed))
         assert part == again
         whole = bank.entries[part.entry_id]
         every_blob = tuple(range(1, whole.num_blobs + 1))
@@ -354,17 +354,17 @@ def test_class_errors_name_the_class(tmp_path):
     assert any("1 class(es) have no defects: Fray" in m for m in messages)
     assert any("skipped 1 defect-class image(s) whose mask is empty" in m and "MT_Fray/f" in m for m in messages)
     with pytest.raises(ValueError, match=r"'Fray' \(id 2\) has no entries"):
-        bank.sample("Fray", np.random.default_rng(0))
+        bank.draw("Fray", np.random.default_rng(0))
     with pytest.raises(ValueError, match="'Fray'"):
-        bank.sample_blobs(2, np.random.default_rng(0))
+        bank.draw_blobs(2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown defect class 'Dent'"):
-        bank.sample("Dent", np.random.default_rng(0))
+        bank.draw("Dent", np.random.default_rng(0))
     with pytest.raises(ValueError, match="background"):
-        bank.sample(0, np.random.default_rng(0))
+        bank.draw(0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown class id 3"):
         bank.class_id(3)
     with pytest.raises(ValueError, match="Generator"):
-        bank.sample(1, np.random.RandomState(0))
+        bank.draw(1, np.random.RandomState(0))
 
 
 def test_stats_rows(mt_root):
@@ -668,7 +668,7 @@ def test_real_magnetic_tile_counts_and_reports_empty_masks(real_bank):
     assert rows["free"]["images"] == 952 and rows["Uneven"]["images"] == 99
     assert all(r["blobs_max"] >= 1 and r["area_pct_mean"] > 0 for c, r in rows.items() if c != "free")
     assert loaded.load_free(0).dtype == np.uint8 and loaded.load_free(0).ndim == 2
-    part = loaded.sample_blobs("Break", np.random.default_rng(0))
+    part = loaded.draw_blobs("Break", np.random.default_rng(0))
     assert part.mask.any() and part.class_name == "Break"
 
 

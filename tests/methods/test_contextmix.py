@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from albu_defects import BatchCompose, ContextMix
 from albu_defects.methods.contextmix.functional import (
     bboxes_into_box,
+    draw_boxes,
     mix_weights,
     nearest_source_index,
     occlude_bboxes,
     paste_resized,
-    sample_boxes,
     soft_labels,
 )
 
@@ -59,7 +59,7 @@ def run(transform: ContextMix, seed: int = 0, compose_kwargs: dict | None = None
     min_side=st.integers(1, 6),
 )
 def test_sample_boxes_lie_inside_and_respect_min_side(height, width, draws, alpha, box, box_size, min_side):
-    x0, y0, x1, y1 = sample_boxes(
+    x0, y0, x1, y1 = draw_boxes(
         height, width, np.array(draws), alpha=alpha, box=box, box_size=box_size, min_box_side=min_side
     )
     assert 0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width
@@ -73,15 +73,15 @@ def test_sample_boxes_lie_inside_and_respect_min_side(height, width, draws, alph
 
 def test_box_kinds_follow_the_paper_variants():
     draws = np.array([[0.3, 0.5, 0.5]])
-    fixed = sample_boxes(100, 200, draws, box="fixed", box_size=0.25, min_box_side=1)[0]
+    fixed = draw_boxes(100, 200, draws, box="fixed", box_size=0.25, min_box_side=1)[0]
     assert (fixed[3] - fixed[1], fixed[2] - fixed[0]) == (50, 100)  # 25 % of the area, image aspect (h, w)
-    square = sample_boxes(100, 200, draws, box="square", min_box_side=1)[0]
+    square = draw_boxes(100, 200, draws, box="square", min_box_side=1)[0]
     assert square[2] - square[0] == square[3] - square[1]  # centred, so not clipped here
     # alpha = 1 makes lam uniform: u = 0.36 -> lam = 0.36 -> sides sqrt(0.64) = 0.8 of the image
-    beta = sample_boxes(100, 200, np.array([0.36, 0.5, 0.5]), box="beta", min_box_side=1)
+    beta = draw_boxes(100, 200, np.array([0.36, 0.5, 0.5]), box="beta", min_box_side=1)
     assert (beta[3] - beta[1], beta[2] - beta[0]) == (80, 160)
     # boxes below min_box_side are skipped (empty), as the paper's code skips sides <= 2 px
-    tiny = sample_boxes(100, 200, np.array([0.9999, 0.5, 0.5]), min_box_side=3)
+    tiny = draw_boxes(100, 200, np.array([0.9999, 0.5, 0.5]), min_box_side=3)
     assert tiny[2] == tiny[0] and tiny[3] == tiny[1]
 
 

@@ -15,12 +15,12 @@ from albu_defects.methods.cropliq.functional import (
     WARP_KINDS,
     Region,
     bbox_to_pixels,
+    draw_patch,
+    draw_warp_field,
     fold_free_scale,
     foreground_mask,
     liquify,
     push_field,
-    sample_patch,
-    sample_warp_field,
 )
 
 DTYPES = [np.uint8, np.uint16, np.float32]
@@ -64,7 +64,7 @@ def corner_determinants(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_field_is_zero_on_the_border_and_fold_free(kind, h, w, strength, seed):
-    dx, dy = sample_warp_field(h, w, kind, tuple(strength), np.random.default_rng(seed))
+    dx, dy = draw_warp_field(h, w, kind, tuple(strength), np.random.default_rng(seed))
     assert dx.shape == dy.shape == (h, w) and dx.dtype == np.float32
     for field in (dx, dy):
         assert not field[[0, -1], :].any() and not field[:, [0, -1]].any()
@@ -91,7 +91,7 @@ def test_fold_free_scale_is_what_keeps_a_strong_push_from_folding():
 @pytest.mark.parametrize("kind", WARP_KINDS)
 def test_every_warp_kind_actually_moves_pixels(kind):
     rng = np.random.default_rng(1)
-    moved = [np.hypot(*sample_warp_field(64, 64, kind, (0.3, 0.6), rng)).max() for _ in range(10)]
+    moved = [np.hypot(*draw_warp_field(64, 64, kind, (0.3, 0.6), rng)).max() for _ in range(10)]
     assert min(moved) > 1.0
 
 
@@ -109,7 +109,7 @@ def test_liquify_changes_only_moved_pixels_inside_the_patch(dtype, channels, y, 
     shape = (64, 70) if channels is None else (64, 70, channels)
     image = random_image(shape, dtype, seed)
     image.setflags(write=False)
-    dx, dy = sample_warp_field(size, size + 3, kind, (0.3, 0.6), np.random.default_rng(seed))
+    dx, dy = draw_warp_field(size, size + 3, kind, (0.3, 0.6), np.random.default_rng(seed))
     out = liquify(image, (y, x), dx, dy, move_threshold=0.5)
     assert out.dtype == image.dtype and out.shape == image.shape
     diff = changed(out, image)
@@ -139,13 +139,13 @@ def test_sampled_patch_lies_inside_the_region(seed, area, aspect):
     region = Region.from_mask(blobs)
     if region is None or not region.fits(8, 8):
         return
-    patch = sample_patch(region, tuple(area), tuple(aspect), rng)
+    patch = draw_patch(region, tuple(area), tuple(aspect), rng)
     assert patch is not None
     x0, y0, x1, y1 = patch  # a box: (x_min, y_min, x_max, y_max)
     assert y1 - y0 >= 8 and x1 - x0 >= 8
     assert blobs[y0:y1, x0:x1].all()
     box = Region.from_box((7, 5, 60, 50))
-    x0, y0, x1, y1 = sample_patch(box, tuple(area), tuple(aspect), rng)
+    x0, y0, x1, y1 = draw_patch(box, tuple(area), tuple(aspect), rng)
     assert y0 >= 5 and y1 <= 50 and x0 >= 7 and x1 <= 60
 
 

@@ -15,9 +15,9 @@ from albu_defects.core.color import ColorJitterFactors
 from albu_defects.methods.cutpaste.functional import (
     cut_paste,
     cutpaste_patch_size,
+    draw_aspect_ratio,
     max_scar_extent,
     rotated_footprint,
-    sample_aspect_ratio,
     scar_extent,
 )
 
@@ -69,9 +69,9 @@ def test_cutpaste_patch_size_and_aspect_draws():
     h, w = cutpaste_patch_size((100, 100), 0.15, 3.3)
     assert w > h and abs(h * w - 1500) < h + w  # width / height, never swapped
     rng = np.random.default_rng(0)
-    draws = np.array([sample_aspect_ratio((0.3, 3.3), rng) for _ in range(2000)])
+    draws = np.array([draw_aspect_ratio((0.3, 3.3), rng) for _ in range(2000)])
     assert 0.45 < (draws < 1).mean() < 0.55 and draws.min() >= 0.3 and draws.max() <= 3.3
-    assert all(2 <= sample_aspect_ratio((2, 3), rng) <= 3 for _ in range(50))
+    assert all(2 <= draw_aspect_ratio((2, 3), rng) <= 3 for _ in range(50))
 
 
 @given(

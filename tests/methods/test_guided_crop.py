@@ -32,10 +32,10 @@ from albu_defects.methods.guided_crop.functional import (
     class_probabilities,
     composite_mask,
     configuration_table,
+    draw_configuration,
     paste_defects,
     plan_guided_crop,
     render_guided_crop,
-    sample_configuration,
 )
 from albu_defects.methods.guided_crop.stage import (
     GlobalStage,
@@ -164,7 +164,7 @@ def test_configurations_follow_the_lookup_table(bank):
     uniform = np.full(3, 1 / 3)
     seen_pair = seen_alone = 0
     for _ in range(600):
-        classes = sample_configuration(table, uniform, 3, rng)
+        classes = draw_configuration(table, uniform, 3, rng)
         assert 1 <= len(classes) <= 3
         primary = classes[0]
         assert any(primary in c and set(classes) == set(c) for c in table.configurations), classes
@@ -173,7 +173,7 @@ def test_configurations_follow_the_lookup_table(bank):
             seen_alone += set(classes) == {1}
     # class 1 occurs alone in one image and with class 2 in another: both configurations are drawn
     assert seen_pair > 50 and seen_alone > 50
-    assert all(len(sample_configuration(table, uniform, 1, rng)) == 1 for _ in range(50))
+    assert all(len(draw_configuration(table, uniform, 1, rng)) == 1 for _ in range(50))
 
 
 def test_class_frequencies_follow_the_weights(bundled_bank_path):

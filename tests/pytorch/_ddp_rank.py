@@ -48,7 +48,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def run_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from albu_defects.pytorch import ContextMix, reseed_pipeline, worker_init_fn
+    from albu_defects.pytorch import TensorContextMix, reseed_pipeline, worker_init_fn
 
     os.environ.pop("RANK", None)  # the rank must come from the process group
     torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def run_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         generator = torch.Generator().manual_seed(100 + rank)  # each rank has its own batch
         images = torch.rand(6, 1, 16, 16, generator=generator)
         labels = torch.randint(0, 3, (6,), generator=generator)
-        mix = ContextMix(num_classes=3, p=1.0, min_box_side=2, seed=0)
+        mix = TensorContextMix(num_classes=3, p=1.0, min_box_side=2, seed=0)
         reseed_pipeline(mix)  # same user seed on every rank, a different stream per rank
         mixed, targets = mix(images, labels)
 

@@ -1,4 +1,4 @@
-"""albu_defects.pytorch.ContextMix / ContextMixCollate: the torch batch op of issue 4.
+"""albu_defects.pytorch.TensorContextMix / ContextMixCollate: the torch batch op of issue 4.
 
 Every mixed tensor is checked against the numpy transform's pixel function (``paste_resized``,
 itself tested against an independent float formula in test_contextmix.py), image by image.
@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
-from albu_defects.methods.contextmix.functional import paste_resized, sample_boxes
-from albu_defects.pytorch import ContextMix, ContextMixCollate, paste_resized_batch
+from albu_defects.methods.contextmix.functional import draw_boxes, paste_resized
+from albu_defects.pytorch import ContextMixCollate, TensorContextMix, paste_resized_batch
 
 
 def random_batch(n, c, h, w, dtype, seed=0):
@@ -45,7 +45,7 @@ def expected_mix(images: torch.Tensor, perm, boxes, interpolation=cv2.INTER_NEAR
 def test_mixed_batch_matches_the_numpy_transform(n, channels, hw, dtype, mode, inplace, seed, p):
     images = random_batch(n, channels, *hw, dtype, seed)
     original = images.clone()
-    op = ContextMix(num_classes=3, mode=mode, inplace=inplace, seed=seed, p=p, min_box_side=1)
+    op = TensorContextMix(num_classes=3, mode=mode, inplace=inplace, seed=seed, p=p, min_box_side=1)
     labels = torch.arange(n) % 3
     mixed, targets = op(images, labels)
     assert mixed.shape == original.shape and mixed.dtype == dtype and mixed.device == original.device
@@ -73,7 +73,7 @@ def test_lambda_b_is_the_exact_share_of_partner_pixels(n, hw, seed):
     h, w = hw
     # pixel (i, y, x) holds a value unique in the batch, so every output pixel names its source image
     codes = torch.arange(n * h * w, dtype=torch.float32).view(n, 1, h, w)
-    op = ContextMix(mode="sample", seed=seed, min_box_side=1)
+    op = TensorContextMix(mode="sample", seed=seed, min_box_side=1)
     mixed, weights = op(codes)
     assert weights.shape == (n, 2) and torch.allclose(weights.sum(1), torch.ones(n))
     source_image = (mixed[:, 0] // (h * w)).long()
@@ -89,14 +89,14 @@ def test_lambda_b_is_the_exact_share_of_partner_pixels(n, hw, seed):
 
 def test_draws_follow_the_shared_box_sampler():
     n, h, w = 6, 32, 48
-    op = ContextMix(mode="sample", seed=123, alpha=0.4, box="square", p=1.0)
+    op = TensorContextMix(mode="sample", seed=123, alpha=0.4, box="square", p=1.0)
     op(random_batch(n, 3, h, w, torch.float32))
     g = torch.Generator().manual_seed(123)
     perm = torch.randperm(n, generator=g)
     torch.rand(n, generator=g, dtype=torch.float64)  # the p draws
     draws = torch.rand(n, 3, generator=g, dtype=torch.float64).numpy()
     assert torch.equal(op.last_perm, perm)
-    np.testing.assert_array_equal(op.last_boxes, sample_boxes(h, w, draws, alpha=0.4, box="square"))
+    np.testing.assert_array_equal(op.last_boxes, draw_boxes(h, w, draws, alpha=0.4, box="square"))
 
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
@@ -106,7 +106,7 @@ def test_segmentation_masks_are_mixed_with_the_same_boxes(mode, mask_dtype):
     images = random_batch(n, 3, h, w, torch.float32, 1)
     masks = (torch.arange(n * h * w).view(n, h, w) % 7).to(mask_dtype)
     original = masks.clone()
-    op = ContextMix(mode=mode, seed=4, min_box_side=1)
+    op = TensorContextMix(mode=mode, seed=4, min_box_side=1)
     mixed, mixed_masks = op(images, masks)
     assert mixed_masks.shape == masks.shape and mixed_masks.dtype == mask_dtype
     assert torch.equal(masks, original)
@@ -118,39 +118,39 @@ def test_segmentation_masks_are_mixed_with_the_same_boxes(mode, mask_dtype):
 def test_same_seed_same_output_and_modes_differ():
     images = random_batch(8, 3, 32, 32, torch.uint8, 2)
     labels = torch.arange(8) % 4
-    runs = [ContextMix(num_classes=4, mode="sample", seed=7) for _ in range(2)]
+    runs = [TensorContextMix(num_classes=4, mode="sample", seed=7) for _ in range(2)]
     for _ in range(3):
         (a, ta), (b, tb) = (op(images, labels) for op in runs)
         assert torch.equal(a, b) and torch.equal(ta, tb)
-    other = ContextMix(num_classes=4, mode="sample", seed=8)
+    other = TensorContextMix(num_classes=4, mode="sample", seed=8)
     other(images, labels)
     assert not np.array_equal(other.last_boxes, runs[0].last_boxes)
-    shared = ContextMix(num_classes=4, mode="batch", seed=7)
+    shared = TensorContextMix(num_classes=4, mode="batch", seed=7)
     shared(images, labels)
     assert (shared.last_boxes == shared.last_boxes[0]).all()
     assert len({tuple(b) for b in runs[0].last_boxes}) > 1
     # a generator can be passed in; the global generator is used otherwise
     torch.manual_seed(3)
-    first = ContextMix()(images)[1]
+    first = TensorContextMix()(images)[1]
     torch.manual_seed(3)
-    assert torch.equal(first, ContextMix()(images)[1])
-    from_generator = ContextMix(num_classes=4, mode="sample", generator=torch.Generator().manual_seed(7))
-    from_seed = ContextMix(num_classes=4, mode="sample", seed=7)
+    assert torch.equal(first, TensorContextMix()(images)[1])
+    from_generator = TensorContextMix(num_classes=4, mode="sample", generator=torch.Generator().manual_seed(7))
+    from_seed = TensorContextMix(num_classes=4, mode="sample", seed=7)
     assert torch.equal(from_generator(images, labels)[0], from_seed(images, labels)[0])
 
 
 def test_probability_label_smoothing_and_one_hot():
     images = random_batch(6, 1, 16, 16, torch.float32, 3)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    skipped, targets = ContextMix(num_classes=3, p=0.0, label_smoothing=0.3)(images, labels)
+    skipped, targets = TensorContextMix(num_classes=3, p=0.0, label_smoothing=0.3)(images, labels)
     assert torch.equal(skipped, images)
     expected = torch.full((6, 3), 0.1)
     expected[torch.arange(6), labels] = 0.8
     assert torch.allclose(targets, expected)
-    op = ContextMix(num_classes=3, mode="sample", p=0.5, seed=1, min_box_side=1)
+    op = TensorContextMix(num_classes=3, mode="sample", p=0.5, seed=1, min_box_side=1)
     _, weights = op(images)
     assert (weights[:, 1] == 0).any() and (weights[:, 1] > 0).any()  # some skipped, some mixed
-    hard = ContextMix(num_classes=3, mode="sample", label_mode="one-hot", seed=2)
+    hard = TensorContextMix(num_classes=3, mode="sample", label_mode="one-hot", seed=2)
     _, targets = hard(images, labels)
     assert set(targets.flatten().tolist()) <= {0.0, 1.0} and torch.equal(targets.sum(1), torch.ones(6))
     partner_wins = hard.last_weights[:, 1] == 1
@@ -161,7 +161,7 @@ def test_probability_label_smoothing_and_one_hot():
 @pytest.mark.parametrize("mode", ["batch", "sample"])
 def test_bilinear_matches_opencv_within_a_level(mode):
     images = random_batch(4, 3, 20, 30, torch.uint8, 5)
-    op = ContextMix(mode=mode, interpolation="bilinear", seed=3, min_box_side=1)
+    op = TensorContextMix(mode=mode, interpolation="bilinear", seed=3, min_box_side=1)
     mixed, _ = op(images)
     expected = expected_mix(images, op.last_perm, op.last_boxes, cv2.INTER_LINEAR)
     assert np.abs(mixed.numpy().astype(int) - expected.astype(int)).max() <= 1
@@ -172,7 +172,7 @@ def test_non_contiguous_and_float64_inputs(inplace):
     base = random_batch(4, 3, 18, 22, torch.float64, 6)
     images = base.contiguous(memory_format=torch.channels_last)
     original = images.clone()
-    op = ContextMix(mode="sample", inplace=inplace, seed=1, min_box_side=1)
+    op = TensorContextMix(mode="sample", inplace=inplace, seed=1, min_box_side=1)
     mixed, _ = op(images)
     assert mixed.dtype == torch.float64
     np.testing.assert_array_equal(mixed.numpy(), expected_mix(original, op.last_perm, op.last_boxes))
@@ -197,14 +197,14 @@ def test_paste_resized_batch_directly():
         (lambda op: op(torch.zeros(2, 3, 4, 4), torch.zeros(3, dtype=torch.long)), "labels"),
         (lambda op: op(torch.zeros(2, 3, 4, 4), torch.zeros(2)), "integer"),
         (lambda op: op(torch.zeros(2, 3, 4, 4), torch.tensor([0, 5])), "num_classes"),
-        (lambda op: ContextMix()(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1])), "num_classes"),
+        (lambda op: TensorContextMix()(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1])), "num_classes"),
         (lambda op: paste_resized_batch(torch.zeros(2, 1, 4, 4), [0, 2], np.zeros((2, 4), int)), "partners"),
         (lambda op: paste_resized_batch(torch.zeros(2, 1, 4, 4), [0, 1], np.array([0, 0, 5, 5])), "box"),
     ],
 )
 def test_bad_inputs_raise_value_error(call, fragment):
     with pytest.raises(ValueError, match=fragment):
-        call(ContextMix(num_classes=3))
+        call(TensorContextMix(num_classes=3))
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_bad_inputs_raise_value_error(call, fragment):
 )
 def test_bad_options_raise_value_error(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
-        ContextMix(**kwargs)
+        TensorContextMix(**kwargs)
 
 
 # ------------------------------------------------------------------------------- collate
@@ -285,3 +285,13 @@ def test_collate_dicts_and_worker_streams():
         ContextMixCollate(collate_fn=lambda samples: 3)([1])
     with pytest.raises(ValueError, match="collate_fn"):
         ContextMixCollate(collate_fn=5)
+
+
+def test_the_old_name_contextmix_still_works_and_warns():
+    import albu_defects.pytorch as pt
+
+    with pytest.warns(DeprecationWarning, match="TensorContextMix"):
+        old = pt.ContextMix
+    assert old is TensorContextMix and "ContextMix" not in pt.__all__
+    with pytest.raises(AttributeError):
+        pt.NoSuchOp

@@ -16,8 +16,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset  # noqa:
 
 from albu_defects import BatchCompose, CutPaste  # noqa: E402
 from albu_defects.pytorch import (  # noqa: E402
-    ContextMix,
     ContextMixCollate,
+    TensorContextMix,
     distributed_rank,
     find_pipelines,
     reseed_pipeline,
@@ -146,7 +146,7 @@ def test_reseed_pipeline_in_the_main_process(monkeypatch):
     assert worker_seed(3, rank=0) == seed0 and worker_seed(4, rank=0) != seed0
     assert worker_seed(None, 0) != worker_seed(None, 0)  # unseeded stays unseeded outside workers
 
-    op = ContextMix(num_classes=2, seed=1)
+    op = TensorContextMix(num_classes=2, seed=1)
     reseed_pipeline(op, rank=2)
     boxes = op.draw(4, 16, 16)[1]
     reseed_pipeline(op, rank=2)
@@ -176,7 +176,7 @@ def test_distributed_rank_reads_the_environment(monkeypatch):
 def test_find_pipelines_walks_attributes_and_small_containers():
     inner = make_pipeline()
     flip = A.HorizontalFlip()
-    op = ContextMix()
+    op = TensorContextMix()
 
     class Holder(Dataset):
         def __len__(self) -> int:

@@ -30,7 +30,7 @@ class AnomalyInitSchema(BaseTransformInitSchema):
 class AnomalyTransform(DefectTransform):
     """Base of the anomaly transforms: label and mask outputs, pass-through of unchanged geometry.
 
-    ``sample()`` of a subclass must return the full-size boolean ``anomaly_mask`` among its params.
+    ``draw_params()`` of a subclass must return the full-size boolean ``anomaly_mask`` among its params.
     """
 
     label: int

@@ -14,7 +14,7 @@ Conventions shared by every function here:
 - a *box* is ``(x_min, y_min, x_max, y_max)`` in pixels, ends exclusive (the package's box
   convention, :mod:`albu_defects.core.geometry`); an empty box (``x_max == x_min`` or
   ``y_max == y_min``) means "no mixing" and weights ``(1, 0)``;
-- boxes come from explicit uniform draws (:func:`sample_boxes`), so the numpy transform and the
+- boxes come from explicit uniform draws (:func:`draw_boxes`), so the numpy transform and the
   torch batch op (:mod:`albu_defects.pytorch`) share one piece of box math;
 - nearest resizing samples source pixel ``floor((i + 0.5) * src / dst)`` (pixel centres, like
   ``cv2.INTER_NEAREST_EXACT`` and torch ``"nearest-exact"``), computed in integers
@@ -56,7 +56,7 @@ __all__ = [
     "occlude_bboxes",
     "paste_resized",
     "resize_image",
-    "sample_boxes",
+    "draw_boxes",
     "soft_labels",
 ]
 
@@ -95,7 +95,7 @@ def box_lambda(u: np.ndarray | float, alpha: float = 1.0, box: BoxKind = "beta",
     return np.clip(np.where(np.isfinite(lam), lam, np.where(u < 0.5, 0.0, 1.0)), 0.0, 1.0)
 
 
-def sample_boxes(
+def draw_boxes(
     height: int,
     width: int,
     draws: np.ndarray,

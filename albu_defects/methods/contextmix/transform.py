@@ -22,12 +22,12 @@ from .functional import (
     BoxKind,
     LabelMode,
     bboxes_into_box,
+    draw_boxes,
     drop_keypoints_in_box,
     keypoints_into_box,
     mix_weights,
     occlude_bboxes,
     paste_resized,
-    sample_boxes,
     soft_labels,
 )
 
@@ -65,7 +65,7 @@ class ContextMix(DefectTransform):
     Args:
         alpha: Beta(alpha, alpha) parameter of the host's area share (paper: 1).
         box: ``"beta"`` (paper), ``"square"`` or ``"fixed"`` (area share ``box_size``), see
-            :func:`sample_boxes`.
+            :func:`draw_boxes`.
         box_size: the box's share of the image area for ``box="fixed"`` (paper: 0.75).
         interpolation: OpenCV flag used to resize the partner image (masks always use nearest).
         label_mode: ``"area"`` (eq. 4) or ``"one-hot"`` (the larger area wins).
@@ -123,8 +123,8 @@ class ContextMix(DefectTransform):
         # Declared so albumentations checks them and ``Compose(strict=True)`` accepts the keys.
         return [self.metadata_key] + (["label"] if self.num_classes is not None else [])
 
-    # ------------------------------------------------------------------ sampling
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    # ------------------------------------------------------------------ drawing parameters
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         host = data["image"]
         hw = image_hw(host)
         partners = data.get(self.metadata_key)
@@ -146,7 +146,7 @@ class ContextMix(DefectTransform):
         check_matching_images(host, partner_image, "image", f"{name}['image']")
         partner_hw = image_hw(partner_image)
 
-        box = sample_boxes(
+        box = draw_boxes(
             hw[0],
             hw[1],
             draws,

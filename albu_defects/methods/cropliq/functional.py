@@ -55,8 +55,8 @@ __all__ = [
     "moved_pixels",
     "patch_window",
     "push_field",
-    "sample_patch",
-    "sample_warp_field",
+    "draw_patch",
+    "draw_warp_field",
     "swirl_field",
     "warp_patch",
 ]
@@ -215,7 +215,7 @@ def _draw_stroke(
     raise ValueError(f"warp must be one of {', '.join(WARP_KINDS)}, got {kind!r}")
 
 
-def sample_warp_field(
+def draw_warp_field(
     h: int, w: int, kind: str, strength_range: tuple[float, float], rng: np.random.Generator
 ) -> Field2D:
     """Draw a fold-free displacement field ``(dx, dy)`` of ``kind`` for an ``h`` x ``w`` patch.
@@ -398,7 +398,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     return filled.astype(bool)
 
 
-def sample_patch(
+def draw_patch(
     region: Region,
     area_range: tuple[float, float],
     aspect_range: tuple[float, float],

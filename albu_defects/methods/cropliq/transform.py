@@ -20,11 +20,11 @@ from .functional import (
     Field2D,
     Region,
     bbox_to_pixels,
+    draw_patch,
+    draw_warp_field,
     foreground_mask,
     liquify,
     moved_pixels,
-    sample_patch,
-    sample_warp_field,
 )
 
 __all__ = [
@@ -156,16 +156,16 @@ class CropLiq(AnomalyTransform):
             raise ValueError(f"no {side}x{side} patch fits inside the object mask {key!r}: the object is too small")
         return found
 
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = input_image(data)
         region = self.object_region(image, data, rng)
         for _ in range(MAX_DRAWS):
-            patch = sample_patch(region, self.area_range, self.aspect_range, rng)
+            patch = draw_patch(region, self.area_range, self.aspect_range, rng)
             if patch is None:  # only an automatic estimate can be this small: fall back to the image
                 region = Region.from_box(image_box(image_hw(image)))
-                patch = sample_patch(region, self.area_range, self.aspect_range, rng)
+                patch = draw_patch(region, self.area_range, self.aspect_range, rng)
             kind = str(rng.choice(WARP_KINDS)) if self.warp == "random" else self.warp
-            dx, dy = sample_warp_field(*box_hw(patch), kind, self.strength_range, rng)
+            dx, dy = draw_warp_field(*box_hw(patch), kind, self.strength_range, rng)
             moved = moved_pixels(dx, dy, self.move_threshold)
             if moved.any():
                 break

@@ -37,7 +37,7 @@ __all__ = [
     "cutpaste_patch_size",
     "max_scar_extent",
     "rotated_footprint",
-    "sample_aspect_ratio",
+    "draw_aspect_ratio",
     "scar_extent",
 ]
 
@@ -105,7 +105,7 @@ def cutpaste_patch_size(image_hw: tuple[int, int], area_ratio: float, aspect_rat
     return height, width
 
 
-def sample_aspect_ratio(aspect_ratio_range: Sequence[float], rng: np.random.Generator) -> float:
+def draw_aspect_ratio(aspect_ratio_range: Sequence[float], rng: np.random.Generator) -> float:
     """CutPaste's aspect draw: 50/50 from ``U(low, 1)`` or ``U(1, high)`` when the range spans 1, else ``U(low, high)``."""
     low, high = float(aspect_ratio_range[0]), float(aspect_ratio_range[1])
     pick_low = rng.random() < 0.5

@@ -17,9 +17,9 @@ from albu_defects.methods.anomaly.transform import AnomalyInitSchema, AnomalyTra
 from .functional import (
     cut_paste,
     cutpaste_patch_size,
+    draw_aspect_ratio,
     max_scar_extent,
     rotated_footprint,
-    sample_aspect_ratio,
     scar_extent,
 )
 
@@ -133,12 +133,12 @@ class CutPaste(AnomalyTransform):
                 f"need up to {need[0]}x{need[1]}: use a larger image or smaller scar ranges"
             )
 
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = input_image(data)
         H, W = image_hw(image)
         if self.variant == "normal":
             ratio = float(rng.uniform(*self.area_ratio_range))
-            height, width = cutpaste_patch_size((H, W), ratio, sample_aspect_ratio(self.aspect_ratio_range, rng))
+            height, width = cutpaste_patch_size((H, W), ratio, draw_aspect_ratio(self.aspect_ratio_range, rng))
             angle = 0.0
         else:
             width = int(rng.integers(self.scar_width_range[0], self.scar_width_range[1] + 1))

@@ -12,7 +12,7 @@ One synthetic sample, as in section III.C of the paper:
    configuration in proportion to their probabilities. On Magnetic Tile (one class per image) this
    gives 1 to 3 defects, all of the primary class.
 2. **Blob crops.** For each defect, a random source image of its class and a random non-empty
-   subset of its blobs (:meth:`DefectBank.sample_blobs`); only the blob pixels are pasted.
+   subset of its blobs (:meth:`DefectBank.draw_blobs`); only the blob pixels are pasted.
 3. **Crop jitter and displacement.** Each crop is colour-jittered (:mod:`albu_defects.core.color`) and
    placed uniformly at random over the whole image: its blobs' box lands inside the image when it
    fits, and covers the image along an axis where it does not.
@@ -90,8 +90,8 @@ from .stage import (
     GlobalStage,
     apply_global_stage,
     blob_boxes,
+    draw_global_stage,
     empty_borders,
-    sample_global_stage,
     stage_geometry,
 )
 
@@ -110,7 +110,7 @@ __all__ = [
     "present_classes",
     "render_guided_crop",
     "render_labels",
-    "sample_configuration",
+    "draw_configuration",
 ]
 
 #: Output key of the multi-label vector (float32, length K) of the classes present in the output mask.
@@ -241,7 +241,7 @@ def class_probabilities(
     return values / total
 
 
-def sample_configuration(
+def draw_configuration(
     table: ConfigurationTable, probabilities: np.ndarray, max_defects: int, rng: np.random.Generator
 ) -> tuple[int, ...]:
     """The class id of each defect to paste (primary class first), drawn as the module docstring says."""
@@ -354,15 +354,15 @@ def plan_guided_crop(
     table = configuration_table(bank)
     check_bank_matches(table, image)
     hw = image_hw(image)
-    classes = sample_configuration(table, probabilities, options.max_defects, rng)
+    classes = draw_configuration(table, probabilities, options.max_defects, rng)
     defects = []
     for class_id in classes:
-        entry = bank.sample_blobs(class_id, rng)
+        entry = bank.draw_blobs(class_id, rng)
         top_left = random_top_left(entry.mask, hw, rng, cover_if_larger=True)
         defects.append(PlacedDefect(entry, top_left, sample_color_jitter(rng, *options.crop_jitter)))
     priority = rng.permutation(len(defects))  # paint order: the highest priority is pasted last
     ordered = tuple(defects[i] for i in priority)
-    stage = sample_global_stage(hw, empty_borders(image, options.border_threshold), options, rng)
+    stage = draw_global_stage(hw, empty_borders(image, options.border_threshold), options, rng)
     return GuidedCropPlan(classes, ordered, stage, tuple(int(i) for i in priority))
 
 

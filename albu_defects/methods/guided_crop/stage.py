@@ -29,7 +29,7 @@ __all__ = [
     "BlobBoxes",
     "blob_boxes",
     "empty_borders",
-    "sample_global_stage",
+    "draw_global_stage",
     "stage_bboxes",
     "stage_geometry",
     "stage_keypoints",
@@ -92,7 +92,7 @@ class GlobalStage(NamedTuple):
     jitter: ColorJitterFactors = ColorJitterFactors()
 
 
-def sample_global_stage(
+def draw_global_stage(
     image_hw: tuple[int, int], borders: Borders, options: GuidedCropOptions, rng: np.random.Generator
 ) -> GlobalStage:
     """Flips with ``flip_p`` each; a shift of up to ``shift_limit`` of the side on each axis whose ends are not empty."""

@@ -189,7 +189,7 @@ class GuidedCropPaste(DefectTransform):
         return check_class_mask(mask, hw, "mask", num_classes=num_classes)
 
     # -- the hook ----------------------------------------------------------------------------------
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = input_image(data)
         hw = image_hw(image)
         bank = self.resolved_bank(refresh=True)

@@ -96,10 +96,10 @@ def choose_entry(
     defect when none does.
     """
     if size_mode == "relative":
-        return bank.sample(class_id, rng)
+        return bank.draw(class_id, rng)
     entries = bank.entries_of(class_id)
     if not entries:
-        bank.sample(class_id, rng)  # raises the bank's "no entries" error
+        bank.draw(class_id, rng)  # raises the bank's "no entries" error
     th, tw = target_hw
     fitting = [e for e in entries if _defect_hw(e)[0] <= th and _defect_hw(e)[1] <= tw]
     if not fitting:

@@ -139,7 +139,7 @@ class InjectDefect(DefectTransform):
                 "consistently: pass a class-index mask as mask="
             )
 
-    # ------------------------------------------------------------------ sampling
+    # ------------------------------------------------------------------ drawing parameters
     def _held_classes(self, data: dict[str, Any], k: int) -> frozenset[int]:
         held: set[int] = set()
         mask = data.get("mask")
@@ -151,7 +151,7 @@ class InjectDefect(DefectTransform):
             held |= _label_classes(label, k, self.label_key)
         return frozenset(held)
 
-    def sample(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         bank = resolve_bank(self.bank)
         ids = class_ids_of(bank, self.classes)
         image = data["image"]
