@@ -53,9 +53,10 @@ Pipelines and DataLoader workers
     workers receive a few bytes and load the bank themselves, once (:mod:`albu_defects.bank.registry`).
 
 Modules
-    :mod:`.entry` (:class:`DefectEntry`), :mod:`.bank` (:class:`DefectBank`: container, draws,
-    draws), :mod:`.statistics`, :mod:`.build` (the builders), :mod:`.storage` (the on-disk format), :mod:`.registry`
-    (banks by path), :mod:`.io` (reading images). This package imports neither albumentations nor torch.
+    :mod:`.entry` (:class:`DefectEntry`), :mod:`.bank` (:class:`DefectBank`: the container and its
+    draws), :mod:`.statistics` (counts and per-class statistics), :mod:`.build` (the builders),
+    :mod:`.storage` (the on-disk format), :mod:`.registry` (banks by path, loaded once per process),
+    :mod:`.io` (reading images). This package imports neither albumentations nor torch.
 """
 
 from .bank import DefectBank

@@ -208,7 +208,7 @@ class DefectBank:
         workers: int | None = None,
         progress: bool = True,
     ) -> DefectBank:
-        """Build a bank from image+mask files (layouts in the module docstring).
+        """Build a bank from image+mask files (layouts: :mod:`albu_defects.bank`).
 
         ``mask_threshold``: Magnetic Tile masks are defect where ``> mask_threshold`` (generic masks
         are class indices, read exactly). ``classes``: keep and order only these class names (in the

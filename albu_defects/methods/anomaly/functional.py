@@ -1,4 +1,4 @@
-"""Pseudo-anomaly synthesis for self-supervised anomaly detection: shared outputs and the N-way composition.
+"""Pseudo-anomaly synthesis for self-supervised anomaly detection: the outputs every anomaly transform shares.
 
 Every anomaly transform (:class:`~albu_defects.CropLiq`, :class:`~albu_defects.CutPaste`) shares the
 outputs defined here, so a DataLoader always sees the same keys:

@@ -23,7 +23,8 @@ Conventions shared by every function here:
   columns), keypoints are pixels ``x, y`` plus extra columns (albumentations 2.0: ``z, angle,
   scale, ...``); no input is ever modified.
 
-The transform :class:`ContextMix` at the bottom samples a box and a partner and calls these.
+The transform :class:`~albu_defects.methods.contextmix.transform.ContextMix` draws a box and a partner and
+calls these.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class GuidedCropPaste(DefectTransform):
         p: probability of applying the transform.
 
     Targets: image, mask, masks, bboxes, keypoints; adds ``class_vector`` (and ``mask`` when not
-    given). See the module docstring for every output, label handling and the YAML rules.
+    given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
+    rules.
     """
 
     class InitSchema(BaseTransformInitSchema):

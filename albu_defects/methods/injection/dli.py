@@ -6,7 +6,8 @@ the class that is currently rarest in the batch (Algorithm 1 of the paper): (a) 
 class ``c*`` (ties broken at random), (b) draw a defect of class ``c*`` from the bank, (c)
 transform it (flips + affine by default), (d) choose Poisson blending with probability
 ``poisson_p``, else cut-paste, (e) inject it and update the counts. The shared mechanics (scaling,
-placement, blending, labels) are :mod:`albu_defects.methods.injection.functional`'s.
+placement, blending, labels) are in :mod:`albu_defects.methods.injection.functional` and
+:mod:`~albu_defects.methods.injection.plan`.
 
 Class counts
     The count of class ``c`` is the number of images in the batch that hold ``c`` (an image holding
