@@ -59,7 +59,7 @@ from albumentations.core.bbox_utils import (
     normalize_bboxes,
 )
 
-from albu_defects.bank import read_image
+from albu_defects.bank import IMAGE_SUFFIXES, read_image  # one list of image types for every reader
 from albu_defects.core.batch import BatchCompose, metadata_keys
 from albu_defects.core.geometry import connected_components, mask_bbox
 from albu_defects.data import MAGNETIC_TILE_CLASSES
@@ -86,9 +86,6 @@ __all__ = [
     "run_pipeline",
     "write_preview",
 ]
-
-#: File suffixes read as images (and searched for masks).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 #: Transforms that take a whole batch (``images=``, ``masks=``) instead of one sample.
 BATCH_TYPES = (BatchCompose, DynamicLabelInjection)
