@@ -218,12 +218,19 @@ def _read_boxes(value: Any, name: str) -> tuple[np.ndarray, list[tuple[Any, ...]
     return coords, [tuple(list(row)[4:]) for row in rows]
 
 
+def _box_columns(value: Any) -> int:
+    """Numbers per box row of a sample's boxes (4, or more with label columns); 4 when it cannot tell."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return int(value.shape[1]) if value.ndim == 2 else 4
+    rows = list(value)
+    return len(rows[0]) if rows else 4
+
+
 def _write_boxes(like: Any, coords: np.ndarray, extras: list[tuple[Any, ...]]) -> Any:
     """Boxes in the container type of ``like`` (list of tuples, numpy array or tensor)."""
     rows = [tuple(float(v) for v in c) + e for c, e in zip(coords, extras, strict=True)]
     if isinstance(like, (np.ndarray, torch.Tensor)):
-        columns = like.shape[1] if like.ndim == 2 and like.shape[0] else 4 + (len(extras[0]) if extras else 0)
-        array = np.array(rows, dtype=np.float64).reshape(-1, columns)
+        array = np.array(rows, dtype=np.float64).reshape(-1, _box_columns(like))
         if isinstance(like, torch.Tensor):
             return torch.as_tensor(array, dtype=like.dtype, device=like.device)
         return array.astype(like.dtype, copy=False)
@@ -710,7 +717,7 @@ class DLICollate:
             x0, y0, x1, y1 = (int(v) for v in injection["bbox"])
             value = class_id if self.bbox_label == "id" else bank.classes[class_id - 1]
             coords, extras = _read_boxes(sample[self.bbox_key], f"sample {i} {self.bbox_key!r}")
-            width = len(extras[0]) if extras else 0
+            width = _box_columns(sample[self.bbox_key]) - 4
             coords = np.concatenate(
                 [coords, _from_pixels(np.array([[x0, y0, x1, y1]]), str(self.bbox_format), plan.hw)]
             )

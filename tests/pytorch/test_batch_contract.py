@@ -526,3 +526,72 @@ def test_dli_collate_refuses_keys_it_cannot_keep_true(banks):
         collate([{**s, "bboxes": []} for s in bare])
     with pytest.raises(ValueError, match="empty"):
         collate([])
+
+
+# ============================================================================ image-level label keys
+def _presence(mask: np.ndarray) -> np.ndarray:
+    return np.array([(mask == k).any() for k in range(1, K + 1)], np.float32)
+
+
+@pytest.mark.parametrize("multi_hot_mask", [False, True])
+def test_contextmix_collate_rederives_the_class_vector_from_the_mixed_mask(multi_hot_mask):
+    samples = make_samples(label_kind=None, extra=False, multi_hot_mask=multi_hot_mask)
+    for s in samples:
+        s["class_vector"] = torch.from_numpy(_presence(class_mask(s["mask"])))
+    batch = adt.ContextMixCollate(mode="sample", seed=8, box="fixed", box_size=0.4)(samples)
+    assert batch["class_vector"].dtype == torch.float32
+    for i in range(N):
+        np.testing.assert_array_equal(batch["class_vector"][i].numpy(), _presence(class_mask(batch["mask"][i])))
+    without_mask = [{k: v for k, v in s.items() if k != "mask"} for s in samples]
+    with pytest.raises(ValueError, match="class_vector"):
+        adt.ContextMixCollate(seed=0)(without_mask)
+
+
+def test_dli_collate_updates_the_class_vector_and_background_one_hot_labels(banks):
+    samples = make_samples(label_kind="int", extra=False, free=4)
+    for s in samples:
+        s["class_vector"] = _presence(class_mask(s["mask"]))
+        s["label"] = np.eye(K + 1, dtype=np.float32)[int(s["label"])]  # entry 0 = defect-free
+    dli = ad.DynamicLabelInjection(banks["uint8"], poisson_p=0.0, seed=4)
+    out = adt.DLICollate(dli, collate_fn=lambda batch: batch)(samples)
+    for original, sample in zip(samples, out, strict=True):
+        mask = class_mask(sample["mask"])
+        np.testing.assert_array_equal(sample["class_vector"], _presence(mask))
+        assert sample["class_vector"].dtype == np.float32 and sample["label"].dtype == np.float32
+        np.testing.assert_array_equal(sample["label"], np.eye(K + 1)[int(mask.max())])
+        if int(original["label"].argmax()) == 0:
+            assert int(sample["dli"]["class_id"]) == int(mask.max()) > 0
+    with pytest.raises(ValueError, match="one-hot vector of 4"):
+        adt.DLICollate(dli)([{**s, "label": np.zeros(K + 2, np.float32)} for s in samples])
+
+
+def test_box_rows_with_label_columns_keep_them(banks):
+    """albumentations also takes labels as extra columns of the box rows: they follow their boxes."""
+    samples = make_samples(layout="numpy_hwc", extra=False, boxes=True, label_kind=None)
+    for s in samples:
+        rows = zip(s["bboxes"], s.pop("class_labels"), strict=True)
+        s["bboxes"] = np.array([[*box, label] for box, label in rows], np.float32)
+    collate = adt.ContextMixCollate(mode="sample", seed=9, box="fixed", box_size=0.5, bbox_format="pascal_voc")
+    batch = collate(samples)
+    for i in range(N):
+        rows = batch["bboxes"][i]
+        assert isinstance(rows, np.ndarray) and rows.dtype == np.float32 and rows.shape[1] == 5
+        boxes_follow_mask(rows[:, :4], rows[:, 4].astype(int), class_mask(batch["mask"][i]))
+    free = make_samples(layout="numpy_hwc", extra=False, free=N, label_kind=None)
+    for s in free:
+        s["bboxes"] = np.zeros((0, 5), np.float32)
+    dli = adt.DLICollate(
+        ad.DynamicLabelInjection(banks["uint8"], poisson_p=0.0, seed=5), collate_fn=lambda b: b, bbox_format="coco"
+    )
+    for s in dli(free):
+        mask = class_mask(s["mask"])
+        rows, cols = np.nonzero(mask)
+        expected = [cols.min(), rows.min(), cols.max() + 1 - cols.min(), rows.max() + 1 - rows.min(), mask.max()]
+        np.testing.assert_array_equal(s["bboxes"], np.array([expected], np.float32))
+
+
+def test_passthrough_positions_of_tuple_samples():
+    samples = make_samples(extra=False)
+    tuples = [(s["image"], int(s["label"]) % K, i) for i, s in enumerate(samples)]
+    _, _, index = adt.ContextMixCollate(num_classes=K, seed=0, passthrough_keys=[2])(tuples)
+    assert index.tolist() == list(range(N))
