@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from albu_defects.bank import resolve_bank
 from albu_defects.core.validation import check_choice
-from albu_defects.methods.contextmix.functional import bboxes_into_box, occlude_bboxes
+from albu_defects.methods.contextmix.functional import _snap, bboxes_into_box, occlude_bboxes
 from albu_defects.methods.guided_crop.functional import CLASS_VECTOR_KEY
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
@@ -149,12 +149,10 @@ def _refusal(wrapper: str, fields: _Fields, key: Any, value: Any, hw: tuple[int,
     """The error for a field the wrapper cannot keep true, saying how to resolve it."""
     shape = tuple(value.shape) if isinstance(value, (np.ndarray, torch.Tensor)) else None
     what = f"{type(value).__name__}" + (f" of shape {shape}" if shape is not None else "")
-    if shape is not None and len(shape) >= 2:
-        reason = (
-            f"per-pixel data that does not match the {hw[0]}x{hw[1]} image"
-            if change == "mix"
-            else ("per-pixel data it cannot update when it pastes a defect")
-        )
+    if shape is not None and len(shape) >= 2 and change == "mix":
+        reason = f"per-pixel data that does not match the {hw[0]}x{hw[1]} image"
+    elif shape is not None and len(shape) >= 2:
+        reason = "per-pixel data it cannot update when it pastes a defect"
     else:
         reason = "a value it cannot tell how to update"
     hint = f"passthrough_keys=[{key!r}]"
@@ -326,7 +324,7 @@ class ContextMixCollate:
     - **per-pixel fields** (any other field holding one value per image pixel: masks (H, W),
       (H, W, K) or (K, H, W), weight maps, a list of instance masks): mixed with the same pairing
       and boxes, nearest, in their own layout and dtype.
-    - ``class_vector`` (the image-level label, PLAN's label model): re-derived from the mixed
+    - ``class_vector`` (the image-level label of the label model): re-derived from the mixed
       ``mask_key`` mask (a class-index or multi-hot mask); refused without one.
     - ``bbox_key`` (dict samples): boxes in ``bbox_format`` (required) with their label fields
       ``bbox_label_fields``: the host's boxes covered by the pasted box are dropped or clipped,
@@ -472,7 +470,7 @@ class ContextMixCollate:
         kept = occlude_bboxes(host_rows, box, hw)
         added = bboxes_into_box(part_rows, box, hw)
         kept_index, added_index = kept[:, 4].astype(np.int64).tolist(), added[:, 4].astype(np.int64).tolist()
-        pixels = _snap_pixels(np.concatenate([kept[:, :4], added[:, :4]]).astype(np.float64) * scale)
+        pixels = _snap(np.concatenate([kept[:, :4], added[:, :4]]).astype(np.float64) * scale)
         out = dict(host)
         out[self.bbox_key] = _write_boxes(
             host[self.bbox_key],
@@ -538,12 +536,6 @@ class ContextMixCollate:
 def _same_shape(values: list[Any]) -> bool:
     shapes = {tuple(v.shape) if isinstance(v, (np.ndarray, torch.Tensor)) else len(v) for v in values}
     return len(shapes) == 1
-
-
-def _snap_pixels(pixels: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
-    """Pixel coordinates within ``tolerance`` of an integer made that integer (float32 round trips)."""
-    nearest = np.rint(pixels)
-    return np.where(np.abs(pixels - nearest) < tolerance, nearest, pixels)
 
 
 def _collated(value: Any, n: int, name: str) -> torch.Tensor:
