@@ -173,6 +173,7 @@ def test_the_defect_bank_is_built_from_the_training_split_only(monkeypatch, tmp_
     config = runner.task_config("seg", "tiny")
     result = seg.run(config, "dli_all", 3, dataset, show_progress=False)
     assert result["train_defect_share"] == 1.0  # fill="all": every defect-free training tile got a defect
+    assert [step for step, _ in result["val_iou_curve"]] == [2]  # watched at eval_every, never used to pick
     train_index, val_index = data.stratified_split(dataset.labels, config["val_fraction"], 3)
     train_bytes = {dataset.images[i].tobytes() for i in train_index}
     val_bytes = {dataset.images[i].tobytes() for i in val_index}

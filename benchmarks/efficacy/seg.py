@@ -69,6 +69,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "warmup": 100,
         "guide_every": 500,
+        "eval_every": 1000,
         "workers": 0,
         "threshold": 0.5,
     },
@@ -83,6 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "warmup": 200,
         "guide_every": 1000,
+        "eval_every": 2000,
         "workers": 8,
         "threshold": 0.5,
     },
@@ -97,6 +99,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "warmup": 0,
         "guide_every": 2,
+        "eval_every": 2,
         "workers": 0,
         "threshold": 0.5,
     },
@@ -273,7 +276,7 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
         model = common.channels_last(model).to(device)
         optimizer, schedule = common.optimiser(model, config["lr"], config["steps"], config["warmup"])
         guide = GuideLoss(k)
-        curve, guide_history, defect_share = [], [], []
+        curve, val_curve, guide_history, defect_share = [], [], [], []
         running = 0.0
         train_started = time.perf_counter()
         bar = common.progress(config["steps"], f"seg/{arm}/seed{seed}", show_progress)
@@ -299,6 +302,12 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
             if (step + 1) % max(1, config["steps"] // 20) == 0:
                 curve.append(round(running / max(1, config["steps"] // 20), 5))
                 running = 0.0
+            if config["eval_every"] and (step + 1) % config["eval_every"] == 0 and step + 1 < config["steps"]:
+                # watched only (the curve is recorded); the model at the last step is the one reported
+                progress_iou = evaluate(model, val, device, config["threshold"])["metrics"]["mean_iou"]
+                val_curve.append([step + 1, round(progress_iou, 4)])
+                bar.write(f"seg/{arm}/seed{seed} step {step + 1}: validation mean IoU {progress_iou:.3f}")
+                model.train()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.close()
@@ -317,6 +326,7 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
             "bank": None if bank is None else {"entries": len(bank), "free": int(bank.num_free), "skipped": skipped},
             "train_defect_share": float(np.mean(defect_share)),
             "loss_curve": curve,
+            "val_iou_curve": val_curve,
             "guide_probabilities": guide_history,
         }
     )
