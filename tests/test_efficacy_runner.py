@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import albu_defects as ad
-from albu_defects.samples import sample_root
+from albu_defects.data import sample_root
 
 torch = pytest.importorskip("torch")
 

@@ -6,7 +6,7 @@ every arm, soft-target cross-entropy; macro F1 and balanced accuracy on the vali
 Arms (batch ops applied after the flips, with probability ``mix_p`` per batch, one box per batch):
 - ``cutmix``: a partner *crop* at the same place (Yun et al.), labels mixed by area; written here
   (timm / torchvision do not install beside torch 2.13).
-- ``contextmix``: ``albu_defects.pytorch.ContextMix`` (the whole partner resized into the box),
+- ``contextmix``: ``albu_defects.pytorch.TensorContextMix`` (the whole partner resized into the box),
   labels mixed by area (the paper's rule).
 - ``contextmix_defect``: ContextMix with defect-aware labels (mixed by the visible defect area each
   image keeps). The library does not have that option yet: the arm stops with a message naming it.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from albu_defects.pytorch import ContextMix
+from albu_defects.pytorch import TensorContextMix
 
 from . import common, metrics, models
 from .data import Dataset, stratified_split
@@ -172,7 +172,7 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
     mix_rng = np.random.default_rng(seed)
     contextmix = None
     if spec.get("mix") == "contextmix":
-        contextmix = ContextMix(
+        contextmix = TensorContextMix(
             alpha=config["mix_alpha"],
             num_classes=num_classes,
             p=config["mix_p"],
