@@ -321,3 +321,5 @@ def test_report_pairs_arms_with_the_baseline_seed_by_seed():
     }
     assert report.paired_delta(by_arm, "dli_all", "mean_iou") == "+0.050 +- 0.071 (1/2 seeds up)"
     assert report.paired_delta(by_arm, "baseline", "mean_iou") == ""
+    # another reference arm (the anomaly task compares with CutPaste 3-way)
+    assert report.paired_delta(by_arm, "baseline", "mean_iou", "dli_all") == "-0.050 +- 0.071 (0/2 seeds up)"

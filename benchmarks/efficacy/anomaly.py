@@ -86,6 +86,8 @@ PAPER = {
     "values": {"cutpaste_3way": "0.952", "cropliq_cutpaste_3way": "gains over CutPaste (no MT figure)"},
 }
 
+#: The arm every other is compared with, seed by seed.
+REFERENCE = "cutpaste_3way"  # the CropLiq paper's claim: CropLiq + CutPaste beats CutPaste
 METRICS = ("mean_auroc", "auroc_all", "classifier_auroc_all")
 
 _TRANSFORMS = {"CutPaste": ad.CutPaste, "CropLiq": ad.CropLiq}

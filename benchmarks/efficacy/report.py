@@ -55,11 +55,11 @@ def _arm_order(task: str, arms: set[str]) -> list[str]:
     return known + sorted(arms - set(known))
 
 
-def paired_delta(by_arm: dict[str, dict[int, dict]], arm: str, metric: str) -> str:
-    """Mean +- std over shared seeds of (arm - baseline): the same split and init on each seed."""
-    base = {s: r["metrics"][metric] for s, r in by_arm.get("baseline", {}).items()}
+def paired_delta(by_arm: dict[str, dict[int, dict]], arm: str, metric: str, reference: str = "baseline") -> str:
+    """Mean +- std over shared seeds of (arm - reference): the same split and init on each seed."""
+    base = {s: r["metrics"][metric] for s, r in by_arm.get(reference, {}).items()}
     diffs = [r["metrics"][metric] - base[s] for s, r in by_arm[arm].items() if s in base]
-    if arm == "baseline" or not diffs:
+    if arm == reference or not diffs:
         return ""
     mean, std = mean_std(diffs)
     wins = sum(d > 0 for d in diffs)
@@ -75,7 +75,8 @@ def task_section(task: str, records: list[dict[str, Any]]) -> str:
     first = records[0]
     config = first["config"]
     headline = module.METRICS[0]
-    header = ["arm", "seeds", *(COLUMNS[m] for m in module.METRICS), f"{COLUMNS[headline]}: arm - baseline (paired)"]
+    reference = module.REFERENCE
+    header = ["arm", "seeds", *(COLUMNS[m] for m in module.METRICS), f"{COLUMNS[headline]}: arm - {reference} (paired)"]
     header += ["paper", "wall-clock / run (min)", "steps"]
     rows = []
     for arm in arms:
@@ -83,7 +84,7 @@ def task_section(task: str, records: list[dict[str, Any]]) -> str:
         cells = [arm, str(len(runs))]
         for metric in module.METRICS:
             cells.append(_fmt(*mean_std([r["metrics"][metric] for r in runs])))
-        cells.append(paired_delta(by_arm, arm, headline))
+        cells.append(paired_delta(by_arm, arm, headline, reference))
         cells.append(module.PAPER["values"].get(arm, ""))
         wall = [r["wall_s"] / 60 for r in runs]
         cells.append(f"{np.mean(wall):.1f} ({min(wall):.1f}-{max(wall):.1f})")
@@ -114,7 +115,7 @@ def task_section(task: str, records: list[dict[str, Any]]) -> str:
     loads = [r["load_avg"] for r in records if r.get("load_avg") is not None]
     facts = (
         f"Runs {dates[0]} to {dates[-1]} on {'; '.join(machines)}; commit(s) {', '.join(commits)}; "
-        f"versions {first['versions']}; 1-min load average at the end of the runs {min(loads):.1f}-{max(loads):.1f}."
+        f"{', '.join(f'{k} {v}' for k, v in first['versions'].items())}; 1-min load average at the end of the runs {min(loads):.1f}-{max(loads):.1f}."
         if loads
         else f"Runs {dates[0]} to {dates[-1]} on {'; '.join(machines)}; commit(s) {', '.join(commits)}."
     )

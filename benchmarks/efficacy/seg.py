@@ -126,6 +126,8 @@ PAPER = {
     },
 }
 
+#: The arm every other is compared with, seed by seed.
+REFERENCE = "baseline"
 METRICS = ("mean_iou", "free_fp_share", "binary_iou")
 
 
