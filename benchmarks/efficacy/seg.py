@@ -164,17 +164,17 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) 
 
 
 def build_bank(train: Dataset, folder: Path) -> tuple[ad.DefectBank, int]:
-    """The training split's defects at the training resolution, saved in ``folder``; (bank, skipped).
+    """The training split's defects at the training resolution, saved in ``folder``; (bank, images skipped).
 
-    Labelled images with blank masks (four MT_Uneven tiles) are skipped by the bank with a warning,
-    counted here.
+    Labelled images with blank masks (four MT_Uneven tiles) are skipped by the bank (its warning is
+    silenced here; ``bank.skipped`` names them).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ad.DefectBankWarning)
         bank = ad.DefectBank.from_arrays(
             list(train.images), list(train.masks), [int(v) for v in train.labels], list(train.class_names)
         )
-    skipped = sum(issubclass(w.category, ad.DefectBankWarning) for w in caught)
+    skipped = len(bank.skipped)
     bank.save(folder)
     return ad.DefectBank.load(folder), skipped
 
