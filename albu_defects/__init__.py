@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
         "albu_defects.methods.guided_crop",
     ),
     **dict.fromkeys(["DynamicLabelInjection", "InjectDefect"], "albu_defects.methods.injection"),
+    "PoissonPaste": "albu_defects.methods.poisson_paste",
 }
 #: Subpackages reachable as attributes without importing them first (``albu_defects.bank``).
 _SUBPACKAGES = frozenset({"bank", "blending", "core", "data", "methods", "pytorch", "tools"})
@@ -75,6 +76,7 @@ __all__ = [
     "losses_to_probabilities",
     "paste",
     "poisson_blend",
+    "PoissonPaste",
     "resolve_bank",
     "Sample",
     "sample_color_jitter",
@@ -114,3 +116,4 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs, which do not run __ge
     from .methods.cutpaste import CutPaste
     from .methods.guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
     from .methods.injection import DynamicLabelInjection, InjectDefect
+    from .methods.poisson_paste import PoissonPaste

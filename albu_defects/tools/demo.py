@@ -224,6 +224,46 @@ def panel_contextmix(samples: list[Sample], rng: np.random.Generator) -> tuple[s
     return "ContextMix: whole partner image resized into a box, class mask mixed (nearest), label by area", tiles
 
 
+def panel_poisson_paste(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """PoissonPaste: real defects (user-supplied donors) pasted into a defect-free tile, cut-paste vs exact Poisson."""
+    import albumentations as A
+
+    from albu_defects.core.geometry import box_slices, grow_box, mask_bbox
+    from albu_defects.core.transform import IS_ALBUMENTATIONS_X
+    from albu_defects.methods.poisson_paste.transform import PoissonPaste
+
+    host = sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[0]
+    donors = []
+    for name in ("Blowhole", "Break", "Crack"):
+        donor = _samples_of(samples, name)[0]
+        window = box_slices(grow_box(mask_bbox(donor.mask), 4, donor.mask.shape))  # type: ignore[arg-type]
+        donors.append({"image": donor.image[window], "mask": donor.mask[window], "class_id": donor.class_id})
+    box_format = {"coord_format" if IS_ALBUMENTATIONS_X else "format": "pascal_voc"}
+    seed = int(rng.integers(2**31))
+    mask = np.zeros(host.image.shape, np.uint8)
+    tiles = [tile(d["image"], f"donor {d['class_id']}", d["mask"]) for d in donors]
+    outputs = {}
+    for blend in ("paste", "poisson"):
+        transform = PoissonPaste(n=3, blend=blend, scale_range=(1.5, 2.5), hflip_p=0.5, p=1.0)
+        pipeline = A.Compose([transform], bbox_params=A.BboxParams(**box_format), seed=seed)
+        out = pipeline(image=host.image, mask=mask, bboxes=[], paste_metadata=donors)
+        outputs[blend] = out
+        shown = overlay_class_mask(to_display(out["image"], TILE_HEIGHT), out["mask"])
+        draw_bboxes(shown, out["bboxes"], scale=TILE_HEIGHT / out["image"].shape[0])
+        tiles.append(label_tile(shown, "cut-paste" if blend == "paste" else "exact Poisson"))
+    first = np.asarray(outputs["poisson"]["bboxes"][0]).astype(int)
+    zoom = box_slices(grow_box(tuple(first[:4]), 12, host.image.shape))  # type: ignore[arg-type]
+    for blend, text in (("paste", "cut-paste: close-up"), ("poisson", "Poisson: close-up")):
+        tiles.append(tile(outputs[blend]["image"][zoom], text, outputs[blend]["mask"][zoom] > 0))
+    strip = np.zeros(host.image.shape, bool)
+    strip[:, : host.image.shape[1] // 5] = True  # objects only in a strip along the left border
+    edge = PoissonPaste(n=2, region="mask", scale_range=(1.5, 2.5), p=1.0)
+    out = A.Compose([edge], seed=seed)(image=host.image, mask=mask, object_mask=strip, paste_metadata=donors[1:])
+    shown = draw_mask_outline(overlay_class_mask(to_display(out["image"], TILE_HEIGHT), out["mask"]), strip)
+    tiles.append(label_tile(shown, "region=mask: a border strip"))
+    return "PoissonPaste: your objects pasted (here real defects), exact Poisson vs cut-paste; class mask, boxes", tiles
+
+
 #: Rows of the demo picture, top to bottom.
 PANELS: list[Panel] = [
     panel_samples,
@@ -234,6 +274,7 @@ PANELS: list[Panel] = [
     panel_cropliq,
     panel_cutpaste,
     panel_contextmix,
+    panel_poisson_paste,
 ]
 
 
