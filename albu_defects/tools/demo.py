@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from albu_defects.data import Sample, load_samples
+from albu_defects.data import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 from .visualize import (
     draw_bboxes,
@@ -23,7 +23,7 @@ from .visualize import (
     write_picture,
 )
 
-__all__ = ["PANELS", "build_demo", "write_demo"]
+__all__ = ["PANELS", "build_demo", "panel_names", "write_demo"]
 
 TILE_HEIGHT = 180
 
@@ -241,7 +241,7 @@ def panel_poisson_paste(samples: list[Sample], rng: np.random.Generator) -> tupl
     box_format = {"coord_format" if IS_ALBUMENTATIONS_X else "format": "pascal_voc"}
     seed = int(rng.integers(2**31))
     mask = np.zeros(host.image.shape, np.uint8)
-    tiles = [tile(d["image"], f"donor {d['class_id']}", d["mask"]) for d in donors]
+    tiles = [tile(d["image"], f"donor: {MAGNETIC_TILE_CLASSES[d['class_id'] - 1]}", d["mask"]) for d in donors]
     outputs = {}
     for blend in ("paste", "poisson"):
         transform = PoissonPaste(n=3, blend=blend, scale_range=(1.5, 2.5), hflip_p=0.5, p=1.0)
@@ -278,11 +278,20 @@ PANELS: list[Panel] = [
 ]
 
 
-def build_demo(seed: int = 0) -> np.ndarray:
-    """Render every panel in :data:`PANELS` (each with its title) into one BGR picture."""
+def panel_names() -> list[str]:
+    """The short names of the panels, for ``albu-defects demo --only NAME``: ``poisson_paste`` etc."""
+    return [panel.__name__.removeprefix("panel_") for panel in PANELS]
+
+
+def build_demo(seed: int = 0, only: str | None = None) -> np.ndarray:
+    """Render every panel in :data:`PANELS` (or the one named ``only``) into one BGR picture."""
+    if only is not None and only not in panel_names():
+        raise ValueError(f"no demo panel {only!r}; choose one of {panel_names()}")
     samples = load_samples()
     blocks = []
     for panel in PANELS:
+        if only is not None and panel.__name__ != f"panel_{only}":
+            continue
         title, tiles = panel(samples, np.random.default_rng(seed))
         blocks.append(make_grid([tiles], title=title))
     width = max(b.shape[1] for b in blocks)
@@ -291,8 +300,8 @@ def build_demo(seed: int = 0) -> np.ndarray:
     return np.vstack([header, *padded])
 
 
-def write_demo(out: str | Path = "demo.png", seed: int = 0) -> Path:
-    """Write the demo picture to ``out`` and return its path."""
+def write_demo(out: str | Path = "demo.png", seed: int = 0, only: str | None = None) -> Path:
+    """Write the demo picture (or its panel ``only``) to ``out`` and return its path."""
     if Path(out).suffix.lower() not in {".png", ".jpg", ".jpeg"}:  # before the work of rendering it
         raise ValueError(f"cannot write {out}: the demo picture must be a .png or .jpg file")
-    return write_picture(out, build_demo(seed))
+    return write_picture(out, build_demo(seed, only))
