@@ -95,7 +95,9 @@ def main() -> None:
         )
     table = markdown_table(["command (fresh process)", "median ms", "min ms", "x peer", "target", "met"], rows)
     body = (
-        f"{args.repeats} interleaved rounds, one fresh process per command and round; the bank is {what}. "
+        f"{args.repeats} interleaved rounds, one fresh process per command and round; the bank is {what}; "
+        f"1-minute load average {os.getloadavg()[0]:.1f} at the end (on {os.cpu_count()} cores: other processes "
+        "shared them, which slows every row alike). "
         f"The command line imports only what a command needs: `--help` and the bank commands import neither "
         f"albumentations nor torch (checked by tests/tools/test_cli_imports.py).\n\n{table}"
     )

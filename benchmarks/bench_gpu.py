@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 from _common import markdown_table, write_section
+from bench_contextmix import plain_cutmix  # CutMix as timm / torchvision write it
 
 from albu_defects.methods.contextmix.functional import draw_boxes
 from albu_defects.pytorch import TensorContextMix
@@ -113,19 +114,6 @@ def check_on_device(shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
 
 
 # ============================================================================================ timing
-def plain_cutmix_paste(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-    """CutMix's pixel work as timm / torchvision write it: a permuted batch, then slice copies (out of place)."""
-    partner = images[perm]
-    out = images.clone()
-    if boxes.ndim == 1:
-        x0, y0, x1, y1 = (int(v) for v in boxes)
-        out[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
-    else:
-        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-            out[i, :, y0:y1, x0:x1] = partner[i, :, y0:y1, x0:x1]
-    return out
-
-
 def plain_cutmix_call(
     images: torch.Tensor, labels: torch.Tensor, mode: str, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +129,7 @@ def plain_cutmix_call(
     x0, x1 = (cx - cut_w // 2).clamp(0, width), (cx + cut_w // 2).clamp(0, width)
     boxes = torch.stack([x0, y0, x1, y1], dim=1).numpy()
     perm = torch.randperm(n, generator=generator).to(images.device)
-    mixed = plain_cutmix_paste(images, perm, boxes[0] if mode == "batch" else boxes)
+    mixed = plain_cutmix(images, perm, boxes[0] if mode == "batch" else boxes, inplace=False)
     kept = 1.0 - ((x1 - x0) * (y1 - y0)).double() / (height * width)
     lam = kept.to(images.device, torch.float32).expand(n)
     one_hot = torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
@@ -190,7 +178,7 @@ def time_config(
 
     def plain_paste() -> object:
         perm, boxes = next(pixel_plain)
-        return plain_cutmix_paste(images, perm.to(device), boxes)
+        return plain_cutmix(images, perm.to(device), boxes, inplace=False)
 
     return interleaved(
         {
@@ -250,7 +238,8 @@ def main() -> None:
         else " **Not run on a GPU**: no CUDA device was available to this run (the script runs unchanged on CUDA)."
     )
     body = (
-        f"Device: {where}.{gpu_note} Median of {args.repeats} interleaved rounds, device synchronized around "
+        f"Device: {where}.{gpu_note} 1-minute load average {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} "
+        f"cores). Median of {args.repeats} interleaved rounds, device synchronized around "
         "every call, out of place. 'call' = the whole op on the device: draws, paste, soft targets "
         f"({NUM_CLASSES} classes); 'paste only' = the same boxes and pairing for both. The check: sample-identifying "
         "pixels; pixel share of the partner = lambda_B, soft targets = area-mixed one-hots, masks mixed in the same "
