@@ -1,7 +1,7 @@
 """The command line imports only what a command needs (issue 14, sec. 3).
 
 Checked by module, not by seconds (machines are noisy; the timing is benchmarks/bench_cli.py): a
-fresh interpreter runs the command through ``albu_defects.tools.cli.main`` and lists ``sys.modules``.
+fresh interpreter runs the command (``python -m albu_defects ...``) and lists ``sys.modules``.
 ``--help`` and the bank commands import neither albumentations (2.0.8 imports torch whenever torch is
 installed: seconds) nor torch.
 """
@@ -18,15 +18,15 @@ import pytest
 HEAVY = ("albumentations", "torch")
 
 RUN = """
-import json, sys
-from albu_defects.tools.cli import main
+import json, runpy, sys
+sys.argv = ["albu-defects", *sys.argv[1:]]
 try:
-    status = main(sys.argv[1:])
+    runpy.run_module("albu_defects", run_name="__main__")  # python -m albu_defects, as the console script
+    status = 0
 except SystemExit as stop:
     status = stop.code
 print("\\nMODULES " + json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
-
 
 def run_cli(*argv: str) -> tuple[int, set[str]]:
     result = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True, check=False)
