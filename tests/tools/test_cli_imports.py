@@ -28,6 +28,7 @@ except SystemExit as stop:
 print("\\nMODULES " + json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
 
+
 def run_cli(*argv: str) -> tuple[int, set[str]]:
     result = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True, check=False)
     line = next((x for x in result.stdout.splitlines() if x.startswith("MODULES ")), None)
