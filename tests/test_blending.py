@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from albu_defects import blending as bl
 from albu_defects import local_contrast, paste, poisson_blend
+from albu_defects import poisson_solver as ps
 from albu_defects.blending import RESIDUAL_BOUND, poisson_solve
 from albu_defects.geometry import connected_components, dilate_mask, mask_bbox
 
@@ -272,8 +273,8 @@ def test_residual_bound_on_large_regions(channels, touch_border, mode):
 def test_solver_choice_by_size_and_shape(monkeypatch):
     """Large compact regions take the deflated PCG, small or thin ones the banded Cholesky."""
     used = []
-    original = bl._solve_pcg
-    monkeypatch.setattr(bl, "_solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
+    original = ps._solve_pcg
+    monkeypatch.setattr(ps, "_solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
     target, source, mask = _disk_case()
     poisson_blend(target, source, mask, (0, 0), method="exact")
     assert used == ["pcg"]
@@ -289,7 +290,7 @@ def test_solver_choice_by_size_and_shape(monkeypatch):
 
 
 def test_pcg_that_stalls_falls_back_to_a_direct_solve(monkeypatch):
-    monkeypatch.setattr(bl, "_solve_pcg", lambda *a, **k: None)
+    monkeypatch.setattr(ps, "_solve_pcg", lambda *a, **k: None)
     target, source, mask = _disk_case(size=60, radius=25)
     f = poisson_solve(target, source, mask, (0, 0))
     assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND
@@ -660,7 +661,7 @@ def test_blas_threads_are_limited_then_restored():
 
     with threadpool_limits(limits=2, user_api="blas"):
         assert blas_threads() == {2}
-        with bl._single_threaded_blas(), bl._single_threaded_blas():  # nested: restored by the last one out
+        with ps.single_threaded_blas(), ps.single_threaded_blas():  # nested: restored by the last one out
             assert blas_threads() == {1}
         assert blas_threads() == {2}
 
