@@ -198,7 +198,8 @@ def _solve_region(region: _Region, mode: Mode, solver: str = "auto") -> np.ndarr
     ``solver`` ("auto", "banded", "pcg" or "splu") is for tests; "auto" picks the cheaper exact one.
     """
     rhs = _rhs_grid(region, mode)
-    return solve(region.mask, region.neumann, rhs, mean=region.target.mean(axis=(0, 1)), solver=solver)
+    mean = region.target.mean(axis=(0, 1)) if region.mask.all() else None  # pins a pure Neumann solve
+    return solve(region.mask, region.neumann, rhs, mean=mean, solver=solver)
 
 
 def _exact_crop(inputs: BlendInputs, mode: Mode, solver: str = "auto") -> tuple[_Region, np.ndarray]:

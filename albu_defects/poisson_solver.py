@@ -70,7 +70,7 @@ def solve(
     system = system or _MaskedSystem(mask, neumann)
     if solver == "banded":
         ordering = ordering or system.ordering()
-        if ordering.entries <= _BANDED_MAX_ENTRIES:
+        if (ordering.band + 1) * system.n <= _BANDED_MAX_ENTRIES:
             x = _solve_banded(system, ordering, rhs)
             if x is not None:
                 return x
@@ -100,7 +100,7 @@ def _choose(mask: np.ndarray, neumann: Sides) -> tuple[str, _MaskedSystem | None
     ordering = system.ordering()
     banded_ms = 9e-4 * n + 6.5e-8 * n * ordering.band**2 - 1.1
     pcg_ms = 1.7e-4 * mask.size + 1.2
-    if banded_ms <= pcg_ms and ordering.entries <= _BANDED_MAX_ENTRIES:
+    if banded_ms <= pcg_ms and (ordering.band + 1) * n <= _BANDED_MAX_ENTRIES:
         return "banded", system, ordering
     return "pcg", system, None
 
@@ -109,24 +109,28 @@ def _choose(mask: np.ndarray, neumann: Sides) -> tuple[str, _MaskedSystem | None
 
 
 _BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"controller": None, "users": 0, "limiter": None}
+_BLAS_STATE: dict[str, Any] = {"libraries": None, "users": 0, "saved": []}
 
 
-def _blas_controller() -> ThreadpoolController:
-    """The BLAS libraries of this process (numpy's and scipy's), found once by threadpoolctl (~2 ms)."""
-    if _BLAS_STATE["controller"] is None:
-        _BLAS_STATE["controller"] = ThreadpoolController().select(user_api="blas")
-    return _BLAS_STATE["controller"]
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of this process's BLAS libraries (numpy's and scipy's), found once (~2 ms)."""
+    if _BLAS_STATE["libraries"] is None:
+        _BLAS_STATE["libraries"] = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _BLAS_STATE["libraries"]
 
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Run BLAS/LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
     them down (5x measured on 2 busy cores). Process-wide while active, so it is reference-counted:
-    the first caller in limits every BLAS library to one thread, the last one out restores them."""
+    the first caller in limits every BLAS library to one thread, the last one out restores them
+    (through the libraries' own thread-count calls: 4 us, where a threadpoolctl limiter takes 14)."""
     with _BLAS_LOCK:
         if _BLAS_STATE["users"] == 0:
-            _BLAS_STATE["limiter"] = _blas_controller().limit(limits=1)
+            libraries = _blas_libraries()
+            _BLAS_STATE["saved"] = [library.get_num_threads() for library in libraries]
+            for library in libraries:
+                library.set_num_threads(1)
         _BLAS_STATE["users"] += 1
     try:
         yield
@@ -134,19 +138,15 @@ def single_threaded_blas() -> Iterator[None]:
         with _BLAS_LOCK:
             _BLAS_STATE["users"] -= 1
             if _BLAS_STATE["users"] == 0:
-                _BLAS_STATE["limiter"].restore_original_limits()
-                _BLAS_STATE["limiter"] = None
+                for library, threads in zip(_blas_libraries(), _BLAS_STATE["saved"], strict=True):
+                    library.set_num_threads(threads)
 
 
 class _Ordering(NamedTuple):
     """Where each unknown (row-major masked pixel) goes in the banded matrix, and its bandwidth."""
 
-    position: np.ndarray
+    position: np.ndarray | None  # None: row-major
     band: int
-
-    @property
-    def entries(self) -> int:
-        return (self.band + 1) * self.position.size
 
 
 class _MaskedSystem:
@@ -178,7 +178,7 @@ class _MaskedSystem:
     def ordering(self) -> _Ordering:
         """Row-major order, or reverse Cuthill-McKee where it narrows a wide band (thin, branched or
         scattered regions, whose rows hold several separate runs of pixels)."""
-        position = np.arange(self.n)
+        position = None
         band = int((self.second - self.first).max(initial=1))
         if band > 24 and band * band > 4 * self.n:  # wider than a compact region of n pixels
             graph = scipy.sparse.csr_matrix((np.ones(self.first.size), (self.first, self.second)), shape=(self.n,) * 2)
@@ -192,24 +192,24 @@ class _MaskedSystem:
 
 
 def _solve_banded(system: _MaskedSystem, ordering: _Ordering, rhs: np.ndarray) -> np.ndarray | None:
-    """Exact solve by banded Cholesky (LAPACK ``pbtrf``/``pbtrs``): one factorization, every channel."""
+    """Exact solve by banded Cholesky (LAPACK ``pbsv``, lower band storage): every channel at once."""
     position, band = ordering
     ab = np.zeros((band + 1, system.n))
-    ab[band, position] = system.diag
-    low = np.minimum(position[system.first], position[system.second])
-    high = np.maximum(position[system.first], position[system.second])
-    ab[band + low - high, high] = -1.0  # LAPACK's upper band storage of A[low, high]
-    b = np.empty((system.n, rhs.shape[2]))
-    b[position] = rhs[system.mask]
+    b = rhs[system.mask]
+    if position is None:  # row-major: the unknowns keep their order
+        ab[0] = system.diag
+        ab[system.second - system.first, system.first] = -1.0  # ab[i - j, j] = A[i, j], i > j
+    else:
+        ab[0, position] = system.diag
+        first, second = position[system.first], position[system.second]
+        ab[np.abs(second - first), np.minimum(first, second)] = -1.0
+        b = b[np.argsort(position)]
     with single_threaded_blas():
-        factor, info = lapack.dpbtrf(ab, lower=0, overwrite_ab=1)
-        if info != 0:  # pragma: no cover - the matrix is SPD whenever a Dirichlet pixel exists
-            return None
-        x, info = lapack.dpbtrs(factor, b, lower=0, overwrite_b=1)
-    if info != 0:  # pragma: no cover
+        _, x, info = lapack.dpbsv(ab, b, lower=1, overwrite_ab=1, overwrite_b=1)
+    if info != 0:  # pragma: no cover - the matrix is SPD whenever a Dirichlet pixel exists
         return None
     out = np.zeros_like(rhs)
-    out[system.mask] = x[position]
+    out[system.mask] = x if position is None else x[position]
     return out
 
 
@@ -335,15 +335,17 @@ class _BoxSolver:
 
 
 class _Operator:
-    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked."""
+    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked
+    (float64 or float32, as ``x``)."""
 
     def __init__(self, mask: np.ndarray, crop_shape: tuple[int, int], neumann: Sides):
         self.maskf = mask.astype(np.float64)
+        self.mask32 = mask.astype(np.float32)
         self.sides = border_sides(crop_shape, neumann)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         y = laplacian(x, self.sides, out)
-        np.multiply(y, self.maskf, out=y)
+        np.multiply(y, self.maskf if y.dtype == np.float64 else self.mask32, out=y)
         return y
 
 
@@ -368,7 +370,7 @@ class _CoarseSolver:
     def __init__(self, operator: _Operator, k: int):
         maskf = operator.maskf
         cy, cx = maskf.shape[0] // k, maskf.shape[1] // k
-        self.k, self.cells, self.maskf = k, (cy, cx), maskf
+        self.k, self.cells, self.maskf, self.mask32 = k, (cy, cx), maskf, operator.mask32
         u = np.arange(k) / k
         self.hats = np.stack([1 - u, u])  # the two 1-D hats of a cell at its pixels, (2, k)
         pairs = (self.hats[:, None, :] * self.hats[None, :, :]).reshape(4, k)  # products (a, c) at u
@@ -378,13 +380,13 @@ class _CoarseSolver:
         down = np.zeros_like(maskf)
         np.multiply(maskf[:-1], maskf[1:], out=down[:-1])
         dirichlet = operator(maskf)
-        per_cell = (cy, k, cx, k)
         # Per cell, edge counts weighted by products of two hats: rows[(a, c)] over right edges
         # (hats of corner rows a and c, along the cell's rows), cols[(b, d)] over down edges, and
         # dirs[(a, c), (b, d)] over Dirichlet edges.
-        rows = np.matmul(pairs, right.reshape(per_cell).sum(axis=3)).transpose(0, 2, 1)  # (cy, cx, 4)
-        cols = down.reshape(per_cell).sum(axis=1) @ pairs.T  # (cy, cx, 4)
-        along_x = (dirichlet.reshape(per_cell) @ pairs.T).reshape(cy, k, cx * 4)
+        right_per_row = (right.reshape(-1, k) @ np.ones(k)).reshape(cy, k, cx)
+        rows = np.matmul(pairs, right_per_row).transpose(0, 2, 1)  # (cy, cx, 4)
+        cols = down.reshape(cy, k, cx, k).sum(axis=1) @ pairs.T  # (cy, cx, 4)
+        along_x = (dirichlet.reshape(-1, k) @ pairs.T).reshape(cy, k, cx * 4)
         dirs = np.matmul(pairs, along_x).reshape(cy, 4, cx, 4).transpose(0, 2, 1, 3)  # (cy, cx, 4, 4)
         # Across an edge the hats of a cell's first corner row (or column) change by -1/k, those of
         # the second by +1/k: the product of two changes is +-1/k^2.
@@ -400,36 +402,39 @@ class _CoarseSolver:
             south[:, a : a + cx] += rows[..., mixed] * same + cols[..., pa] * across + dirs[..., mixed, pa]
         # node (i, j) with (i + 1, j + 1), and (i, j + 1) with (i + 1, j): equal by symmetry
         diagonal = (rows[..., mixed] + cols[..., mixed]) * across + dirs[..., mixed, mixed]
-        weight = self._restrict(maskf)  # hat weight of each node on the mask
-        stencil = (centre, east, south, diagonal, diagonal)
+        stencil = (centre, east, south, diagonal)
         # Nodes that barely touch the mask can have linearly dependent masked hats: if they make the
-        # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of weight.
-        self.ok = self._factor(stencil, weight > 0) or self._factor(stencil, weight >= 1.0)
+        # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of hat weight.
+        self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
         self.nodes = np.zeros((cy + 1, cx + 1))
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
-        """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major); ``False`` when it
-        is singular or nearly so (a pivot under 1e-10 of its diagonal entry)."""
-        centre, east, south, south_east, south_west = stencil
-        index = np.cumsum(present.ravel()).reshape(present.shape) - 1
-        couplings = []
-        for first, second, values in (
-            ((slice(None), slice(None, -1)), (slice(None), slice(1, None)), east),
-            ((slice(None, -1), slice(None)), (slice(1, None), slice(None)), south),
-            ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None)), south_east),
-            ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)), south_west),
-        ):
-            both = present[first] & present[second]
-            couplings.append((index[first][both], index[second][both], values[both]))
-        band = max((int((j - i).max()) for i, j, _ in couplings if i.size), default=0)
-        ab = np.zeros((band + 1, int(present.sum())))
-        if ab.shape[1] == 0:
+        """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major, LAPACK's lower
+        band storage); ``False`` when it is singular or nearly so (a pivot under 1e-10 of its
+        diagonal entry)."""
+        centre, east, south, diagonal = stencil
+        n = int(present.sum())
+        if n == 0:
             return False
-        ab[band] = centre[present]
+        index = np.full(present.shape, -1)
+        index[present] = np.arange(n)
+        pairs = (  # (first node, second node, coupling): east, south, south-east, south-west
+            (index[:, :-1], index[:, 1:], east),
+            (index[:-1], index[1:], south),
+            (index[:-1, :-1], index[1:, 1:], diagonal),
+            (index[:-1, 1:], index[1:, :-1], diagonal),
+        )
+        couplings = []
+        for first, second, values in pairs:
+            both = (first >= 0) & (second >= 0)
+            couplings.append((first[both], second[both], values[both]))
+        band = max((int((j - i).max()) for i, j, _ in couplings if i.size), default=0)
+        ab = np.zeros((band + 1, n))
+        ab[0] = centre[present]
         for i, j, values in couplings:
-            ab[band + i - j, j] = values  # LAPACK's upper band storage of A[i, j], i < j
-        factor, info = lapack.dpbtrf(ab, lower=0)
-        if info != 0 or (factor[band] ** 2 < 1e-10 * ab[band]).any():
+            ab[j - i, i] = values  # lower band storage: ab[j - i, i] = A[j, i], j > i
+        factor, info = lapack.dpbtrf(ab, lower=1)
+        if info != 0 or (factor[0] ** 2 < 1e-10 * ab[0]).any():
             return False
         self.present, self.factor = present, factor
         return True
@@ -437,8 +442,9 @@ class _CoarseSolver:
     def _restrict(self, fine: np.ndarray) -> np.ndarray:
         """``P^T fine`` for fine values that are zero off the mask: (cy + 1, cx + 1) node values."""
         (cy, cx), k = self.cells, self.k
-        along_x = fine.reshape(cy, k, cx, k) @ self.hats.T  # (cy, u, cx, b)
-        corners = np.einsum("iujb,au->ijab", along_x, self.hats)
+        hats = self.hats.astype(fine.dtype, copy=False)
+        along_x = fine.reshape(cy, k, cx, k) @ hats.T  # (cy, u, cx, b)
+        corners = np.einsum("iujb,au->ijab", along_x, hats)
         out = np.zeros((cy + 1, cx + 1))
         out[:-1, :-1] += corners[:, :, 0, 0]
         out[:-1, 1:] += corners[:, :, 0, 1]
@@ -449,21 +455,23 @@ class _CoarseSolver:
     def _prolong(self, nodes: np.ndarray) -> np.ndarray:
         """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values."""
         (cy, cx), k = self.cells, self.k
-        along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ self.hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
-        fine = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1) @ self.hats  # (cy, u, cx, v)
+        hats = self.hats.astype(nodes.dtype, copy=False)
+        along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
+        fine = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1) @ hats  # (cy, u, cx, v)
         return fine.reshape(cy * k, cx * k)
 
     def __call__(self, residual: np.ndarray) -> np.ndarray:
-        """``Q residual = P (P^T A P)^-1 P^T residual``, masked."""
-        solved, _ = lapack.dpbtrs(self.factor, self._restrict(residual)[self.present], lower=0, overwrite_b=1)
+        """``Q residual = P (P^T A P)^-1 P^T residual``, masked, in the residual's dtype (the coarse
+        solve itself is float64)."""
+        solved, _ = lapack.dpbtrs(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
         self.nodes[self.present] = solved
-        fine = self._prolong(self.nodes)
-        np.multiply(fine, self.maskf, out=fine)
+        fine = self._prolong(self.nodes.astype(residual.dtype, copy=False))
+        np.multiply(fine, self.maskf if fine.dtype == np.float64 else self.mask32, out=fine)
         return fine
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product of two grids by BLAS ``ddot``: call inside :func:`single_threaded_blas` (threaded,
+    """Inner product of two grids by BLAS ``dot``: call inside :func:`single_threaded_blas` (threaded,
     it is 100x slower on busy cores)."""
     return float(np.dot(a.ravel(), b.ravel()))
 
