@@ -25,13 +25,11 @@ move a value across a rounding boundary: at most 1 grey level, on a few pixels).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +45,7 @@ sys.path.insert(
 
 import cv2
 import numpy as np
-from _common import MAGNETIC_TILE_ROOT, markdown_table, write_section
+from _common import BASE_REF, MAGNETIC_TILE_ROOT, SCRATCH, base_checkout, markdown_table, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,10 +53,8 @@ SIZE = 256
 BATCH = 64
 TARGET_IPS = 400.0
 TARGET_SPEEDUP = 1.5  # issue 14: throughput against today's main, same run
-BASE_REF = "72696d0"
 PEER_IPS = 140.0  # the reference code, measured on this machine kind (notes/dli.md)
 PHASES = ("sampling", "transform", "poisson", "paste")
-SCRATCH = Path(os.environ.get("TMPDIR", "/tmp")) / "albu_defects_bench_dli"
 
 
 def load_dataset(root: Path, classes: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
@@ -155,27 +151,6 @@ def two_workers(dli, images, masks, labels, n_batches: int) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def base_package(ref: str, path: Path | None) -> Path:
-    """A folder to put on PYTHONPATH for today's main: ``path`` (a checkout, or a folder holding
-    ``albu_defects``), else ``git archive`` of ``ref``'s ``albu_defects`` into the scratch folder."""
-    if path is not None:
-        if not (path / "albu_defects" / "__init__.py").is_file():
-            raise SystemExit(f"--base {path} holds no albu_defects package")
-        return path
-    target = SCRATCH / f"base-{ref}"
-    if not (target / "albu_defects" / "__init__.py").is_file():
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", ref, "albu_defects"], capture_output=True, check=False
-        )
-        if archive.returncode != 0:
-            raise SystemExit(
-                f"git archive {ref} failed ({archive.stderr.decode().strip()}); pass --base PATH to a copy of it"
-            )
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(target, filter="data")
-    return target
-
-
 class Worker:
     """A worker process running DLI batches with the albu_defects found on ``pythonpath``."""
 
@@ -236,7 +211,7 @@ def worker_main(tag: str, root: Path, poisson_p: float) -> None:
 def compare_versions(args: argparse.Namespace, batches: list[np.ndarray]) -> tuple[dict, str]:
     """Time both versions on the same batches in alternation and check that their outputs agree."""
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    base = Worker("base", base_package(args.base_ref, args.base), args)
+    base = Worker("base", base_checkout(args.base_ref, args.base), args)
     new = Worker("new", REPO, args)
     cpu = {"base": [], "new": []}
     poisson = {"base": [], "new": []}
