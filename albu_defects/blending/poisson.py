@@ -20,7 +20,8 @@ from typing import Literal, NamedTuple
 import cv2
 import numpy as np
 
-from albu_defects.blending.solver import RESIDUAL_BOUND, border_sides, laplacian, solve
+from albu_defects.blending.grid import RESIDUAL_BOUND, border_sides, laplacian
+from albu_defects.blending.solver import solve
 from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
 from albu_defects.core.validation import (
     as_bool_mask,

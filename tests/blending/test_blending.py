@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import local_contrast, paste, poisson_blend
-from albu_defects.blending import RESIDUAL_BOUND, poisson_solve
+from albu_defects.blending import RESIDUAL_BOUND, grid, pcg, poisson_solve
 from albu_defects.blending import poisson as bl
 from albu_defects.blending import solver as ps
 from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox
@@ -273,8 +273,8 @@ def test_residual_bound_on_large_regions(channels, touch_border, mode):
 def test_solver_choice_by_size_and_shape(monkeypatch):
     """Large compact regions take the deflated PCG, small or thin ones the banded Cholesky."""
     used = []
-    original = ps._solve_pcg
-    monkeypatch.setattr(ps, "_solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
+    original = ps.solve_pcg
+    monkeypatch.setattr(ps, "solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
     target, source, mask = _disk_case()
     poisson_blend(target, source, mask, (0, 0), method="exact")
     assert used == ["pcg"]
@@ -290,7 +290,7 @@ def test_solver_choice_by_size_and_shape(monkeypatch):
 
 
 def test_pcg_that_stalls_falls_back_to_a_direct_solve(monkeypatch):
-    monkeypatch.setattr(ps, "_solve_pcg", lambda *a, **k: None)
+    monkeypatch.setattr(ps, "solve_pcg", lambda *a, **k: None)
     target, source, mask = _disk_case(size=60, radius=25)
     f = poisson_solve(target, source, mask, (0, 0))
     assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND
@@ -422,16 +422,14 @@ def test_large_region_blend_is_the_rounded_exact_solution_in_every_dtype(dtype, 
 
 def test_coarse_space_without_independent_nodes_falls_back(monkeypatch):
     """A coarse matrix that LAPACK cannot factor makes the PCG give up; a direct solver answers."""
-    original = ps._CoarseSolver._factor
-    monkeypatch.setattr(ps._CoarseSolver, "_factor", lambda self, *a: False)
+    monkeypatch.setattr(pcg._CoarseSolver, "_factor", lambda self, *a: False)
     mask = _shape_mask("disk")
     rng = np.random.default_rng(9)
     target = rng.uniform(0, 1, mask.shape).astype(np.float32)
     source = rng.uniform(0, 1, mask.shape).astype(np.float32)
-    assert ps._solve_pcg(mask, (False,) * 4, np.ones((*mask.shape, 1))) is None
+    assert pcg.solve_pcg(mask, (False,) * 4, np.ones((*mask.shape, 1))) is None
     f = poisson_solve(target, source, mask, (0, 0))
     assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND
-    monkeypatch.setattr(ps._CoarseSolver, "_factor", original)
 
 
 @pytest.mark.parametrize("mode", ["normal", "mixed"])
@@ -799,7 +797,7 @@ def test_blas_threads_are_limited_then_restored():
 
     with threadpool_limits(limits=2, user_api="blas"):
         assert blas_threads() == {2}
-        with ps.single_threaded_blas(), ps.single_threaded_blas():  # nested: restored by the last one out
+        with grid.single_threaded_blas(), grid.single_threaded_blas():  # nested: restored by the last one out
             assert blas_threads() == {1}
         assert blas_threads() == {2}
 
