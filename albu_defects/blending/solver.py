@@ -69,28 +69,42 @@ def solve(
 
 #: The banded factor holds (band + 1) n doubles; above this it is not built.
 _BANDED_MAX_ENTRIES = 5_000_000
-#: Regions under this many pixels always take the banded Cholesky ...
+#: Regions under this many pixels always take the banded Cholesky.
 _PCG_MIN_PIXELS = 2_000
-#: ... and regions of at least this many that fill at least this share of their box the PCG.
-_PCG_SURE_PIXELS, _PCG_SURE_FILL = 4_000, 0.5
 
 
 def _choose(mask: np.ndarray, neumann: Sides) -> tuple[str, _MaskedSystem | None, _Ordering | None]:
     """ "banded" or "pcg" (with the banded system and ordering when built), by cost models fitted
     on Magnetic Tile regions (single thread): the banded Cholesky costs about
-    ``9e-4 n + 6.5e-8 n band^2 - 1.1`` ms, the deflated PCG about ``1.7e-4 (box pixels) + 1.2`` ms."""
+    ``n (1.8e-4 + 1e-7 band^2)`` ms, the deflated PCG about ``1.7e-4 (box pixels) + 1.2`` ms."""
     n = int(np.count_nonzero(mask))
     if n < _PCG_MIN_PIXELS:
         return "banded", None, None
-    if n >= _PCG_SURE_PIXELS and n >= _PCG_SURE_FILL * mask.size:
-        return "pcg", None, None
-    system = _MaskedSystem(mask, neumann)
-    ordering = system.ordering()
-    banded_ms = 9e-4 * n + 6.5e-8 * n * ordering.band**2 - 1.1
+    system = ordering = None
+    band = _row_major_band(mask)
+    if _narrowable(band, n):
+        system = _MaskedSystem(mask, neumann)
+        ordering = system.ordering()
+        band = ordering.band
+    banded_ms = n * (1.8e-4 + 1e-7 * band * band)
     pcg_ms = 1.7e-4 * mask.size + 1.2
-    if banded_ms <= pcg_ms and (ordering.band + 1) * n <= _BANDED_MAX_ENTRIES:
+    if banded_ms <= pcg_ms and (band + 1) * n <= _BANDED_MAX_ENTRIES:
         return "banded", system, ordering
-    return "pcg", system, None
+    return "pcg", None, None
+
+
+def _row_major_band(mask: np.ndarray) -> int:
+    """Bandwidth of the system with the unknowns in row-major order: the largest number of unknowns
+    between two vertical neighbours."""
+    index = np.cumsum(mask.ravel()).reshape(mask.shape)
+    down = mask[:-1] & mask[1:]
+    return int((index[1:][down] - index[:-1][down]).max(initial=1))
+
+
+def _narrowable(band: int, n: int) -> bool:
+    """A row-major band wider than a compact region of ``n`` pixels would have (rows crossing several
+    separate runs of pixels: thin, branched or scattered regions), which another order may narrow."""
+    return band > 24 and band * band > 4 * n
 
 
 class _Ordering(NamedTuple):
@@ -131,7 +145,7 @@ class _MaskedSystem:
         scattered regions, whose rows hold several separate runs of pixels)."""
         position = None
         band = int((self.second - self.first).max(initial=1))
-        if band > 24 and band * band > 4 * self.n:  # wider than a compact region of n pixels
+        if _narrowable(band, self.n):
             graph = scipy.sparse.csr_matrix((np.ones(self.first.size), (self.first, self.second)), shape=(self.n,) * 2)
             order = scipy.sparse.csgraph.reverse_cuthill_mckee(graph, symmetric_mode=False)
             rcm = np.empty(self.n, np.int64)
