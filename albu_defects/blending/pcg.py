@@ -252,15 +252,10 @@ def _cg(b: np.ndarray, apply_a: _Operator, box: _BoxSolver, coarse: _CoarseSolve
     goal = bound / (RESIDUAL_BOUND / CG_TOLERANCE) ** 2
     z = np.zeros_like(b)  # the preconditioned residual
     work = np.empty_like(b)
-    # The preconditioner runs in float32 (half the memory traffic; it only has to be a fixed linear
-    # map close to the inverse): the box solve, its product by A and the coarse correction.
-    z32 = np.zeros(b.shape, np.float32)
-    work32 = np.empty_like(z32)
 
     def precondition(res: np.ndarray) -> None:
-        box(res, z32)
-        np.subtract(z32, coarse(apply_a(z32, out=work32)), out=z32)
-        z[...] = z32
+        box(res, z)
+        np.subtract(z, coarse(apply_a(z, out=work)), out=z)
 
     x = coarse(b)
     r = b - apply_a(x, out=work)
