@@ -271,6 +271,8 @@ def compare_versions(args: argparse.Namespace, batches: list[np.ndarray]) -> tup
             diff = np.abs(old["images"].astype(np.int32) - cur["images"].astype(np.int32))
             diffs.append(int(diff.max()))
             changed += int((diff > 0).sum())
+            old.close()
+            cur.close()
             for reply in replies.values():  # the outputs this benchmark wrote, compared: 16 MB a batch
                 Path(reply["saved"]).unlink()
     finally:
