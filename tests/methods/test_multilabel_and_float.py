@@ -137,7 +137,7 @@ def test_float_outputs_stay_in_unit_range_despite_jitter_and_blending(float_bank
         for seed in range(5):
             out = A.Compose([transform], seed=seed)(image=image)
             assert out["image"].dtype == np.float32
-            assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0, type(transform).__name__
+            assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0, type(transform).__name__
 
 
 @pytest.mark.parametrize(
