@@ -16,13 +16,15 @@ from .blending import local_contrast, paste, poisson_blend
 from .core.batch import BatchCompose
 from .core.class_weights import ClassWeights, losses_to_probabilities
 from .core.color import color_jitter, sample_color_jitter
+from .core.labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY
+from .core.sync_labels import SyncLabels
 from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
 from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples
-from .methods.anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+from .methods.anomaly import AnomalySynthesis
 from .methods.contextmix import ContextMix
 from .methods.cropliq import CropLiq
 from .methods.cutpaste import CutPaste
-from .methods.guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
+from .methods.guided_crop import GuidedCropPaste, synthesize, synthesize_to_folder
 from .methods.injection import DynamicLabelInjection, InjectDefect
 
 __version__ = "0.1.0"
@@ -59,4 +61,5 @@ __all__ = [
     "sample_color_jitter",
     "synthesize",
     "synthesize_to_folder",
+    "SyncLabels",
 ]

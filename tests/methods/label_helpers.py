@@ -59,11 +59,14 @@ def defect_tile(class_name: str = "Crack") -> ad.Sample:
     return next(s for s in ad.load_samples() if s.class_name == class_name)
 
 
+def sample_folder() -> Path:
+    """The bundled Magnetic Tile samples (``albu_defects/data/magnetic_tile``, in 0.1.0 and since)."""
+    return Path(ad.__file__).parent / "data" / "magnetic_tile"
+
+
 def saved_sample_bank(folder: Path) -> str:
     """The bundled Magnetic Tile samples as a saved bank (5 classes); its folder."""
-    from albu_defects.samples import sample_root
-
-    return str(ad.DefectBank.from_folder(sample_root(), progress=False).save(folder))
+    return str(ad.DefectBank.from_folder(sample_folder(), progress=False).save(folder))
 
 
 def gray_bank(folder: Path, dtype: Any = np.uint8, side: int = 40, full_cover: bool = False) -> str:

@@ -13,7 +13,14 @@ import pytest
 
 import albu_defects as ad
 
-from .label_helpers import assert_labels_match_mask, classes_in_mask, free_tile, gray_bank, saved_sample_bank
+from .label_helpers import (
+    assert_labels_match_mask,
+    classes_in_mask,
+    free_tile,
+    gray_bank,
+    sample_folder,
+    saved_sample_bank,
+)
 
 K = 5
 
@@ -138,9 +145,7 @@ def test_break8_dli_rescales_defects_into_five_channel_images(mt_bank):
 
 # ============================================================================ break 9: unsaved banks
 def test_break9_pipeline_with_an_unsaved_bank_prints_and_records_but_does_not_save(tmp_path):
-    from albu_defects.samples import sample_root
-
-    bank = ad.DefectBank.from_folder(sample_root(), progress=False)  # never saved
+    bank = ad.DefectBank.from_folder(sample_folder(), progress=False)  # never saved
     transform = ad.GuidedCropPaste(bank, p=1)
     text = repr(A.Compose([transform]))
     assert "GuidedCropPaste" in text and "unsaved" in text.lower()
