@@ -12,7 +12,7 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from albu_defects.core.labels import write_class
+from albu_defects.core.labels import is_multi_hot, write_class
 from albu_defects.core.transform import DefectCompose, DefectTransform, check_sample_inputs
 from albu_defects.core.validation import check_probability
 
@@ -42,6 +42,26 @@ class AnomalyTransform(DefectTransform):
 
     label: int
     mask_class_id: int | None
+
+    def check_inputs(self, data: dict[str, Any]) -> None:
+        super().check_inputs(data)
+        mask, class_id = data.get("mask"), self.mask_class_id
+        if mask is None or class_id is None:
+            return
+        if is_multi_hot(mask):
+            if class_id > mask.shape[2]:
+                raise ValueError(
+                    f"mask_class_id={class_id} has no channel in the {mask.shape[2]}-channel multi-hot mask"
+                )
+        elif mask.dtype == bool:
+            if class_id != 1:
+                raise ValueError(
+                    f"mask_class_id={class_id} does not fit a bool mask (class 1 only); use an integer mask"
+                )
+        elif class_id > np.iinfo(mask.dtype).max:
+            raise ValueError(
+                f"mask_class_id={class_id} does not fit the mask dtype {mask.dtype}; use a wider mask dtype"
+            )
 
     def apply_to_mask(self, mask: np.ndarray, anomaly_footprint: np.ndarray, **params: Any) -> np.ndarray:
         if self.mask_class_id is None:
