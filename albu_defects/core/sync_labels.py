@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import albumentations as A
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
@@ -33,7 +34,7 @@ from .labels import (
     mask_num_classes,
     relabel,
 )
-from .transform import DefectTransform, input_image
+from .transform import IS_ALBUMENTATIONS_X, DefectTransform, input_image
 
 __all__ = ["SyncLabels"]
 
@@ -76,6 +77,11 @@ class SyncLabels(DefectTransform):
         normal_label: int
 
     renders_images: ClassVar[bool] = False
+
+    if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
+        # nothing to draw: X's own sampling route also takes torch tensors (after ToTensorV2), whose
+        # channel-first layout the bridge's spatial check would reject
+        sample_parameters = A.DualTransform.sample_parameters
 
     def __init__(
         self,

@@ -125,8 +125,8 @@ class DefectTransform(A.DualTransform):
     renders_images: ClassVar[bool] = True
 
     # AlbumentationsX applies only declared targets (2.0.x has no Targets.MASKS and applies masks anyway)
-    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS) + (
-        (Targets.MASKS,) if hasattr(Targets, "MASKS") else ()
+    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS) + tuple(
+        getattr(Targets, name) for name in ("IMAGES", "MASKS") if hasattr(Targets, name)
     )
 
     @classmethod
