@@ -124,9 +124,13 @@ class DefectTransform(A.DualTransform):
     #: Whether apply_* renders images (their float32 outputs are then clipped to [0, 1]).
     renders_images: ClassVar[bool] = True
 
-    # AlbumentationsX applies only declared targets (2.0.x has no Targets.MASKS and applies masks anyway)
-    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS) + tuple(
-        getattr(Targets, name) for name in ("IMAGES", "MASKS") if hasattr(Targets, name)
+    # AlbumentationsX applies only declared targets (2.0.x has no Targets.IMAGES / MASKS and applies them anyway)
+    _targets: ClassVar[tuple[Targets, ...]] = (
+        Targets.IMAGE,
+        Targets.MASK,
+        Targets.BBOXES,
+        Targets.KEYPOINTS,
+        *(getattr(Targets, name) for name in ("IMAGES", "MASKS") if hasattr(Targets, name)),
     )
 
     @classmethod

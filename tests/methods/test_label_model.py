@@ -111,6 +111,18 @@ def test_break1_dlicollate_accepts_samples_from_a_pipeline_of_our_transforms(mt_
         assert_labels_match_mask(sample, K)
 
 
+def test_break1_dlicollate_rederives_the_class_vector_of_injected_samples(mt_bank):
+    """DLICollate updated its label_key ("label") and left a sample's class_vector stale."""
+    from albu_defects.pytorch import DLICollate
+
+    tile = free_tile()
+    samples = [{"image": tile.image, "mask": tile.class_mask, "class_vector": np.zeros(K, np.float32)}] * 4
+    batch = DLICollate(ad.DynamicLabelInjection(mt_bank, seed=0), collate_fn=list)(samples)
+    assert all(sample["dli"]["class_id"] > 0 for sample in batch)
+    for sample in batch:
+        assert_labels_match_mask(sample, K)
+
+
 # ============================================================================ break 2: anomaly into mask
 @pytest.mark.parametrize(
     "make",
