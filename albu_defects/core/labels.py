@@ -13,6 +13,9 @@ One place for every albu-defects transform (issue 11). Pixel labels are the trut
   ``anomaly_label`` (:data:`ANOMALY_LABEL_KEY`, int) the label of the pseudo-anomaly present, the
   normal label (0 unless configured) when the anomaly mask is empty.
 
+albumentations' own transforms do not know these keys: :class:`~albu_defects.SyncLabels`
+(:mod:`albu_defects.core.sync_labels`), last in a pipeline, re-derives them from the final masks.
+
 Writing a class (:func:`paint_classes`, :func:`write_class`) *replaces* what the pixel showed: a
 pasted defect or a named pseudo-anomaly hides the defect beneath it, in both mask kinds (the other
 channels of a multi-hot pixel are cleared).

@@ -22,16 +22,10 @@ from .label_helpers import (
     expected_vector,
     free_tile,
     gray_bank,
-    saved_sample_bank,
 )
 
 K = 5  # Magnetic Tile classes in the bundled-sample bank
 SEEDS = range(8)
-
-
-@pytest.fixture(scope="module")
-def mt_bank(tmp_path_factory) -> str:
-    return saved_sample_bank(tmp_path_factory.mktemp("labels") / "mt")
 
 
 @pytest.fixture(scope="module")

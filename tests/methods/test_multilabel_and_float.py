@@ -16,19 +16,9 @@ import pytest
 
 import albu_defects as ad
 
-from .label_helpers import assert_labels_match_mask, classes_in_mask, free_tile, gray_bank, saved_sample_bank
+from .label_helpers import assert_labels_match_mask, classes_in_mask, free_tile
 
 K = 5
-
-
-@pytest.fixture(scope="module")
-def mt_bank(tmp_path_factory) -> str:
-    return saved_sample_bank(tmp_path_factory.mktemp("multi") / "mt")
-
-
-@pytest.fixture(scope="module")
-def float_bank(tmp_path_factory) -> str:
-    return gray_bank(tmp_path_factory.mktemp("multi") / "float", dtype=np.float32)
 
 
 def multi_hot(index_mask: np.ndarray, num_classes: int, dtype=np.uint8) -> np.ndarray:

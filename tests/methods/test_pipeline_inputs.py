@@ -17,22 +17,10 @@ from .label_helpers import (
     assert_labels_match_mask,
     classes_in_mask,
     free_tile,
-    gray_bank,
     sample_folder,
-    saved_sample_bank,
 )
 
 K = 5
-
-
-@pytest.fixture(scope="module")
-def mt_bank(tmp_path_factory) -> str:
-    return saved_sample_bank(tmp_path_factory.mktemp("inputs") / "mt")
-
-
-@pytest.fixture(scope="module")
-def float_bank(tmp_path_factory) -> str:
-    return gray_bank(tmp_path_factory.mktemp("inputs") / "float", dtype=np.float32, side=120)
 
 
 # ============================================================================ break 6: strict=True

@@ -116,7 +116,10 @@ class AnomalySynthesis(DefectCompose):
         normal_label: label of a normal sample (default 0).
         p: probability of drawing at all; when not drawn the sample is normal.
 
-    The output always holds ``anomaly_label`` and ``anomaly_mask`` (empty for a normal sample).
+    The output always holds ``anomaly_label`` and ``anomaly_mask`` (empty for a normal sample). A
+    chosen transform that changes no pixel (e.g. a patch pasted onto identical pixels) gives a normal
+    sample too: a label always means an anomaly is there. ``ReplayCompose.replay`` reproduces the
+    labels (the recording holds ``labels``, ``normal_label`` and ``normal_p``).
     Reproducible under ``A.Compose(..., seed=s)``; saved to YAML as ``albu_defects.AnomalySynthesis``
     with its children and arguments.
     """

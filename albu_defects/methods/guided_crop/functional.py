@@ -84,6 +84,7 @@ from albu_defects.core.parallel import cached_per_object
 from albu_defects.core.validation import (
     check_int,
     check_probability,
+    clip_unit_range,
     image_hw,
     num_channels,
 )
@@ -444,5 +445,5 @@ def render_guided_crop(
 ) -> GuidedCropResult:
     """Paste ``plan``'s defects on ``image`` and apply its global stage; the mask is ``mask`` (or zeros) updated."""
     final_mask, boxes, vector = render_labels(image_hw(image), plan, num_classes, mask)
-    image = apply_global_stage(paste_defects(image, plan.defects), plan.stage)
+    image = clip_unit_range(apply_global_stage(paste_defects(image, plan.defects), plan.stage))
     return GuidedCropResult(image, final_mask, boxes.boxes, boxes.classes, vector)

@@ -80,7 +80,7 @@ import numpy as np
 from albu_defects.bank import DefectBank, DefectEntry, resolve_bank
 from albu_defects.blending import POISSON_METHODS, POISSON_MODES
 from albu_defects.core.transform import DefectCompose
-from albu_defects.core.validation import check_choice, check_int, check_probability
+from albu_defects.core.validation import check_choice, check_int, check_probability, clip_unit_range
 
 from .arguments import (
     as_defect_transform,
@@ -283,7 +283,7 @@ class DynamicLabelInjection(DefectCompose):
                     target_name=f"images[{index}]",
                 )
                 result = apply_plan(images[index], plan, **blending_options(self), timings=self.timings)
-                new_images[index] = result.image
+                new_images[index] = clip_unit_range(result.image)  # float32: Poisson may overshoot [0, 1]
                 new_masks[index] = masks.injected(index, result.label, class_id)
                 injected[index] = class_id
                 injections[index] = {**plan.log(), "bbox": result.bbox}
