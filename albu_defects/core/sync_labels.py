@@ -122,13 +122,21 @@ class SyncLabels(DefectTransform):
     def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
         label = data.get(self.label_key)
+        hw = _image_hw(input_image(result))
         if result.get("mask") is not None:
-            mask = _channels_last(result["mask"], _image_hw(input_image(result)))
+            mask = _channels_last(result["mask"], hw)
             k = self.num_classes or (None if label is None else label_num_classes(label)) or mask_num_classes(mask)
             if k is not None:
                 base = np.zeros(k, np.float32) if label is None else label
                 outputs[self.label_key] = relabel(base, classes_present(mask, k), self.label_key)
         anomaly = result.get(ANOMALY_MASK_KEY)
+        shape = tuple(np.shape(anomaly)) if anomaly is not None else ()
+        if anomaly is not None and hw is not None and hw not in (shape[:2], shape[-2:]):
+            raise ValueError(
+                f"{ANOMALY_MASK_KEY} has shape {shape} but the image is {hw[0]}x{hw[1]}: an albumentations transform "
+                f"moved the image without it; declare it a mask target "
+                f"(A.Compose(..., additional_targets={{'{ANOMALY_MASK_KEY}': 'mask'}}))"
+            )
         if anomaly is not None and not np.asarray(anomaly).any():
             outputs[ANOMALY_LABEL_KEY] = self.normal_label
         return outputs

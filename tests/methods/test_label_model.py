@@ -244,6 +244,14 @@ def test_sync_labels_rederives_every_key_after_builtins_drop_pixels(mt_bank):
         assert (out["anomaly_label"] != 0) == bool(out["anomaly_mask"].any())
 
 
+def test_an_anomaly_mask_left_behind_by_a_builtin_crop_is_a_clear_error():
+    image = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    for last in (ad.SyncLabels(), ad.CutPaste(p=1)):
+        pipeline = A.Compose([ad.CutPaste(p=1), A.RandomCrop(32, 32, p=1), last], seed=0)  # no additional_targets
+        with pytest.raises(ValueError, match="additional_targets"):
+            pipeline(image=image)
+
+
 def test_sync_labels_multi_hot_mask_and_yaml(tmp_path):
     mask = np.zeros((16, 16, 3), np.uint8)
     mask[2:5, 2:5, 2] = 1
