@@ -57,7 +57,7 @@ class CropLiq(AnomalyTransform):
         mask_class_id: class written into ``mask`` on the anomaly pixels (its channel of a multi-hot
             mask); ``None`` (default) leaves ``mask`` untouched: a pseudo-anomaly is no defect class.
 
-    Targets: image, mask (anomaly merged in), masks/bboxes/keypoints (unchanged). Outputs
+    Targets: image, mask (anomaly written in under ``mask_class_id`` only), masks/bboxes/keypoints (unchanged). Outputs
     ``anomaly_label`` and ``anomaly_mask`` (see :mod:`albu_defects.methods.anomaly.transform`). Raises ``ValueError`` for
     an image under 8x8 pixels, ``region="bbox"`` without boxes, a missing or empty object mask, or a
     region too small for an 8x8 patch.

@@ -48,7 +48,7 @@ class CutPaste(AnomalyTransform):
         mask_class_id: class written into ``mask`` on the pasted pixels (its channel of a multi-hot
             mask); ``None`` (default) leaves ``mask`` untouched: a pseudo-anomaly is no defect class.
 
-    Targets: image, mask (pasted pixels merged in), masks/bboxes/keypoints (unchanged). Outputs
+    Targets: image, mask (pasted pixels written in under ``mask_class_id`` only), masks/bboxes/keypoints (unchanged). Outputs
     ``anomaly_label`` and ``anomaly_mask``. Raises ``ValueError`` when the image is smaller than the
     largest scar the ranges allow.
     """

@@ -57,8 +57,8 @@ class GuidedCropPaste(DefectTransform):
         bbox_label: what the label fields of new boxes hold: ``"id"`` (class id) or ``"name"``.
         p: probability of applying the transform.
 
-    Targets: image, mask, masks, bboxes, keypoints; adds ``class_vector`` (and ``mask`` when not
-    given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
+    Targets: image (or ``images``), mask (class-index or multi-hot; extra mask targets alike), masks,
+    bboxes, keypoints; ``anomaly_mask`` moved; adds ``class_vector`` (and ``mask`` when not given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
     rules.
     """
 
