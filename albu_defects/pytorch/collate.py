@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import default_collate
 
 from albu_defects.bank import resolve_bank
+from albu_defects.core.labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY, classes_present, relabel
 from albu_defects.core.validation import check_choice
 from albu_defects.methods.contextmix.functional import _snap, bboxes_into_box, occlude_bboxes
-from albu_defects.methods.guided_crop.functional import CLASS_VECTOR_KEY
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
 from .contextmix import TensorContextMix
@@ -50,25 +50,44 @@ def _check_samples(samples: Any, wrapper: str) -> list[Any]:
 
 
 class _Fields:
-    """The fields of one batch's samples: the keys of dict samples or the positions of tuple samples."""
+    """The fields of one batch's samples: the keys of dict samples or the positions of tuple samples.
 
-    def __init__(self, samples: list[Any], wrapper: str, tuple_form: str) -> None:
+    ``same_keys``: every sample must have the same fields (mixing pairs samples up); otherwise the
+    fields are the union, and :meth:`values` gives those of the samples that have the field.
+    """
+
+    def __init__(self, samples: list[Any], wrapper: str, tuple_form: str, same_keys: bool = True) -> None:
         first = samples[0]
         if isinstance(first, Mapping):
-            self.is_dict, self.keys = True, list(first)
+            self.is_dict = True
         elif isinstance(first, (list, tuple)):
-            self.is_dict, self.keys = False, list(range(len(first)))
+            self.is_dict = False
         else:
             raise ValueError(f"{wrapper}: sample 0 must be a dict or an {tuple_form} tuple, got {type(first).__name__}")
+        kind = Mapping if self.is_dict else (list, tuple)
+        self.keys: list[Any] = []
         for i, sample in enumerate(samples):
-            if self.is_dict and not (isinstance(sample, Mapping) and set(sample) == set(self.keys)):
-                got = sorted(map(str, sample)) if isinstance(sample, Mapping) else type(sample).__name__
-                raise ValueError(f"{wrapper}: sample {i} has keys {got} but sample 0 has {sorted(map(str, self.keys))}")
-            if not self.is_dict and not (isinstance(sample, (list, tuple)) and len(sample) == len(self.keys)):
-                raise ValueError(f"{wrapper}: sample {i} is not a {len(self.keys)}-tuple like sample 0")
+            if not isinstance(sample, kind):
+                raise ValueError(
+                    f"{wrapper}: sample {i} is a {type(sample).__name__} but sample 0 a {type(first).__name__}"
+                )
+            keys = list(sample) if self.is_dict else list(range(len(sample)))
+            if same_keys and i and keys != self.keys and (not self.is_dict or set(keys) != set(self.keys)):
+                shown = sorted(map(str, keys)) if self.is_dict else f"{len(keys)} positions"
+                expected = sorted(map(str, self.keys)) if self.is_dict else f"{len(self.keys)}"
+                raise ValueError(
+                    f"{wrapper}: sample {i} has {shown} but sample 0 has {expected}; every sample needs the same fields"
+                )
+            self.keys += [key for key in keys if key not in self.keys]
 
     def values(self, samples: list[Any], key: Any) -> list[Any]:
-        return [sample[key] for sample in samples]
+        """The value of ``key`` in every sample that has it."""
+        if self.is_dict:
+            return [sample[key] for sample in samples if key in sample]
+        return [sample[key] for sample in samples if key < len(sample)]
+
+    def has(self, sample: Any, key: Any) -> bool:
+        return key in sample if self.is_dict else key < len(sample)
 
     def name(self, key: Any) -> str:
         return repr(key) if self.is_dict else f"position {key}"
@@ -124,6 +143,10 @@ def _to_nchw(batch: torch.Tensor, layout: PixelLayout) -> torch.Tensor:
 
 def _from_nchw(batch: torch.Tensor, layout: PixelLayout) -> torch.Tensor:
     return batch[:, 0] if layout == "hw" else batch.permute(0, 2, 3, 1) if layout == "hwc" else batch
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def _is_text(value: Any) -> bool:
@@ -273,14 +296,15 @@ def _boxes_present(
     fields: _Fields, samples: list[Any], bbox_key: str, label_fields: Sequence[str], fmt: str | None, purpose: str
 ) -> bool:
     """Whether dict samples carry boxes under ``bbox_key``; they then need a format and matching label fields."""
-    if not fields.is_dict or bbox_key not in fields.keys or all(s[bbox_key] is None for s in samples):
+    if not fields.is_dict or all(s.get(bbox_key) is None for s in samples):
         return False
     if fmt is None:
         raise ValueError(
             f"the samples carry {bbox_key!r}: pass bbox_format (and bbox_label_fields) so {purpose}, or drop them"
         )
     for i, sample in enumerate(samples):
-        _check_label_fields(sample, bbox_key, label_fields, i)
+        if sample.get(bbox_key) is not None:
+            _check_label_fields(sample, bbox_key, label_fields, i)
     return True
 
 
@@ -517,8 +541,12 @@ class ContextMixCollate:
             else:
                 out[key] = self._mix_pixels(value, layout, perm, boxes, n, fields.name(key))
         if plan.class_vector:
-            vector = _collated(batch[CLASS_VECTOR_KEY], n, repr(CLASS_VECTOR_KEY))
-            out[CLASS_VECTOR_KEY] = _classes_present(out[self.mask_key], plan.pixels[self.mask_key], vector)
+            vectors = _collated(batch[CLASS_VECTOR_KEY], n, repr(CLASS_VECTOR_KEY))
+            masks = _from_nchw(_to_nchw(out[self.mask_key], plan.pixels[self.mask_key]), "hwc").cpu()
+            present = np.stack([classes_present(masks[i].numpy(), vectors.shape[-1]) for i in range(n)])
+            out[CLASS_VECTOR_KEY] = (
+                torch.as_tensor(present, device=vectors.device).to(vectors.dtype).reshape(vectors.shape)
+            )
         if fields.is_dict:
             out["mix_weights"] = torch.from_numpy(self.contextmix.last_weights).to(mixed.device)
             return out
@@ -545,22 +573,6 @@ def _collated(value: Any, n: int, name: str) -> torch.Tensor:
     return value
 
 
-def _classes_present(mask: torch.Tensor, layout: PixelLayout, like: torch.Tensor) -> torch.Tensor:
-    """(N, K) presence of each class in a batch of class-index or multi-hot masks, in ``like``'s dtype."""
-    n, k = like.shape[0], like.shape[-1]
-    planes = _to_nchw(mask, layout)
-    if planes.shape[1] == 1:  # class-index
-        ids = planes.reshape(n, -1).long()
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > k):
-            raise ValueError(f"the mask holds class ids outside 0..{k} (the class vector has {k} classes)")
-        present = torch.zeros(n, k + 1, dtype=torch.bool, device=mask.device)
-        present.scatter_(1, ids, True)
-        return present[:, 1:].to(like.dtype).reshape(like.shape)
-    if planes.shape[1] != k:
-        raise ValueError(f"the multi-hot mask has {planes.shape[1]} channels but the class vector {k} entries")
-    return planes.reshape(n, k, -1).ne(0).any(dim=2).to(like.dtype).reshape(like.shape)
-
-
 # ------------------------------------------------------------------------------------------ DLI
 class _InjectPlan(NamedTuple):
     """What :class:`DLICollate` does with each field of the batch's samples."""
@@ -572,6 +584,7 @@ class _InjectPlan(NamedTuple):
     hw: tuple[int, int]
     boxes: bool
     class_vector: bool
+    anomaly: bool  # the samples carry an ``anomaly_mask`` (and maybe its ``anomaly_label``)
 
 
 class DLICollate:
@@ -639,35 +652,34 @@ class DLICollate:
         self._worker_seed: int | None = None
 
     def _plan(self, samples: list[Any]) -> _InjectPlan:
-        fields = _Fields(samples, "DLICollate", "(image, mask[, label, ...])")
-        if fields.is_dict:
-            image, mask = self.image_key, self.mask_key
-            label = self.label_key if self.label_key in fields.keys else None
-            if image not in fields.keys or mask not in fields.keys:
-                raise ValueError(f"sample 0 lacks {image!r} or {mask!r}; set image_key/mask_key")
-        else:
-            if len(fields.keys) < 2:
-                raise ValueError("tuple samples must be (image, mask[, label, ...])")
-            image, mask, label = 0, 1, 2 if len(fields.keys) > 2 else None
+        fields = _Fields(samples, "DLICollate", "(image, mask[, label, ...])", same_keys=False)
+        image, mask, label = (self.image_key, self.mask_key, self.label_key) if fields.is_dict else (0, 1, 2)
+        for i, sample in enumerate(samples):
+            if not (fields.has(sample, image) and fields.has(sample, mask)):
+                where = f"{image!r} or {mask!r}; set image_key/mask_key" if fields.is_dict else "an image and a mask"
+                raise ValueError(f"sample {i} lacks {where}")
+        if label not in fields.keys:
+            label = None
         if label is not None and all(_is_text(v) for v in fields.values(samples, label)):
             label = None  # no label: ``None``, or a name in that tuple position
         _, hw = _image_layout(samples[0][image], f"sample 0 {fields.name(image)}")
         boxes = _boxes_present(
             fields, samples, self.bbox_key, self.bbox_label_fields, self.bbox_format, "injected defects get boxes"
         )
-        class_vector = False
+        anomaly = fields.is_dict and ANOMALY_MASK_KEY in fields.keys and ANOMALY_MASK_KEY not in self.passthrough_keys
+        label_keys = (CLASS_VECTOR_KEY, ANOMALY_MASK_KEY, ANOMALY_LABEL_KEY) if anomaly else (CLASS_VECTOR_KEY,)
         for key in fields.keys:
             values = fields.values(samples, key)
             if key in (image, mask, label) or key in self.passthrough_keys or all(_is_text(v) for v in values):
                 continue
             if (boxes and key in (self.bbox_key, *self.bbox_label_fields)) or (fields.is_dict and key == self.log_key):
                 continue
-            if fields.is_dict and key == CLASS_VECTOR_KEY:
-                class_vector = True
+            if fields.is_dict and key in label_keys:
                 continue
             bad = next(v for v in values if not _is_text(v))
             raise _refusal("DLICollate", fields, key, bad, hw, "inject")
-        return _InjectPlan(fields, image, mask, label, hw, boxes, class_vector)
+        class_vector = fields.is_dict and CLASS_VECTOR_KEY in fields.keys and label != CLASS_VECTOR_KEY
+        return _InjectPlan(fields, image, mask, label, hw, boxes, class_vector, anomaly)
 
     def __call__(self, samples: list[Any]) -> Any:
         samples = _check_samples(samples, "DLICollate")
@@ -679,10 +691,11 @@ class DLICollate:
         for i, sample in enumerate(samples):
             name = f"sample {i}"
             images.append(_numpy_image(sample[plan.image], f"{name} image"))
-            masks.append(_dli_mask(sample[plan.mask], images[-1].shape[:2], k, f"{name} mask"))
-            if plan.label is not None:
+            masks.append(_dli_mask(sample[plan.mask], images[-1].shape[:2], f"{name} mask"))
+            if plan.label is not None and plan.fields.has(sample, plan.label) and not _is_text(sample[plan.label]):
                 labels.append(_dli_label(sample[plan.label], k, f"{name} label"))
-        out = self.dli(images=images, masks=masks, labels=labels if plan.label is not None else None)
+        # Labels tell DLI which samples hold defects their masks do not show; all or none of them.
+        out = self.dli(images=images, masks=masks, labels=labels if len(labels) == len(samples) else None)
         rebuilt = []
         for i, sample in enumerate(samples):
             injection = out["injections"][i]
@@ -698,14 +711,22 @@ class DLICollate:
         class_id = int(injection["class_id"])
         new = dict(sample) if plan.fields.is_dict else list(sample)
         new[plan.image] = _like_image(out["images"][i], sample[plan.image])
-        new[plan.mask] = _like_mask(out["masks"][i], sample[plan.mask])
-        if plan.label is not None:
-            new[plan.label] = _like_label(sample[plan.label], class_id, len(bank.classes))
-        if plan.class_vector:
-            new[CLASS_VECTOR_KEY] = _like_vector(
-                sample[CLASS_VECTOR_KEY], _mask_classes_present(out["masks"][i], len(bank.classes))
-            )
-        if plan.boxes and injection["bbox"] is not None:
+        new[plan.mask] = _like_mask(out["masks"][i], sample[plan.mask], plan.hw)
+        # The label model: label keys are re-derived from the new mask (DLI injects only into
+        # samples without defects, so the defect's pixels are the mask's nonzero ones).
+        defect = out["masks"][i].any(axis=2)
+        present = classes_present(out["masks"][i], len(bank.classes))
+        if plan.label is not None and plan.fields.has(sample, plan.label) and not _is_text(sample[plan.label]):
+            new[plan.label] = _like_label(sample[plan.label], present)
+        if plan.class_vector and sample.get(CLASS_VECTOR_KEY) is not None:
+            new[CLASS_VECTOR_KEY] = _like_label(sample[CLASS_VECTOR_KEY], present)
+        if plan.anomaly and sample.get(ANOMALY_MASK_KEY) is not None:  # the real defect hides the anomaly under it
+            anomaly = _as_numpy(sample[ANOMALY_MASK_KEY])
+            hidden = anomaly * ~defect.reshape(anomaly.shape[:2] + (1,) * (anomaly.ndim - 2))
+            new[ANOMALY_MASK_KEY] = _like_array(hidden, sample[ANOMALY_MASK_KEY])
+            if anomaly.any() and not hidden.any() and ANOMALY_LABEL_KEY in new:
+                new[ANOMALY_LABEL_KEY] = _like_array(np.asarray(0), sample[ANOMALY_LABEL_KEY])
+        if plan.boxes and injection["bbox"] is not None and sample.get(self.bbox_key) is not None:
             x0, y0, x1, y1 = (int(v) for v in injection["bbox"])
             value = class_id if self.bbox_label == "id" else bank.classes[class_id - 1]
             coords, extras = _read_boxes(sample[self.bbox_key], f"sample {i} {self.bbox_key!r}")
@@ -735,28 +756,18 @@ def _like_image(new: np.ndarray, original: Any) -> Any:
     return new
 
 
-def _dli_mask(mask: Any, hw: tuple[int, int], k: int, name: str) -> np.ndarray:
-    """A sample's mask in DLI's formats: class-index (H, W) or one-hot (K, H, W)."""
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask
-    layout = _pixel_layout(mask, hw)
-    if layout is None:
-        got = tuple(array.shape) if isinstance(array, np.ndarray) else type(mask).__name__
+def _dli_mask(mask: Any, hw: tuple[int, int], name: str) -> np.ndarray:
+    """A sample's mask in the label model's (H, W, C) layout (class-index (H, W, 1) or multi-hot (H, W, K))."""
+    if _pixel_layout(mask, hw) is None:
+        got = tuple(mask.shape) if isinstance(mask, (np.ndarray, torch.Tensor)) else type(mask).__name__
         raise ValueError(f"{name} must be a class-index or multi-hot mask of the image's size {hw}, got {got}")
-    if layout == "hw" or array.shape[0 if layout == "chw" else 2] == 1:
-        return array.reshape(hw)
-    return array.transpose(2, 0, 1) if layout == "hwc" else array
+    return _hwc(mask, hw)
 
 
-def _like_mask(new: np.ndarray, original: Any) -> Any:
-    """DLI's mask in the type, layout and dtype of the sample's ``original`` one."""
-    hw = new.shape[-2:] if new.ndim == 3 else new.shape
-    layout = _pixel_layout(original, tuple(hw))
-    if new.ndim == 3 and layout == "hwc":
-        new = new.transpose(1, 2, 0)
-    new = np.ascontiguousarray(new.reshape(tuple(original.shape)))
-    if isinstance(original, torch.Tensor):
-        return torch.from_numpy(new).to(dtype=original.dtype, device=original.device)
-    return new.astype(original.dtype, copy=False)
+def _like_mask(new: np.ndarray, original: Any, hw: tuple[int, int]) -> Any:
+    """DLI's (H, W, C) mask in the type, layout and dtype of the sample's ``original`` one."""
+    layout = _pixel_layout(original, hw)
+    return _like_array(new[..., 0] if layout == "hw" else new.transpose(2, 0, 1) if layout == "chw" else new, original)
 
 
 def _dli_label(label: Any, k: int, name: str) -> Any:
@@ -764,7 +775,7 @@ def _dli_label(label: Any, k: int, name: str) -> Any:
     if _is_int(label):
         return int(label)
     if _is_vector(label):
-        vector = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        vector = _as_numpy(label)
         if vector.shape == (k,):
             return vector
         if vector.shape == (k + 1,) and np.count_nonzero(vector) == 1:
@@ -776,40 +787,34 @@ def _dli_label(label: Any, k: int, name: str) -> Any:
     raise ValueError(f"{name} must be an int class id or a label vector (numpy or torch), got {label!r}")
 
 
-def _like_label(original: Any, class_id: int, k: int) -> Any:
-    """The injected sample's label (class ``class_id`` only) in the form of its ``original`` label."""
-    if _is_int(original):
-        return _relabel(original, class_id)
-    array = original.detach().cpu().numpy() if isinstance(original, torch.Tensor) else np.asarray(original)
-    vector = np.zeros_like(array)
-    vector[class_id - (1 if array.shape[0] == k else 0)] = 1
-    return _like_vector(original, vector)
-
-
-def _like_vector(original: Any, vector: np.ndarray) -> Any:
+def _like_array(new: np.ndarray, original: Any) -> Any:
+    """``new`` in the type, dtype and device of ``original`` (a tensor, an array or a Python / numpy scalar)."""
     if isinstance(original, torch.Tensor):
-        return torch.as_tensor(vector, dtype=original.dtype, device=original.device)
-    return np.asarray(vector, dtype=np.asarray(original).dtype)
-
-
-def _mask_classes_present(mask: np.ndarray, k: int) -> np.ndarray:
-    """(K,) presence of each class in DLI's class-index (H, W[, 1]) or one-hot (K, H, W) mask."""
-    if mask.ndim == 3 and mask.shape[0] == k and mask.shape[-1] != 1:
-        return mask.reshape(k, -1).any(axis=1).astype(np.float32)
-    present = np.zeros(k + 1, np.float32)
-    present[np.unique(mask)] = 1
-    return present[1:]
-
-
-def _relabel(original: Any, new: Any) -> Any:
-    """``new`` (an int) in the type of the sample's ``original`` int label."""
-    if isinstance(original, torch.Tensor):
-        return torch.as_tensor(np.asarray(new), dtype=original.dtype)
+        return torch.as_tensor(np.asarray(new), device=original.device).to(original.dtype)
     if isinstance(original, np.ndarray):
         return np.asarray(new, dtype=original.dtype)
-    if isinstance(original, np.integer):
-        return type(original)(new)
-    return new if not isinstance(new, np.integer) else int(new)
+    value = np.asarray(new).item()
+    return type(original)(value) if isinstance(original, (int, float, np.number)) else value
+
+
+def _hwc(mask: Any, hw: tuple[int, int]) -> np.ndarray:
+    """A class-index or multi-hot mask (any layout, numpy or torch) as numpy (H, W, C): the label model's layout."""
+    array = _as_numpy(mask)
+    layout = _pixel_layout(array, hw)
+    return array[..., None] if layout == "hw" else array.transpose(1, 2, 0) if layout == "chw" else array
+
+
+def _like_label(original: Any, present: np.ndarray) -> Any:
+    """A label re-derived from ``present`` (bool (K,)) in the form of the sample's ``original`` label.
+
+    An int class id, a (K,) vector (``class_vector`` or multi-hot) or a (K + 1,) one-hot vector
+    whose entry 0 means defect-free (which :func:`albu_defects.core.labels.relabel` extends).
+    """
+    value = int(original) if _is_int(original) else _as_numpy(original)
+    if np.ndim(value) == 1 and value.shape[0] == present.shape[0] + 1:
+        value = relabel(int(np.argmax(value)), present)  # the id, then back to one-hot
+        return _like_array(np.eye(present.shape[0] + 1)[value], original)
+    return _like_array(np.asarray(relabel(value, present)), original)
 
 
 def _log_record(injection: dict[str, Any] | None) -> dict[str, Any]:

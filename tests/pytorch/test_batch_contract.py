@@ -595,3 +595,40 @@ def test_passthrough_positions_of_tuple_samples():
     tuples = [(s["image"], int(s["label"]) % K, i) for i, s in enumerate(samples)]
     _, _, index = adt.ContextMixCollate(num_classes=K, seed=0, passthrough_keys=[2])(tuples)
     assert index.tolist() == list(range(N))
+
+
+# ================================================================================ pseudo-anomaly keys
+def test_dli_collate_hides_pseudo_anomalies_under_an_injected_defect(banks):
+    def run(anomalies: list[np.ndarray]) -> list[dict]:
+        samples = make_samples(label_kind=None, extra=False, free=N)
+        for s, anomaly in zip(samples, anomalies, strict=True):
+            s["anomaly_mask"], s["anomaly_label"] = torch.from_numpy(anomaly), 1
+        samples.append({k: v for k, v in samples[0].items() if k not in ("anomaly_mask", "anomaly_label")})
+        dli = ad.DynamicLabelInjection(banks["uint8"], poisson_p=0.0, seed=6)  # the same draws in both runs
+        out = adt.DLICollate(dli, collate_fn=list)(samples)
+        assert "anomaly_mask" not in out[-1] and class_mask(out[-1]["mask"]).any()  # samples may differ in keys
+        for original, sample in zip(samples[:N], out, strict=False):
+            expected = original["anomaly_mask"].numpy() & ~(class_mask(sample["mask"]) > 0)
+            np.testing.assert_array_equal(sample["anomaly_mask"].numpy(), expected)
+            assert sample["anomaly_label"] == (1 if expected.any() else 0)
+        return out
+
+    bands = [np.zeros((H, W), bool) for _ in range(N)]
+    for i, band in enumerate(bands):
+        band[:, : 4 + 3 * i] = True  # partly under the defect, or not at all
+    defects = [class_mask(s["mask"]) > 0 for s in run(bands)[:N]]
+    dots = [np.zeros((H, W), bool) for _ in range(N)]
+    for dot, defect in zip(dots, defects, strict=True):
+        dot[tuple(np.argwhere(defect)[0])] = True  # wholly under the defect: the label becomes 0
+    assert all(s["anomaly_label"] == 0 for s in run(dots)[:N])
+
+
+def test_contextmix_collate_mixes_the_anomaly_mask_and_refuses_its_label():
+    samples = make_samples(label_kind=None, extra=False)
+    for s in samples:
+        s["anomaly_mask"] = torch.as_tensor(class_mask(s["mask"]) == 1)
+    batch = adt.ContextMixCollate(mode="sample", seed=10, box="fixed", box_size=0.4)(samples)
+    for i in range(N):
+        np.testing.assert_array_equal(batch["anomaly_mask"][i].numpy(), class_mask(batch["mask"][i]) == 1)
+    with pytest.raises(ValueError, match="anomaly_label"):
+        adt.ContextMixCollate(seed=0)([{**s, "anomaly_label": 1} for s in samples])
