@@ -59,9 +59,16 @@ def _check_images(images: Any) -> torch.Tensor:
 
 
 def _all_finite(values: torch.Tensor) -> bool:
-    """Whether every value is finite, from one ``aminmax`` pass (NaN and infinities reach the min or max)."""
+    """Whether every value is finite, from one reduction over the batch (no batch-sized temporary).
+
+    float32 / float64: a sum of finite values is finite unless it overflows (then the exact check
+    decides); half types overflow too easily for that, and use ``aminmax`` (NaN and infinities reach
+    the min or max).
+    """
+    if values.element_size() >= 4:
+        return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all())
     low, high = torch.aminmax(values)
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _index(values: np.ndarray, device: torch.device) -> torch.Tensor:
