@@ -198,6 +198,7 @@ def _paired_call(name: str, images: torch.Tensor, ops: dict, streams: dict, inpl
 def against_base(base_op: type, repeats: int) -> str:
     """Paired rounds of this op, the base op and plain CutMix: medians of the per-round ratios."""
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
     rows = []
     for shape, dtype in CONFIGS:
         n, _, height, width = shape
@@ -209,7 +210,14 @@ def against_base(base_op: type, repeats: int) -> str:
             streams = {name: itertools.cycle(sets) for name in ("after", "before", "plain")}
 
             fns = {name: functools.partial(_paired_call, name, images, ops, streams, inplace) for name in streams}
-            times = interleaved_times_ms(fns, repeats=repeats, warmup=2)
+            # Each method runs first, second and third in a third of the rounds: what one call leaves in
+            # the caches (plain CutMix allocates a whole batch) must not favour the next one.
+            times: dict[str, list[float]] = {name: [] for name in fns}
+            for shift in range(3):
+                order = list(fns)[shift:] + list(fns)[:shift]
+                part = interleaved_times_ms({k: fns[k] for k in order}, repeats=-(-repeats // 3), warmup=2)
+                for name in fns:
+                    times[name] += part[name]
             after, before, plain = (np.asarray(times[k]) for k in ("after", "before", "plain"))
             rows.append(
                 [
@@ -226,9 +234,12 @@ def against_base(base_op: type, repeats: int) -> str:
             print(" | ".join(str(v) for v in rows[-1]), flush=True)
     header = ["batch", "mode", "writes", "before ms", "after ms", "before / plain", "after / plain", "after / before"]
     notes = (
-        f"Medians over {repeats} interleaved rounds of the per-round ratios (before, after and plain CutMix timed "
-        "in each round on the same boxes and pairing). before = the base commit's `TensorContextMix.apply`, after "
-        "= this tree's (it also checks float batches are finite: one `aminmax` pass)."
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores: above 2, "
+        "other processes shared them; the paired ratios still hold, single-call times do not). "
+        f"Medians over {3 * -(-repeats // 3)} interleaved rounds of the per-round ratios (before, after and plain "
+        "CutMix timed in each round on the same boxes and pairing, each first, second and third in a third of the "
+        "rounds). before = the base commit's `TensorContextMix.apply`, after "
+        "= this tree's (it also checks that float batches are finite: one reduction over the batch)."
     )
     return markdown_table(header, rows) + "\n\n" + notes
 
