@@ -33,7 +33,9 @@ import functools
 import importlib.util
 import itertools
 import os
+import random
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -188,6 +190,23 @@ def round_sets(height: int, width: int, n: int, mode: str, count: int, rng: np.r
     return sets
 
 
+def shuffled_times_ms(fns: dict, repeats: int, order_rng: random.Random, warmup: int = 2) -> dict[str, list[float]]:
+    """Like ``interleaved_times_ms``, with the calls of each round in a random order: what one call
+    leaves in the caches (plain CutMix allocates a whole batch) must not favour the call after it."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        order = list(fns)
+        order_rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def _paired_call(name: str, images: torch.Tensor, ops: dict, streams: dict, inplace: bool) -> torch.Tensor:
     perm, boxes = next(streams[name])
     if name == "plain":
@@ -210,14 +229,7 @@ def against_base(base_op: type, repeats: int) -> str:
             streams = {name: itertools.cycle(sets) for name in ("after", "before", "plain")}
 
             fns = {name: functools.partial(_paired_call, name, images, ops, streams, inplace) for name in streams}
-            # Each method runs first, second and third in a third of the rounds: what one call leaves in
-            # the caches (plain CutMix allocates a whole batch) must not favour the next one.
-            times: dict[str, list[float]] = {name: [] for name in fns}
-            for shift in range(3):
-                order = list(fns)[shift:] + list(fns)[:shift]
-                part = interleaved_times_ms({k: fns[k] for k in order}, repeats=-(-repeats // 3), warmup=2)
-                for name in fns:
-                    times[name] += part[name]
+            times = shuffled_times_ms(fns, repeats, random.Random(0))
             after, before, plain = (np.asarray(times[k]) for k in ("after", "before", "plain"))
             rows.append(
                 [
@@ -236,9 +248,8 @@ def against_base(base_op: type, repeats: int) -> str:
     notes = (
         f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores: above 2, "
         "other processes shared them; the paired ratios still hold, single-call times do not). "
-        f"Medians over {3 * -(-repeats // 3)} interleaved rounds of the per-round ratios (before, after and plain "
-        "CutMix timed in each round on the same boxes and pairing, each first, second and third in a third of the "
-        "rounds). before = the base commit's `TensorContextMix.apply`, after "
+        f"Medians over {repeats} rounds of the per-round ratios (before, after and plain CutMix timed in each "
+        "round, in a random order, on the same boxes and pairing). before = the base commit's `TensorContextMix.apply`, after "
         "= this tree's (it also checks that float batches are finite: one reduction over the batch)."
     )
     return markdown_table(header, rows) + "\n\n" + notes
