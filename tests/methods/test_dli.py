@@ -16,10 +16,19 @@ from albu_defects import DefectBank, DefectBankWarning, DynamicLabelInjection, I
 from albu_defects.core.geometry import dilate_mask, mask_bbox
 from albu_defects.core.validation import dtype_max
 from albu_defects.data import sample_root
-from albu_defects.methods.injection.dli import fill_plan, water_fill
+from albu_defects.methods.injection.dli import fill_plan
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 _BANKS: dict[tuple, DefectBank] = {}
+
+
+def water_fill(counts, injections):
+    """Sorted class counts after ``injections`` rarest-first injections (what fill_plan must reach)."""
+    current = sorted(int(c) for c in counts)
+    for _ in range(int(injections)):
+        current[0] += 1
+        current.sort()
+    return current
 
 
 def _pixels(rng, shape, dtype, low=0.0):

@@ -72,7 +72,7 @@ Reproducibility
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -98,7 +98,6 @@ from .plan import apply_plan, plan_injection
 __all__ = [
     "DynamicLabelInjection",
     "fill_plan",
-    "water_fill",
 ]
 
 FILLS: tuple[str, ...] = ("all", "balance")
@@ -129,15 +128,6 @@ def fill_plan(counts: Sequence[int], available: int, fill: str, rng: np.random.G
     return chosen
 
 
-def water_fill(counts: Sequence[int], injections: int) -> list[int]:
-    """Sorted class counts after ``injections`` rarest-first injections (what :func:`fill_plan` reaches)."""
-    current = sorted(int(c) for c in counts)
-    for _ in range(int(injections)):
-        current[0] += 1
-        current.sort()
-    return current
-
-
 # =========================================================================================== DLI
 class DynamicLabelInjection(DefectCompose):
     """Dynamic Label Injection: balance a batch by injecting bank defects into its defect-free images.
@@ -163,9 +153,6 @@ class DynamicLabelInjection(DefectCompose):
         size_mode: "relative" (scale by target size / source size) or "absolute" (keep pixel size).
         p: probability of injecting at all for a batch.
         seed: seed of this compose's generators (an enclosing ``A.Compose(seed=...)`` overrides it).
-
-    Setting ``dli.timings = {}`` accumulates seconds per phase ("sampling", "transform",
-    "poisson", "paste") over calls (for benchmarks).
     """
 
     def __init__(
@@ -197,7 +184,6 @@ class DynamicLabelInjection(DefectCompose):
         self.defect_transform = transform
         self.placement = check_choice(placement, PLACEMENTS, "placement")
         self.size_mode = check_choice(size_mode, SIZE_MODES, "size_mode")
-        self.timings: MutableMapping[str, float] | None = None
         self._available_keys.update({"images", "masks", "labels"})
         class_ids_of(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
 
@@ -279,10 +265,9 @@ class DynamicLabelInjection(DefectCompose):
                     placement=self.placement,  # type: ignore[arg-type]
                     poisson_p=self.poisson_p,
                     blend_margin=self.blend_margin,
-                    timings=self.timings,
                     target_name=f"images[{index}]",
                 )
-                result = apply_plan(images[index], plan, **blending_options(self), timings=self.timings)
+                result = apply_plan(images[index], plan, **blending_options(self))
                 new_images[index] = clip_unit_range(result.image)  # float32: Poisson may overshoot [0, 1]
                 new_masks[index] = masks.injected(index, result.label, class_id)
                 injected[index] = class_id
