@@ -1,7 +1,13 @@
-"""Shared fixtures and hypothesis profiles.
+"""Shared fixtures, hypothesis profiles and the test markers.
 
-Profiles: ``ci`` (default; derandomized so CI is reproducible) and ``fuzz`` (thousands of examples,
-run by hand: ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract``).
+Profiles: ``ci`` (default; derandomized so CI is reproducible), ``fuzz`` (thousands of examples,
+run by hand: ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract``) and ``dev`` (a tenth of
+``ci``'s examples; what the day-to-day loop ``python -m pytest -m "not slow"`` loads unless
+``HYPOTHESIS_PROFILE`` names another).
+
+Markers: ``slow`` (subprocesses, DataLoader workers, DDP ranks, example training; set in the test
+files) and ``realdata`` (needs ../shared's Magnetic Tile; added here to every test that uses the
+``magnetic_tile_root`` fixture, which skips when the data are absent).
 """
 
 from __future__ import annotations
@@ -28,7 +34,27 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+settings.register_profile(
+    "dev",
+    max_examples=3,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-m "not slow"`` is the day-to-day loop: property tests run on the ``dev`` profile there."""
+    if "HYPOTHESIS_PROFILE" not in os.environ and "not slow" in (config.option.markexpr or ""):
+        settings.load_profile("dev")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "magnetic_tile_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
