@@ -18,7 +18,7 @@ import albumentations as A
 import numpy as np
 
 from .transform import IS_ALBUMENTATIONS_X, DefectCompose
-from .validation import check_probability
+from .validation import check_int, check_probability
 
 __all__ = ["BatchCompose"]
 
@@ -103,8 +103,7 @@ class BatchCompose(DefectCompose):
     ):
         if isinstance(transforms, (A.BasicTransform, A.BaseCompose)) or not isinstance(transforms, Sequence):
             raise ValueError("transforms must be a list of transforms, e.g. [albu_defects.ContextMix(p=1)]")
-        if isinstance(num_partners, bool) or int(num_partners) != num_partners or num_partners < 1:
-            raise ValueError(f"num_partners must be an integer >= 1, got {num_partners!r}")
+        check_int(num_partners, "num_partners", 1)
         check_probability(p, "p")
         self._compose = A.Compose(
             list(transforms),

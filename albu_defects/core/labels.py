@@ -33,6 +33,7 @@ __all__ = [
     "CLASS_VECTOR_KEY",
     "check_label_mask",
     "class_vector",
+    "class_ids",
     "classes_present",
     "is_multi_hot",
     "label_num_classes",
@@ -122,6 +123,11 @@ def classes_present(mask: Any, num_classes: int) -> np.ndarray:
         raise ValueError(f"the mask holds class id(s) {bad} outside 1..{num_classes}; fix the mask or num_classes")
     present[found.astype(np.int64) - 1] = True
     return present
+
+
+def class_ids(present: Any) -> frozenset[int]:
+    """The class ids k (1..K) whose entry of a presence vector or multi-hot label (K,) is nonzero."""
+    return frozenset(int(c) + 1 for c in np.flatnonzero(np.asarray(present)))
 
 
 def class_vector(mask: Any, num_classes: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from albu_defects.core.validation import check_choice, check_probability
+from albu_defects.core.validation import check_choice, check_int, check_probability
 from albu_defects.methods.contextmix.functional import (
     LABEL_MODES,
     BoxKind,
@@ -404,10 +404,8 @@ class TensorContextMix:
         generator: torch.Generator | None = None,
     ):
         check_box_options(alpha, box, box_size, min_box_side)
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        if num_classes is not None:
+            check_int(num_classes, "num_classes", 1, "(or None)")
         check_probability(p, "p")
         if mode not in ("batch", "sample"):
             raise ValueError(f"mode must be 'batch' (one box per batch) or 'sample' (one per image), got {mode!r}")

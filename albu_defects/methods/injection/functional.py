@@ -67,7 +67,7 @@ from albu_defects.core.geometry import (
     translate_box,
 )
 from albu_defects.core.labels import write_class
-from albu_defects.core.validation import check_choice, check_image, image_hw, num_channels
+from albu_defects.core.validation import check_choice, check_image, check_int, image_hw, num_channels
 
 __all__ = [
     "PLACEMENTS",
@@ -388,8 +388,7 @@ def inject_defect(
     ``class_mask`` is given, ``class_id`` is written on the label. Inputs are never modified.
     """
     check_choice(method, METHODS, "method")
-    if isinstance(blend_margin, bool) or int(blend_margin) != blend_margin or blend_margin < 0:
-        raise ValueError(f"blend_margin must be an int >= 0 (pixels), got {blend_margin!r}")
+    check_int(blend_margin, "blend_margin", 0, "(pixels)")
     check_image(image, "image")
     hw = image_hw(image)
     mask = np.asarray(mask, bool)

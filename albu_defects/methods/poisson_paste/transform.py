@@ -11,11 +11,11 @@ from pydantic import Field, field_validator
 
 from albu_defects.core.geometry import Box, box_slices
 from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector
+from albu_defects.core.new_boxes import NewBox, append_boxes
 from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import as_bool_mask, check_image, check_mask_shape, check_range, image_hw
 from albu_defects.methods.cropliq.functional import bbox_to_pixels
 from albu_defects.methods.injection.functional import match_channels
-from albu_defects.methods.injection.transform import NewBox, append_boxes
 
 from .functional import (
     PastedObject,
