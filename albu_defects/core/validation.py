@@ -27,6 +27,7 @@ __all__ = [
     "dtype_max",
     "image_hw",
     "num_channels",
+    "validated_options",
 ]
 
 #: Image dtypes every transform accepts (and returns unchanged).
@@ -154,6 +155,21 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return float(value)
+
+
+def validated_options(schema: type, **values: Any) -> dict[str, Any]:
+    """``values`` checked by a pydantic ``schema``, exactly as albumentations checks a transform's InitSchema.
+
+    For classes that albumentations does not validate itself (composes such as
+    :class:`~albu_defects.DynamicLabelInjection`), so that every transform's options go through one
+    path: a pydantic schema, whose errors become one ``ValueError`` naming each bad argument.
+    """
+    from pydantic import ValidationError  # imported here: the bank and the CLI import this module
+
+    try:
+        return dict(schema(**values).model_dump())
+    except ValidationError as error:
+        raise ValueError(str(error)) from error
 
 
 def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:

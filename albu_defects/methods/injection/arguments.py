@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
 import numpy as np
 import yaml
+from pydantic import BaseModel, Field, field_validator
 
 from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
+from albu_defects.core.validation import check_int
 
 __all__ = [
+    "InjectionOptions",
     "UnsavedBank",
     "as_defect_transform",
     "bank_argument",
@@ -24,6 +27,26 @@ __all__ = [
     "serialized_bank",
     "yaml_classes",
 ]
+
+
+class InjectionOptions(BaseModel):
+    """The options InjectDefect and DynamicLabelInjection share, defined and validated once.
+
+    Each transform's schema extends it (InjectDefect's ``InitSchema``, DLI's ``BalanceSchema``), so both
+    reject a bad value with the same ``ValueError``.
+    """
+
+    poisson_p: float = Field(ge=0, le=1)
+    poisson_mode: Literal["normal", "mixed"]
+    poisson_method: Literal["auto", "opencv", "exact"]
+    blend_margin: int
+    placement: Literal["random", "source"]
+    size_mode: Literal["relative", "absolute"]
+
+    @field_validator("blend_margin", mode="before")
+    @classmethod
+    def _blend_margin(cls, value: Any) -> int:
+        return check_int(value, "blend_margin", 0, "(pixels around the defect Poisson may blend)")
 
 
 def default_defect_transform() -> A.Compose:

@@ -25,6 +25,7 @@ from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import image_hw
 
 from .arguments import (
+    InjectionOptions,
     as_defect_transform,
     bank_argument,
     blending_options,
@@ -73,18 +74,12 @@ class InjectDefect(DefectTransform):
             name ``label_key: label`` and keep working).
     """
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(BaseTransformInitSchema, InjectionOptions):
         bank: Any
         classes: list[str | int] | None
         class_weights: list[float] | None
         n: int | tuple[int, int] = Field(description="defects per image")
-        poisson_p: float = Field(ge=0, le=1)
-        poisson_mode: Literal["normal", "mixed"]
-        poisson_method: Literal["auto", "opencv", "exact"]
-        blend_margin: int = Field(ge=0)
         defect_transform: Any
-        placement: Literal["random", "source"]
-        size_mode: Literal["relative", "absolute"]
         only_defect_free: bool
         label_key: str
 
