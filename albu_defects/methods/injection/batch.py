@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from albu_defects.core.labels import class_ids, classes_present, write_class
+from albu_defects.core.labels import check_class_ids, class_ids, classes_present, write_class
 from albu_defects.core.validation import check_image, check_unit_range, image_hw
 
 __all__ = [
@@ -48,20 +48,8 @@ def parse_images(images: Any) -> tuple[list[np.ndarray], str]:
 
 
 def mask_classes(mask: np.ndarray, name: str, num_classes: int) -> frozenset[int]:
-    """Class ids present in a class-index mask (checked against the bank; :func:`classes_present` counts)."""
-    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
-        raise ValueError(f"{name} must be an integer class-index mask (0 = background), got dtype {mask.dtype}")
-    if mask.dtype != bool and mask.size:
-        low, high = int(mask.min()), int(mask.max())
-        if low < 0:
-            raise ValueError(f"{name} holds negative class ids; 0 is background and k > 0 is class k")
-        if high > num_classes:
-            unknown = [int(v) for v in np.unique(mask[mask > num_classes])]
-            raise ValueError(
-                f"{name} holds class id(s) {unknown} unknown to the bank, which has classes 1..{num_classes}; "
-                "masks must use the bank's class ids (0 = background)"
-            )
-    return class_ids(classes_present(mask, num_classes))
+    """Class ids present in a class-index mask (checked against the bank)."""
+    return class_ids(classes_present(check_class_ids(mask, name, num_classes), num_classes))
 
 
 class BatchMasks:
