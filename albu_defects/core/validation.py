@@ -27,6 +27,7 @@ __all__ = [
     "dtype_max",
     "image_hw",
     "num_channels",
+    "int_at_least",
     "validated_options",
 ]
 
@@ -155,6 +156,15 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return float(value)
+
+
+def int_at_least(minimum: int, hint: str = "") -> Any:
+    """A pydantic ``mode="before"`` field check that runs :func:`check_int` (so a schema rejects bools as we do)."""
+
+    def check(value: Any, info: Any) -> int:
+        return check_int(value, info.field_name, minimum, hint)
+
+    return check
 
 
 def validated_options(schema: type, **values: Any) -> dict[str, Any]:

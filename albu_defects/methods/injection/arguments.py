@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
-from albu_defects.core.validation import check_int
+from albu_defects.core.validation import int_at_least
 
 __all__ = [
     "InjectionOptions",
@@ -43,10 +43,9 @@ class InjectionOptions(BaseModel):
     placement: Literal["random", "source"]
     size_mode: Literal["relative", "absolute"]
 
-    @field_validator("blend_margin", mode="before")
-    @classmethod
-    def _blend_margin(cls, value: Any) -> int:
-        return check_int(value, "blend_margin", 0, "(pixels around the defect Poisson may blend)")
+    _blend_margin = field_validator("blend_margin", mode="before")(
+        int_at_least(0, "(pixels around the defect Poisson may blend)")
+    )
 
 
 def default_defect_transform() -> A.Compose:
