@@ -1,7 +1,7 @@
 """PyTorch batch ops: the only part of albu-defects that imports torch.
 
-- :mod:`.contextmix`: **ContextMix** on a batch of (N, C, H, W) tensors (:class:`TensorContextMix`,
-  :func:`paste_resized_batch`), called like torchvision's ``CutMix`` or timm's ``Mixup``:
+- :mod:`.contextmix`: **ContextMix** on a batch of (N, C, H, W) tensors (:class:`TensorContextMix`;
+  :func:`paste_resized_batch` in :mod:`.paste`), called like torchvision's ``CutMix`` or timm's ``Mixup``:
   ``images, targets = TensorContextMix(num_classes=K)(images, labels)``.
 - :mod:`.workers`: **worker and rank seeds** (:func:`worker_init_fn`, :func:`reseed_pipeline`,
   :func:`worker_seed`, :func:`find_pipelines`, :func:`distributed_rank`): albumentations hands every
