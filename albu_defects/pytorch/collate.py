@@ -21,8 +21,8 @@ from .dli_collate import DLICollate
 from .fields import (
     BBOX_FORMATS,
     PixelLayout,
+    SampleCollate,
     _boxes_present,
-    _check_box_options,
     _check_samples,
     _collate_keeping_lists,
     _concat_like,
@@ -62,7 +62,7 @@ class _MixPlan(NamedTuple):
     boxes: bool
 
 
-class ContextMixCollate:
+class ContextMixCollate(SampleCollate):
     """DataLoader ``collate_fn``: collate a batch and mix it with :class:`TensorContextMix`; every field follows.
 
     Samples are dicts or tuples ``(image, label, *rest)``. Per field:
@@ -109,18 +109,10 @@ class ContextMixCollate:
         passthrough_keys: Sequence[Any] = (),
         **contextmix_kwargs: Any,
     ):
-        if collate_fn is not None and not callable(collate_fn):
-            raise ValueError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
-        self.collate_fn = collate_fn
-        self.image_key = image_key
-        self.label_key = label_key
-        self.mask_key = mask_key
-        self.bbox_key = bbox_key
-        self.bbox_format = bbox_format
-        self.bbox_label_fields = _check_box_options(bbox_format, bbox_label_fields)
-        self.passthrough_keys = tuple(passthrough_keys)
+        super().__init__(
+            collate_fn, image_key, label_key, mask_key, bbox_key, bbox_format, bbox_label_fields, passthrough_keys
+        )
         self.contextmix = TensorContextMix(**contextmix_kwargs)
-        self._worker_seed: int | None = None
 
     def __call__(self, samples: list[Any]) -> Any:
         samples = _check_samples(samples, "ContextMixCollate")

@@ -14,10 +14,10 @@ from albu_defects.core.validation import check_choice
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
 from .fields import (
+    SampleCollate,
     _as_numpy,
     _box_columns,
     _boxes_present,
-    _check_box_options,
     _check_samples,
     _collate_keeping_lists,
     _concat_like,
@@ -51,7 +51,7 @@ class _InjectPlan(NamedTuple):
     anomaly: bool  # the samples carry an ``anomaly_mask`` (and maybe its ``anomaly_label``)
 
 
-class DLICollate:
+class DLICollate(SampleCollate):
     """DataLoader ``collate_fn``: Dynamic Label Injection on one batch's samples, then ``collate_fn``.
 
     Samples are dicts, or tuples ``(image, mask[, label, *rest])``. Per field, of every sample DLI
@@ -100,20 +100,12 @@ class DLICollate:
     ) -> None:
         if not isinstance(dli, DynamicLabelInjection):
             raise ValueError(f"dli must be a DynamicLabelInjection, got {type(dli).__name__}")
-        if collate_fn is not None and not callable(collate_fn):
-            raise ValueError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
+        super().__init__(
+            collate_fn, image_key, label_key, mask_key, bbox_key, bbox_format, bbox_label_fields, passthrough_keys
+        )
         self.dli = dli
-        self.collate_fn = collate_fn
-        self.image_key = image_key
-        self.mask_key = mask_key
-        self.label_key = label_key
         self.log_key = log_key
-        self.bbox_key = bbox_key
-        self.bbox_format = bbox_format
-        self.bbox_label_fields = _check_box_options(bbox_format, bbox_label_fields)
         self.bbox_label = check_choice(bbox_label, ("id", "name"), "bbox_label")
-        self.passthrough_keys = tuple(passthrough_keys)
-        self._worker_seed: int | None = None
 
     def _plan(self, samples: list[Any]) -> _InjectPlan:
         fields = _Fields(samples, "DLICollate", "(image, mask[, label, ...])", same_keys=False)

@@ -4,7 +4,7 @@ format, and a default collation that keeps ragged boxes as per-sample lists."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 
 from albu_defects.core.validation import check_choice
 
-__all__ = ["BBOX_FORMATS"]
+__all__ = ["BBOX_FORMATS", "SampleCollate"]
 
 
 # ========================================================================== collate wrappers
@@ -303,3 +303,30 @@ def _collate_keeping_lists(samples: list[Any], keep: Sequence[Any]) -> Any:
 
 
 # ----------------------------------------------------------------------------------- ContextMix
+
+
+class SampleCollate:
+    """What both collate wrappers keep: the wrapped ``collate_fn``, the sample keys, the box options."""
+
+    def __init__(
+        self,
+        collate_fn: Callable[[list[Any]], Any] | None,
+        image_key: str,
+        label_key: str,
+        mask_key: str,
+        bbox_key: str,
+        bbox_format: str | None,
+        bbox_label_fields: Sequence[str],
+        passthrough_keys: Sequence[Any],
+    ) -> None:
+        if collate_fn is not None and not callable(collate_fn):
+            raise ValueError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
+        self.collate_fn = collate_fn
+        self.image_key = image_key
+        self.label_key = label_key
+        self.mask_key = mask_key
+        self.bbox_key = bbox_key
+        self.bbox_format = bbox_format
+        self.bbox_label_fields = _check_box_options(bbox_format, bbox_label_fields)
+        self.passthrough_keys = tuple(passthrough_keys)
+        self._worker_seed: int | None = None
