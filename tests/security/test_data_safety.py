@@ -1,0 +1,339 @@
+"""Never lose a user's files (issue 12 items 1, 2, 7).
+
+- ``DefectBank.save`` / ``bank build -o`` replace only a folder that is provably a bank, keep every
+  file the bank did not write, and save through a symlink into the bank behind it.
+- ``bank build -o`` and ``synth --overwrite`` are killed (SIGKILL) at seeded moments of their writing
+  window; after every kill the path holds the old bank or the new one (never neither), no foreign file
+  is gone, and a manifest present describes exactly the (visible) files beside it, byte for byte as
+  the run it names wrote them. Stale temporaries (hidden names) may survive a kill; the next complete
+  run leaves none.
+
+The command lines run in children forked from a preloaded interpreter (``_forkrunner.py``: the
+``python -m albu_defects`` entry point without paying the import per kill), which watches the output
+folders and sends SIGKILL a seeded delay after the first change it sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import albu_defects as ad
+
+from .runner import ForkRunner
+
+#: Kill points per writer: one at the first change seen, then seeded uniform delays over the window.
+KILLS = 7
+SEED = 12
+
+
+def write_dataset(root: Path, free: int = 40) -> Path:
+    """A Magnetic Tile layout: 3 Crack and 2 Fray images with masks, ``free`` defect-free 320x320 images."""
+    rng = np.random.default_rng(0)
+    for name, count in (("Crack", 3), ("Fray", 2), ("Free", free)):
+        folder = root / f"MT_{name}" / "Imgs"
+        folder.mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(0, 256, (320, 320), dtype=np.uint8)
+            cv2.imwrite(str(folder / f"{name.lower()}{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if name != "Free":
+                mask = np.zeros((320, 320), np.uint8)
+                y, x = rng.integers(20, 250, 2)
+                mask[y : y + 30, x : x + 40] = 255
+                cv2.imwrite(str(folder / f"{name.lower()}{i}.png"), mask)
+    return root
+
+
+def small_bank(seed: int = 0, margin: int = 2) -> ad.DefectBank:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (40, 50), dtype=np.uint8) for _ in range(3)]
+    masks = [np.zeros((40, 50), np.uint8) for _ in range(3)]
+    masks[0][5:10, 5:12] = 1
+    masks[1][20:30, 30:40] = 2
+    return ad.DefectBank.from_arrays(images, masks, class_names=["a", "b"], margin=margin)
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (relative): file contents, ``None`` for folders."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        found[rel] = None if path.is_dir() else path.read_bytes()
+    return found
+
+
+def fingerprint(bank: ad.DefectBank) -> str:
+    """Hash of everything a bank holds (crops, masks, boxes, classes, margin, defect-free pixels)."""
+    digest = hashlib.sha256(repr((bank.classes, bank.margin, len(bank), bank.num_free)).encode())
+    for entry in bank.entries:
+        digest.update(repr((entry.class_id, entry.source_id, entry.bbox, entry.source_hw)).encode())
+        digest.update(entry.crop.tobytes() + entry.mask.tobytes())
+    for i in range(bank.num_free):
+        digest.update(np.ascontiguousarray(bank.load_free(i)).tobytes())
+    return digest.hexdigest()
+
+
+def bank_files(bank: Path) -> set[str]:
+    """The files a saved bank's index names (relative to the bank), with the index itself."""
+    index = json.loads((bank / "index.json").read_text(encoding="utf-8"))
+    return {"index.json", index["arrays"], *(ref["file"] for ref in index["free"] if "file" in ref)}
+
+
+def visible_files(root: Path) -> set[str]:
+    """Files under ``root`` whose path has no hidden (dot) component: what a user sees."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 1: only a provable bank is replaced, and only the bank's own files
+
+
+@pytest.mark.parametrize(
+    "index_text",
+    ['{"title": "my thesis", "chapters": 5}', '{"format": "albu-defects-bank", "version": 1, "entr', "[1, 2, 3]"],
+    ids=["other_json", "truncated_bank_index", "json_list"],
+)
+def test_save_refuses_a_folder_that_is_not_provably_a_bank(tmp_path, index_text):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "index.json").write_text(index_text)
+    (project / "thesis.tex").write_text("\\chapter{Results}")
+    (project / "src" / "main.py").write_text("print('hi')")
+    before = snapshot(project)
+    with pytest.raises(ValueError, match="not a defect bank") as caught:
+        small_bank().save(project)
+    assert str(project) in str(caught.value)
+    assert snapshot(project) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"], "save left something beside the folder"
+
+
+def test_cli_build_refuses_a_project_folder(fork_runner: ForkRunner, tmp_path):
+    data = write_dataset(tmp_path / "data", free=2)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "index.json").write_text('{"pages": 3}')
+    (project / "thesis.tex").write_text("text")
+    before = snapshot(project)
+    reply = fork_runner.run("cli", argv=["bank", "build", str(data), "-o", str(project), "--quiet"])
+    value = reply["result"]["value"]
+    lines = [line for line in value["stderr"].splitlines() if line.strip() and not line.startswith("warning:")]
+    assert value["exit"] == 2 and len(lines) == 1 and str(project) in lines[0], value
+    assert snapshot(project) == before
+
+
+def test_files_a_user_keeps_inside_a_bank_survive_saving_over_it(fork_runner: ForkRunner, tmp_path):
+    target = tmp_path / "bank"
+    small_bank(0).save(target)
+    (target / "notes.txt").write_text("bank built from line 3")
+    (target / "experiments").mkdir()
+    (target / "experiments" / "run1.csv").write_text("a,b\n1,2\n")
+    reply = fork_runner.run("cli", argv=["synth", str(target), "-n", "3", "-o", str(target / "synth"), "--quiet"])
+    assert reply["result"]["value"]["exit"] == 0, reply
+    user = {k: v for k, v in snapshot(target).items() if k.split("/")[0] in ("notes.txt", "experiments", "synth")}
+    assert len(user) > 6
+    replacement = small_bank(1, margin=3)
+    replacement.save(target)
+    after = snapshot(target)
+    assert {k: after.get(k) for k in user} == user, "save deleted or changed files the bank did not write"
+    assert fingerprint(ad.DefectBank.load(target)) == fingerprint(replacement)
+    assert set(visible_files(target)) == bank_files(target) | {k for k, v in user.items() if v is not None}
+
+
+def test_saving_through_a_symlink_updates_the_bank_behind_it(tmp_path):
+    real = tmp_path / "storage" / "bank"
+    real.parent.mkdir()
+    small_bank(0).save(real)
+    link = tmp_path / "bank_link"
+    link.symlink_to(real, target_is_directory=True)
+    replacement = small_bank(1, margin=3)
+    saved = replacement.save(link)
+    assert link.is_symlink() and link.resolve() == real.resolve(), "the link was replaced"
+    assert fingerprint(ad.DefectBank.load(real)) == fingerprint(replacement)
+    assert Path(saved).resolve() == real.resolve()
+    assert sorted(p.name for p in real.parent.iterdir()) == ["bank"], "temporaries left beside the bank"
+
+
+def test_saving_a_loaded_bank_over_its_own_folder(tmp_path):
+    """Stored defect-free files are read from the old bank while the new one is written over it."""
+    target = tmp_path / "bank"
+    small_bank(0).save(target)
+    loaded = ad.DefectBank.load(target)
+    expected = fingerprint(loaded)
+    loaded.save(target)
+    assert fingerprint(ad.DefectBank.load(target)) == expected
+    assert visible_files(target) == bank_files(target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Items 2 and 7: interrupted writers
+
+
+def kill_delays(window_s: float) -> list[float]:
+    rng = np.random.default_rng(SEED)
+    return [0.0, *sorted(float(d) for d in rng.uniform(0.0, window_s, KILLS - 1))]
+
+
+def check_unchanged(foreign: dict[Path, bytes]) -> None:
+    for path, content in foreign.items():
+        assert path.is_file() and path.read_bytes() == content, f"foreign file {path} was deleted or changed"
+
+
+def test_killed_bank_build_leaves_the_old_or_the_new_bank(fork_runner: ForkRunner, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "bank"
+    expected = {
+        margin: fingerprint(ad.DefectBank.from_folder(data, margin=margin, progress=False)) for margin in (8, 4)
+    }
+
+    def build(margin: int, delay_s: float | None) -> dict:
+        argv = ["bank", "build", data, "-o", target, "--margin", str(margin), "--copy-free", "--quiet"]
+        return fork_runner.kill_cli(argv, watch=[work], delay_s=delay_s)
+
+    first = build(8, None)
+    assert first["how"] == "exit" and first["value"] == 0, first
+    foreign = {
+        work / "beside.txt": b"next to the bank",
+        target / "notes.txt": b"kept inside the bank",
+        target / "runs" / "r1.txt": b"a user's run log",
+    }
+    for path, content in foreign.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+
+    calibration = build(4, None)  # how long the writing lasts: the kill points spread over it
+    assert calibration["how"] == "exit" and calibration["value"] == 0 and calibration["window_s"], calibration
+    assert fingerprint(ad.DefectBank.load(target)) == expected[4]
+    check_unchanged(foreign)
+
+    outcomes = []
+    for i, delay in enumerate(kill_delays(calibration["window_s"])):
+        margin = (8, 4)[i % 2]
+        reply = build(margin, delay)
+        outcomes.append(reply["killed"])
+        check_unchanged(foreign)
+        assert (target / "index.json").is_file(), f"kill {i} ({delay:.3f} s in) left no bank at {target}"
+        assert fingerprint(ad.DefectBank.load(target)) in expected.values(), f"kill {i} left a mixed bank"
+
+    final = build(8, None)
+    assert final["how"] == "exit" and final["value"] == 0, final
+    assert fingerprint(ad.DefectBank.load(target)) == expected[8]
+    check_unchanged(foreign)
+    assert sorted(p.name for p in work.iterdir()) == ["bank", "beside.txt"], "stale temporaries beside the bank"
+    inside = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    assert inside == bank_files(target) | {"notes.txt", "runs/r1.txt"}, "stale files inside the bank"
+    assert sum(outcomes) >= KILLS // 2, f"too few kills landed while writing: {outcomes}"
+
+
+def read_manifest_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def check_synth_folder(out: Path, runs: dict[str, Path], foreign: dict[Path, bytes]) -> str | None:
+    """A present manifest describes exactly the visible files beside it, as its run wrote them.
+
+    Returns the run the folder holds, or ``None`` between runs (no manifest).
+    """
+    check_unchanged(foreign)
+    foreign_rel = {p.relative_to(out).as_posix() for p in foreign if out in p.parents}
+    ours = visible_files(out) - foreign_rel - {"manifest.json", "manifest.csv"}
+    found = None
+    for name in ("manifest.json", "manifest.csv"):
+        if not (out / name).exists():
+            continue
+        content = (out / name).read_bytes()
+        matches = [run for run, ref in runs.items() if (ref / name).read_bytes() == content]
+        assert matches, f"{name} matches no complete run"
+        run = matches[0]
+        assert found in (None, run), "manifest.json and manifest.csv come from different runs"
+        found = run
+        rows = read_manifest_csv(runs[run] / "manifest.csv")[1:]
+        described = {row[1] for row in rows} | {row[2] for row in rows}
+        assert ours == described, (
+            f"{name} of run {run} describes {len(described)} files; on disk: "
+            f"{sorted(ours - described)[:5]} not described, {sorted(described - ours)[:5]} missing"
+        )
+        for rel in described:
+            assert (out / rel).read_bytes() == (runs[run] / rel).read_bytes(), f"{rel} is not what run {run} wrote"
+    return found
+
+
+def test_killed_synth_overwrite_never_leaves_a_manifest_describing_other_files(fork_runner: ForkRunner, tmp_path):
+    data = write_dataset(tmp_path / "data", free=6)
+    bank = tmp_path / "bank"
+    ad.DefectBank.from_folder(data, progress=False).save(bank, copy_free=True)
+    specs = {"A": ("0", "14"), "B": ("1", "8")}  # the second run writes fewer images
+
+    def synth(out: Path, run: str, delay_s: float | None, watch: Path | None = None) -> dict:
+        seed, n = specs[run]
+        argv = ["synth", bank, "-o", out, "-n", n, "--seed", seed, "--workers", "2", "--quiet", "--overwrite"]
+        return fork_runner.kill_cli(argv, watch=[watch or out.parent], delay_s=delay_s)
+
+    runs = {}
+    for run in specs:
+        runs[run] = tmp_path / f"reference_{run}"
+        runs[run].mkdir()
+        assert synth(runs[run], run, None, watch=runs[run])["value"] == 0
+
+    out = tmp_path / "work" / "out"
+    out.mkdir(parents=True)
+    assert synth(out, "A", None, watch=out)["value"] == 0
+    foreign = {out / "README.txt": b"synthetic set for the line-3 model", out / "images" / "mine.png": b"not ours"}
+    for path, content in foreign.items():
+        path.write_bytes(content)
+    assert check_synth_folder(out, runs, foreign) == "A"
+
+    calibration = synth(out, "B", None, watch=out)
+    assert calibration["value"] == 0 and calibration["window_s"], calibration
+    assert check_synth_folder(out, runs, foreign) == "B"
+
+    killed = []
+    for i, delay in enumerate(kill_delays(calibration["window_s"])):
+        reply = synth(out, "AB"[i % 2], delay, watch=out)
+        killed.append(reply["killed"])
+        check_synth_folder(out, runs, foreign)
+
+    assert synth(out, "A", None, watch=out)["value"] == 0
+    assert check_synth_folder(out, runs, foreign) == "A"
+    hidden = [p for p in out.rglob("*") if any(part.startswith(".") for part in p.relative_to(out).parts)]
+    assert hidden == [], f"stale temporaries after a complete run: {hidden[:5]}"
+    assert sum(killed) >= KILLS // 2, f"too few kills landed while writing: {killed}"
+
+
+def test_synth_overwrite_with_fewer_images_lists_every_file(fork_runner: ForkRunner, tmp_path):
+    data = write_dataset(tmp_path / "data", free=3)
+    bank = tmp_path / "bank"
+    ad.DefectBank.from_folder(data, progress=False).save(bank, copy_free=True)
+    out = tmp_path / "out"
+    for n in ("6", "3"):
+        argv = ["synth", str(bank), "-o", str(out), "-n", n, "--quiet", "--overwrite"]
+        assert fork_runner.run("cli", argv=argv)["result"]["value"]["exit"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {item[key] for item in manifest["items"] for key in ("image", "mask")}
+    assert visible_files(out) - {"manifest.json", "manifest.csv"} == listed
+
+
+def test_synth_overwrite_never_overwrites_files_it_did_not_write(fork_runner: ForkRunner, tmp_path):
+    data = write_dataset(tmp_path / "data", free=3)
+    bank = tmp_path / "bank"
+    ad.DefectBank.from_folder(data, progress=False).save(bank, copy_free=True)
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "000000.png").write_bytes(b"a user's own image")
+    before = snapshot(out)
+    argv = ["synth", str(bank), "-o", str(out), "-n", "2", "--quiet", "--overwrite"]
+    value = fork_runner.run("cli", argv=argv)["result"]["value"]
+    assert value["exit"] == 2 and "images/000000.png" in value["stderr"], value
+    assert snapshot(out) == before
