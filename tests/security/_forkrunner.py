@@ -50,6 +50,12 @@ def _address_space() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")
 
 
+def _resident() -> int:
+    """This process's resident memory in bytes."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _cli(argv: list[str]) -> dict:
     """``python -m albu_defects ARGV`` in this process: exit status, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()
@@ -127,6 +133,7 @@ def _child_run(request: dict) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     signal.alarm(int(request.get("timeout_s", 20)))
     sys.addaudithook(hook)
+    resident = _resident()
     start = time.perf_counter()
     result: dict = {}
     try:
@@ -137,6 +144,8 @@ def _child_run(request: dict) -> None:
         result["message"] = str(error)[:4000]
         result["traceback"] = traceback.format_exc()[-4000:]
     result["seconds"] = time.perf_counter() - start
+    # peak resident growth: ru_maxrss (KiB) is the child's peak, counting what it shares with the runner
+    result["peak_growth_mb"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident) / 2**20
     result["events"] = events[:50]
     with open(request["result"], "w", encoding="utf-8") as handle:
         json.dump(result, handle)

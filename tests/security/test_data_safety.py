@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -26,10 +27,11 @@ import pytest
 
 import albu_defects as ad
 
+from .conftest import record
 from .runner import ForkRunner
 
 #: Kill points per writer: one at the first change seen, then seeded uniform delays over the window.
-KILLS = 7
+KILLS = int(os.environ.get("ALBU_DEFECTS_SAFETY_KILLS", "7"))
 SEED = 12
 
 
@@ -222,6 +224,7 @@ def test_killed_bank_build_leaves_the_old_or_the_new_bank(fork_runner: ForkRunne
         margin = (8, 4)[i % 2]
         reply = build(margin, delay)
         outcomes.append(reply["killed"])
+        record("bank build interrupts", int(reply["killed"]))
         check_unchanged(foreign)
         assert (target / "index.json").is_file(), f"kill {i} ({delay:.3f} s in) left no bank at {target}"
         assert fingerprint(ad.DefectBank.load(target)) in expected.values(), f"kill {i} left a mixed bank"
@@ -303,6 +306,7 @@ def test_killed_synth_overwrite_never_leaves_a_manifest_describing_other_files(f
     for i, delay in enumerate(kill_delays(calibration["window_s"])):
         reply = synth(out, "AB"[i % 2], delay, watch=out)
         killed.append(reply["killed"])
+        record("synth --overwrite interrupts", int(reply["killed"]))
         check_synth_folder(out, runs, foreign)
 
     assert synth(out, "A", None, watch=out)["value"] == 0

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from .conftest import record
 from .hostile import CASES, Places, small_spec
 from .runner import CODE_ROOT
 
@@ -97,6 +98,7 @@ def test_a_valid_bank_opens_every_way(fork_runner, tmp_path):
 def test_hostile_bank_ends_in_one_clear_value_error(fork_runner, tmp_path, places, name, action):
     bank = hostile_bank(name, tmp_path, places)
     reply = fork_runner.run(action, bank=bank, out=tmp_path / "synth_out", forbidden=(places.outside,))
+    record("hostile bank openings", reply=reply)
     check_one_clear_error(reply, action, bank, CASES[name].fields)
     assert not (tmp_path / "synth_out").exists(), "synth wrote output from a bank it should have refused"
 
@@ -145,6 +147,7 @@ def test_hostile_classes_json_at_build(fork_runner, tmp_path, make, action):
     root = write_generic_dataset(tmp_path / "data")
     make(root / "classes.json")
     reply = fork_runner.run(action, root=root, out=tmp_path / "bank")
+    record("hostile dataset builds", reply=reply)
     result = check_clean_child(reply)
     if action == "build":
         assert result["outcome"] == "ValueError", describe(reply)
