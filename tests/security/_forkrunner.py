@@ -140,7 +140,8 @@ def _child_run(request: dict) -> None:
         result["value"] = ACTIONS[request["action"]](request["args"])
         result["outcome"] = "ok"
     except BaseException as error:  # everything is reported, nothing escapes the child
-        result["outcome"] = type(error).__name__
+        result["outcome"] = "ValueError" if isinstance(error, ValueError) else type(error).__name__
+        result["exception"] = type(error).__name__
         result["message"] = str(error)[:4000]
         result["traceback"] = traceback.format_exc()[-4000:]
     result["seconds"] = time.perf_counter() - start

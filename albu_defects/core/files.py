@@ -1,0 +1,369 @@
+"""Safe file primitives: read only regular files, write durably, replace in place, recover interrupted writers.
+
+A bank folder or a synthesis output folder is something users save over, share and download, so
+every reader and writer of the package goes through these few functions:
+
+- Reading: :func:`open_regular` opens a path only if it is a regular file (``O_NONBLOCK``: a FIFO
+  would block ``open()`` forever), optionally capped in size; :func:`open_inside` also refuses any
+  symbolic link on the way from a folder to a file inside it (``O_NOFOLLOW`` on each component),
+  so a folder's own files can never lead outside it. Problems raise :class:`UnsafeFile`, a
+  ``ValueError`` whose message says what the path is (a FIFO, a directory, a symbolic link...).
+- Writing: :func:`create_file` writes a new file (``O_EXCL``: never over an existing one) and
+  flushes it to disk; :func:`fsync_dir` makes renames durable; :func:`remove_files` deletes a list
+  of files (never following links) and the folders they leave empty.
+- Concurrency and interruptions: :func:`folder_lock` holds an exclusive ``flock`` on a folder for
+  one writer at a time (released by the kernel when the writer dies, even by SIGKILL); a journal
+  (:func:`write_journal` / :func:`read_journals`), written before anything else, names every file an
+  interrupted writer may have left, so the next writer can remove exactly those.
+- :func:`load_json`: strict JSON (no NaN / Infinity unless kept as :class:`NonFinite` markers so the
+  caller can name the field; nesting bounded by the interpreter's recursion limit, as a ValueError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; writers are not serialized there
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "NonFinite",
+    "UnsafeFile",
+    "create_file",
+    "folder_lock",
+    "fsync_dir",
+    "load_json",
+    "open_inside",
+    "open_regular",
+    "read_journals",
+    "relative_parts",
+    "remove_files",
+    "write_journal",
+]
+
+_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_LINK_ERRORS = (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)  # what O_NOFOLLOW gives on a link (Linux, BSD)
+JOURNAL_PREFIX = ".albu-defects-"
+
+
+class UnsafeFile(ValueError):
+    """A file that must not be read: missing, not a regular file, reached through a link, or too large.
+
+    ``path`` is the path as the caller gave it and ``problem`` what is wrong ("is a FIFO (named pipe),
+    not a regular file"); the message is both.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _checked(fd: int, shown: str, limit: int | None) -> BinaryIO:
+    """The open descriptor ``fd`` as a binary file, if it is a regular file of at most ``limit`` bytes."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(shown, f"is {_kind(info.st_mode)}, not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise UnsafeFile(shown, f"holds {info.st_size} bytes, more than the {limit} allowed")
+        if fcntl is not None and _NONBLOCK:  # back to blocking reads (only the open needed O_NONBLOCK)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_error(error: OSError, shown: str) -> UnsafeFile:
+    if isinstance(error, FileNotFoundError):
+        return UnsafeFile(shown, "does not exist")
+    return UnsafeFile(shown, f"could not be opened ({error.strerror or error})")
+
+
+def open_regular(path: str | os.PathLike[str], *, limit: int | None = None) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file (links are followed); else :class:`UnsafeFile`.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once (then it is refused) instead of waiting
+    forever for a writer. ``limit``: the most bytes the file may hold.
+    """
+    shown = os.fspath(path)
+    try:
+        fd = os.open(shown, _READ | _NONBLOCK)
+    except OSError as error:
+        raise _open_error(error, shown) from None
+    return _checked(fd, shown, limit)
+
+
+def relative_parts(relative: Any) -> tuple[str, ...]:
+    """The components of a plain relative POSIX path (no ``..``, ``.``, absolute part, backslash or drive)."""
+    if not isinstance(relative, str) or not relative:
+        raise UnsafeFile(repr(relative), "is not a relative file path")
+    parts = PurePosixPath(relative).parts
+    if (
+        relative.startswith("/")
+        or "\\" in relative
+        or ":" in relative
+        or "\x00" in relative
+        or any(part in ("..", ".") for part in relative.split("/"))
+    ):
+        raise UnsafeFile(repr(relative), "is not a path inside the folder")
+    return parts
+
+
+def open_inside(root: str | os.PathLike[str], relative: str, *, limit: int | None = None) -> BinaryIO:
+    """Open ``root/relative`` for reading; no component of ``relative`` may be a link, the file must be regular.
+
+    ``root`` itself may be reached through links (the user named it). Raises :class:`UnsafeFile`.
+    """
+    parts = relative_parts(relative)
+    root = os.fspath(root)
+    if os.open not in os.supports_dir_fd or not _NOFOLLOW:  # (Windows) check each component, then open
+        path = root
+        for part in parts:
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                raise UnsafeFile(relative, f"is reached through a symbolic link ({part}); links are not followed")
+        return open_regular(path, limit=limit)
+    try:
+        folder = os.open(root, _READ | _DIRECTORY)
+    except OSError as error:
+        raise _open_error(error, root) from None
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, _READ | _DIRECTORY | _NOFOLLOW, dir_fd=folder)
+            except OSError as error:
+                raise _component_error(error, folder, part, relative) from None
+            os.close(folder)
+            folder = inner
+        try:
+            fd = os.open(parts[-1], _READ | _NOFOLLOW | _NONBLOCK, dir_fd=folder)
+        except OSError as error:
+            raise _component_error(error, folder, parts[-1], relative) from None
+    finally:
+        os.close(folder)
+    return _checked(fd, relative, limit)
+
+
+def _component_error(error: OSError, folder: int, part: str, relative: str) -> UnsafeFile:
+    if error.errno in _LINK_ERRORS:
+        with contextlib.suppress(OSError):
+            info = os.stat(part, dir_fd=folder, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                return UnsafeFile(relative, f"is reached through a symbolic link ({part}); links are not followed")
+            return UnsafeFile(relative, f"cannot be opened: {part} is {_kind(info.st_mode)}")
+    return _open_error(error, relative)
+
+
+def create_file(path: Path, write: bytes | Callable[[BinaryIO], Any]) -> None:
+    """Create ``path`` (it must not exist) with ``write`` (bytes, or a function writing to the file), flushed to disk."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o666
+    )
+    with os.fdopen(fd, "wb") as handle:
+        if isinstance(write, bytes):
+            handle.write(write)
+        else:
+            write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new and removed files) to disk; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, _READ | _DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_files(root: Path, relatives: Iterable[str]) -> None:
+    """Delete ``root/relative`` for each (links themselves, never what they point to), then the folders left empty.
+
+    Missing files are fine (an interrupted writer may not have made them). Folders are removed only
+    when empty, up to (not including) ``root``: anything else a user put there stays.
+    """
+    folders = set()
+    for relative in relatives:
+        parts = relative_parts(relative)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root.joinpath(*parts))
+        folders.update(root.joinpath(*parts[:i]) for i in range(1, len(parts)))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
+    fsync_dir(root)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (one writer at a time); ``ValueError`` if another process holds it."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, _READ | _DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another process is writing {what} {folder}; wait until it is done") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class NonFinite(str):
+    """``NaN``, ``Infinity`` or ``-Infinity`` met in a JSON text (kept as a marker so the caller can name the field)."""
+
+    __slots__ = ()
+
+
+def _keep_constant(name: str) -> NonFinite:
+    return NonFinite(name)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_json(data: bytes, what: str, *, keep_non_finite: bool = False) -> Any:
+    """Parse strict JSON (UTF-8; ``NaN`` / ``Infinity`` refused, or kept as :class:`NonFinite`); ``ValueError`` naming ``what``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} is not UTF-8 text ({error})") from None
+    try:
+        return json.loads(text, parse_constant=_keep_constant if keep_non_finite else _reject_constant)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be read") from None
+    except ValueError as error:  # JSONDecodeError, the constant, or an integer too long to convert
+        raise ValueError(f"{what} is not valid JSON ({error})") from None
+
+
+def write_journal(folder: Path, name: str, content: dict[str, Any]) -> Path:
+    """Write ``folder/.albu-defects-<name>.json`` durably, before the writer it describes touches anything."""
+    path = folder / f"{JOURNAL_PREFIX}{name}.json"
+    create_file(path, json.dumps(content).encode("utf-8"))
+    fsync_dir(folder)
+    return path
+
+
+def read_journals(folder: Path, kind: str) -> list[tuple[Path, dict[str, Any] | None]]:
+    """The journals ``.albu-defects-<kind>-*.json`` in ``folder``: (path, content or ``None`` if unreadable)."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(f"{JOURNAL_PREFIX}{kind}-") and entry.name.endswith(".json"):
+                try:
+                    with open_inside(folder, entry.name, limit=1 << 24) as handle:
+                        content = load_json(handle.read(), entry.name)
+                except ValueError:
+                    content = None
+                found.append((Path(entry.path), content if isinstance(content, dict) else None))
+    return sorted(found)
+
+
+def read_bytes_inside(root: Path, relative: str, *, limit: int | None = None) -> bytes:
+    """All bytes of ``root/relative`` through :func:`open_inside`."""
+    with open_inside(root, relative, limit=limit) as handle:
+        return handle.read()
+
+
+def recover_output(root: Path, kind: str, manifests: tuple[str, ...]) -> None:
+    """Undo what an interrupted :func:`replace_output` of ``kind`` left in ``root`` (see there)."""
+    for journal, content in read_journals(root, kind):
+        if content is not None:
+            staging = content.get("staging")
+            listed = [name for key in ("previous", "new") for name in content.get(key, []) if isinstance(name, str)]
+            if isinstance(staging, str) and staging.startswith(f".{kind}-") and "/" not in staging:
+                staged = root / staging
+                committing = not (root / manifests[-1]).exists()  # the last manifest goes first and comes back last
+                if committing:  # a mix of old and new files that no manifest describes: remove every one
+                    remove_files(root, [*listed, *manifests])
+                remove_files(staged, [*content.get("new", []), *manifests])
+                with contextlib.suppress(OSError):
+                    staged.rmdir()
+        journal.unlink()
+    fsync_dir(root)
+
+
+def replace_output(
+    root: Path,
+    kind: str,
+    previous: set[str],
+    candidates: list[str],
+    manifests: tuple[str, ...],
+    produce: Callable[[Path], list[str]],
+) -> None:
+    """Replace the files ``previous`` (a run's output, its manifests included) in ``root`` with a new run's.
+
+    ``produce(staging)`` writes the new files (each one of ``candidates``) and then ``manifests``, in
+    order, under the hidden folder ``staging``, and returns the files it wrote. Then the commit: the
+    manifests are removed last-first, the old files the new run does not replace are deleted, the
+    new files renamed into place, and the manifests renamed in, the last one last. So a manifest present
+    in ``root`` always describes exactly the files beside it (the old run's until the commit, the new
+    run's after it), and an interrupted run leaves at worst no manifest and a journal from which
+    :func:`recover_output` removes every file it may have left.
+    """
+    generation = uuid.uuid4().hex[:16]
+    staging = root / f".{kind}-{generation}"
+    journal = write_journal(
+        root, f"{kind}-{generation}", {"staging": staging.name, "previous": sorted(previous), "new": candidates}
+    )
+    staging.mkdir()
+    try:
+        produced = produce(staging)
+        fsync_dir(staging)
+    except BaseException:
+        remove_files(staging, [*candidates, *manifests])
+        staging.rmdir()
+        journal.unlink()
+        raise
+    for name in reversed(manifests):
+        with contextlib.suppress(FileNotFoundError):
+            (root / name).unlink()
+    fsync_dir(root)
+    remove_files(root, sorted(previous - set(produced) - set(manifests)))
+    folders = set()
+    for name in produced:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, root / name)
+        folders.add((root / name).parent)
+    for folder in folders:
+        fsync_dir(folder)
+    for name in manifests:
+        os.replace(staging / name, root / name)
+        fsync_dir(root)
+    remove_files(staging, produced)
+    with contextlib.suppress(OSError):
+        staging.rmdir()
+    journal.unlink()
+    fsync_dir(root)
