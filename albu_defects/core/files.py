@@ -92,9 +92,7 @@ def _checked(fd: int, shown: str, limit: int | None) -> BinaryIO:
             raise UnsafeFile(shown, f"is {_kind(info.st_mode)}, not a regular file")
         if limit is not None and info.st_size > limit:
             raise UnsafeFile(shown, f"holds {info.st_size} bytes, more than the {limit} allowed")
-        if fcntl is not None and _NONBLOCK:  # back to blocking reads (only the open needed O_NONBLOCK)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")  # (O_NONBLOCK changes nothing for a regular file's reads)
     except BaseException:
         os.close(fd)
         raise
@@ -181,18 +179,22 @@ def _component_error(error: OSError, folder: int, part: str, relative: str) -> U
     return _open_error(error, relative)
 
 
-def create_file(path: Path, write: bytes | Callable[[BinaryIO], Any]) -> None:
-    """Create ``path`` (it must not exist) with ``write`` (bytes, or a function writing to the file), flushed to disk."""
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o666
-    )
-    with os.fdopen(fd, "wb") as handle:
+def create_file(path: Path, write: bytes | Callable[[BinaryIO], Any], *, durable: bool = True) -> None:
+    """Create ``path`` (it must not exist) with ``write`` (bytes, or a function writing to the file).
+
+    ``durable``: flush it to disk (``fsync``) before returning, so a rename that publishes it later
+    cannot survive a power loss without its data. An interruption of the process (even SIGKILL)
+    never loses written data either way: the page cache survives the process.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    with os.fdopen(os.open(path, flags, 0o666), "wb") as handle:
         if isinstance(write, bytes):
             handle.write(write)
         else:
             write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def fsync_dir(path: Path) -> None:
@@ -298,19 +300,22 @@ def read_bytes_inside(root: Path, relative: str, *, limit: int | None = None) ->
 
 
 def recover_output(root: Path, kind: str, manifests: tuple[str, ...]) -> None:
-    """Undo what an interrupted :func:`replace_output` of ``kind`` left in ``root`` (see there)."""
+    """Undo what an interrupted :func:`replace_output` of ``kind`` left in ``root`` (see there).
+
+    Without its last manifest, ``root`` holds files of an interrupted run (or a mix of the previous
+    run's and a new one's) that no manifest describes: every file the journal names is removed. With
+    it, the previous run (or a completed new one) is intact: only the staging folder goes.
+    """
     for journal, content in read_journals(root, kind):
         if content is not None:
-            staging = content.get("staging")
             listed = [name for key in ("previous", "new") for name in content.get(key, []) if isinstance(name, str)]
+            if not (root / manifests[-1]).exists():
+                remove_files(root, [*listed, *manifests])
+            staging = content.get("staging")
             if isinstance(staging, str) and staging.startswith(f".{kind}-") and "/" not in staging:
-                staged = root / staging
-                committing = not (root / manifests[-1]).exists()  # the last manifest goes first and comes back last
-                if committing:  # a mix of old and new files that no manifest describes: remove every one
-                    remove_files(root, [*listed, *manifests])
-                remove_files(staged, [*content.get("new", []), *manifests])
+                remove_files(root / staging, [*content.get("new", []), *manifests])
                 with contextlib.suppress(OSError):
-                    staged.rmdir()
+                    (root / staging).rmdir()
         journal.unlink()
     fsync_dir(root)
 
@@ -325,28 +330,40 @@ def replace_output(
 ) -> None:
     """Replace the files ``previous`` (a run's output, its manifests included) in ``root`` with a new run's.
 
-    ``produce(staging)`` writes the new files (each one of ``candidates``) and then ``manifests``, in
-    order, under the hidden folder ``staging``, and returns the files it wrote. Then the commit: the
-    manifests are removed last-first, the old files the new run does not replace are deleted, the
-    new files renamed into place, and the manifests renamed in, the last one last. So a manifest present
-    in ``root`` always describes exactly the files beside it (the old run's until the commit, the new
-    run's after it), and an interrupted run leaves at worst no manifest and a journal from which
-    :func:`recover_output` removes every file it may have left.
+    ``produce(folder)`` writes the new files (each one of ``candidates``) and then ``manifests``, in
+    order, under ``folder``, and returns the files it wrote. Without a previous run that folder is
+    ``root`` itself (the manifests come last, so they describe files already there). With one it is a
+    hidden staging folder, and then comes the commit: the manifests are removed last-first, the old
+    files the new run does not replace deleted, the new files renamed into place and the manifests
+    renamed in, the last one last. So a manifest present in ``root`` always describes exactly the
+    files beside it (the old run's until the commit, the new run's after it), and an interrupted run
+    leaves at worst no manifest and a journal from which :func:`recover_output` removes every file it
+    may have left.
     """
     generation = uuid.uuid4().hex[:16]
-    staging = root / f".{kind}-{generation}"
+    staging = root / f".{kind}-{generation}" if previous else root
     journal = write_journal(
         root, f"{kind}-{generation}", {"staging": staging.name, "previous": sorted(previous), "new": candidates}
     )
-    staging.mkdir()
+    if staging != root:
+        staging.mkdir()
     try:
         produced = produce(staging)
         fsync_dir(staging)
     except BaseException:
         remove_files(staging, [*candidates, *manifests])
-        staging.rmdir()
+        if staging != root:
+            staging.rmdir()
         journal.unlink()
         raise
+    if staging != root:
+        _commit(root, staging, previous, produced, manifests)
+    journal.unlink()
+    fsync_dir(root)
+
+
+def _commit(root: Path, staging: Path, previous: set[str], produced: list[str], manifests: tuple[str, ...]) -> None:
+    """Swap the staged run in for the previous one (see :func:`replace_output`), then remove the staging folder."""
     for name in reversed(manifests):
         with contextlib.suppress(FileNotFoundError):
             (root / name).unlink()
@@ -365,5 +382,3 @@ def replace_output(
     remove_files(staging, produced)
     with contextlib.suppress(OSError):
         staging.rmdir()
-    journal.unlink()
-    fsync_dir(root)
