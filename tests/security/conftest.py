@@ -3,7 +3,7 @@
 With ``ALBU_DEFECTS_SAFETY_REPORT=path`` set, the session writes a JSON file there: the hostile banks
 and interrupts tried, the slowest refusal, the largest memory growth of a child and the outcome of
 every test (``benchmarks/RESULTS.md`` quotes it). ``ALBU_DEFECTS_SAFETY_KILLS`` sets the kill points
-per interrupted writer (default 7).
+per interrupted writer (default 10).
 """
 
 from __future__ import annotations

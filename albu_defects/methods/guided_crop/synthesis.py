@@ -200,8 +200,8 @@ def synthesize_to_folder(
             )
 
         def produce(staging: Path) -> list[str]:
-            (staging / "images").mkdir()
-            (staging / "masks").mkdir()
+            (staging / "images").mkdir(exist_ok=True)  # (staging is out itself for a first run)
+            (staging / "masks").mkdir(exist_ok=True)
 
             def work(index: int) -> dict[str, Any]:
                 sample = synthesize_one(bank, index, probabilities, seed, checked)
