@@ -127,6 +127,10 @@ def write_bank(bank: DefectBank, path: str | os.PathLike[str], copy_free: bool) 
         generation = uuid.uuid4().hex[:16]
         data = f"data-{generation}"
         arrays, index, copies = _plan(bank, data, copy_free)
+        try:  # strict JSON, as a load reads it: a NaN in build_info would make the bank unloadable
+            index_text = json.dumps(index, indent=1, allow_nan=False)
+        except ValueError as error:
+            raise ValueError(f"bank.build_info must hold finite numbers only ({error}); fix it before saving") from None
         index_tmp = f".index.json.{generation}.tmp"
         written = [index["arrays"], *(ref["file"] for ref in index["free"] if "file" in ref), index_tmp]
         journal = write_journal(
@@ -140,7 +144,7 @@ def write_bank(bank: DefectBank, path: str | os.PathLike[str], copy_free: bool) 
             for name, source in copies:
                 _store_free(target / name, source, name)
             fsync_dir(target / data)
-            create_file(target / index_tmp, json.dumps(index, indent=1).encode("utf-8"))
+            create_file(target / index_tmp, index_text.encode("utf-8"))
             (target / index_tmp).replace(target / INDEX_FILE)  # the commit: the new bank, complete
             fsync_dir(target)
         except BaseException:

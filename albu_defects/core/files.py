@@ -15,6 +15,9 @@ every reader and writer of the package goes through these few functions:
   one writer at a time (released by the kernel when the writer dies, even by SIGKILL); a journal
   (:func:`write_journal` / :func:`read_journals`), written before anything else, names every file an
   interrupted writer may have left, so the next writer can remove exactly those.
+- Output sets: :func:`replace_output` swaps a run's files for a new run's with the manifests
+  removed first and written last, so a manifest present always describes exactly the files beside
+  it; :func:`recover_output` cleans up after an interrupted one.
 - :func:`load_json`: strict JSON (no NaN / Infinity unless kept as :class:`NonFinite` markers so the
   caller can name the field; nesting bounded by the interpreter's recursion limit, as a ValueError).
 """
@@ -46,8 +49,10 @@ __all__ = [
     "open_inside",
     "open_regular",
     "read_journals",
+    "recover_output",
     "relative_parts",
     "remove_files",
+    "replace_output",
     "write_journal",
 ]
 
@@ -207,21 +212,54 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def remove_files(root: Path, relatives: Iterable[str]) -> None:
-    """Delete ``root/relative`` for each (links themselves, never what they point to), then the folders left empty.
+def _parent_fd(root: Path, parts: tuple[str, ...]) -> int | None:
+    """A descriptor of the folder holding ``root/parts``, reached without following any link; ``None`` if none."""
+    try:
+        folder = os.open(root, _READ | _DIRECTORY)
+    except OSError:
+        return None
+    for part in parts[:-1]:
+        try:
+            inner = os.open(part, _READ | _DIRECTORY | _NOFOLLOW, dir_fd=folder)
+        except OSError:  # missing, or a link: nothing of ours is behind it
+            os.close(folder)
+            return None
+        os.close(folder)
+        folder = inner
+    return folder
 
-    Missing files are fine (an interrupted writer may not have made them). Folders are removed only
-    when empty, up to (not including) ``root``: anything else a user put there stays.
+
+def _remove_inside(root: Path, parts: tuple[str, ...], remove: Callable[..., None]) -> None:
+    """``remove(last part)`` inside ``root`` (``os.unlink`` or ``os.rmdir``), never through a link; errors ignored."""
+    if os.open not in os.supports_dir_fd or not _NOFOLLOW:  # (Windows) check the folders on the way
+        if not any(os.path.islink(root.joinpath(*parts[:i])) for i in range(1, len(parts))):
+            with contextlib.suppress(OSError):
+                remove(root.joinpath(*parts))
+        return
+    folder = _parent_fd(root, parts)
+    if folder is None:
+        return
+    try:
+        with contextlib.suppress(OSError):  # missing, or (rmdir) not empty
+            remove(parts[-1], dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def remove_files(root: Path, relatives: Iterable[str]) -> None:
+    """Delete ``root/relative`` for each, then the folders left empty; never through a link, never a folder.
+
+    Missing files are fine (an interrupted writer may not have made them); a link is removed itself,
+    never what it points to, and a path that leads through a linked folder is left alone. Folders are
+    removed only when empty, up to (not including) ``root``: anything else a user put there stays.
     """
     folders = set()
     for relative in relatives:
         parts = relative_parts(relative)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(root.joinpath(*parts))
-        folders.update(root.joinpath(*parts[:i]) for i in range(1, len(parts)))
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):  # not empty, or already gone
-            folder.rmdir()
+        _remove_inside(root, parts, os.unlink)
+        folders.update(parts[:i] for i in range(1, len(parts)))
+    for folder in sorted(folders, key=len, reverse=True):
+        _remove_inside(root, folder, os.rmdir)
     fsync_dir(root)
 
 
@@ -291,12 +329,6 @@ def read_journals(folder: Path, kind: str) -> list[tuple[Path, dict[str, Any] | 
                     content = None
                 found.append((Path(entry.path), content if isinstance(content, dict) else None))
     return sorted(found)
-
-
-def read_bytes_inside(root: Path, relative: str, *, limit: int | None = None) -> bytes:
-    """All bytes of ``root/relative`` through :func:`open_inside`."""
-    with open_inside(root, relative, limit=limit) as handle:
-        return handle.read()
 
 
 def recover_output(root: Path, kind: str, manifests: tuple[str, ...]) -> None:

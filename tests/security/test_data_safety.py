@@ -388,3 +388,18 @@ def test_synth_into_a_folder_holding_other_images(fork_runner: ForkRunner, tmp_p
     assert visible_files(out) == {"images/mine.png", "manifest.json", "manifest.csv"} | {
         f"{kind}/00000{i}.png" for kind in ("images", "masks") for i in (0, 1)
     }
+
+
+def test_saving_over_a_bank_never_deletes_through_a_link(tmp_path):
+    """A bank whose data folder was replaced by a link out of it: the save removes nothing behind the link."""
+    target = tmp_path / "bank"
+    small_bank(0).save(target)
+    data = target / json.loads((target / "index.json").read_text())["arrays"].split("/")[0]
+    elsewhere = tmp_path / "elsewhere"
+    data.rename(elsewhere)
+    data.symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    replacement = small_bank(1, margin=3)
+    replacement.save(target)
+    assert snapshot(elsewhere) == before
+    assert fingerprint(ad.DefectBank.load(target)) == fingerprint(replacement)
