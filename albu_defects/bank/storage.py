@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from albu_defects.core.files import (
+    InsideChecker,
     NonFinite,
     UnsafeFile,
     create_file,
@@ -395,7 +396,8 @@ def _read_folder(root: Path) -> dict[str, Any]:
         except ValueError as error:
             raise corrupt(f"entries[{entry_id}]", str(error)) from None
         mask_offset += hw
-    free = [_free_path(root, i, ref, corrupt) for i, ref in enumerate(layout["free"])]
+    with InsideChecker(root) as inside:
+        free = [_free_path(inside, i, ref, corrupt) for i, ref in enumerate(layout["free"])]
     return {
         "classes": layout["classes"],
         "entries": entries,
@@ -649,17 +651,17 @@ def _read_members(
     return arrays
 
 
-def _free_path(root: Path, i: int, ref: Any, corrupt: _Corrupt) -> str:
+def _free_path(inside: InsideChecker, i: int, ref: Any, corrupt: _Corrupt) -> str:
     """A defect-free image's path: a regular file inside the bank (no links), or an external absolute path."""
     field = f"free[{i}]"
     if not (isinstance(ref, dict) and len(ref) == 1 and set(ref) <= {"file", "external"}):
         raise corrupt(field, f"must be {{'file': relative path}} or {{'external': absolute path}}, got {_show(ref)}")
     if "file" in ref:
         try:
-            open_inside(root, ref["file"]).close()
+            inside.check(ref["file"])
         except UnsafeFile as error:
             raise corrupt(field, str(error)) from None
-        return str(root.joinpath(*relative_parts(ref["file"])))
+        return str(Path(inside.root).joinpath(*relative_parts(ref["file"])))
     external = ref["external"]
     if not (isinstance(external, str) and Path(external).is_absolute()):
         raise corrupt(field, f"an external image must be an absolute path, got {_show(external)}")
