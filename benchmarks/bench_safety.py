@@ -115,8 +115,14 @@ def main() -> None:
         ["hostile banks (tests/security/hostile.py)", len(CASES)],
         ["openings of them (load, bank stats, a transform, synth)", tried.get("hostile bank openings", 0)],
         ["hostile classes.json at build (from_folder, bank build)", tried.get("hostile dataset builds", 0)],
-        ["bank build -o killed while writing", tried.get("bank build interrupts", 0)],
-        ["synth --overwrite killed while writing", tried.get("synth --overwrite interrupts", 0)],
+        [
+            "bank build -o: kill points tried / landed while it was writing",
+            f"{tried.get('bank build kill points', 0)} / {tried.get('bank build interrupts', 0)}",
+        ],
+        [
+            "synth --overwrite: kill points tried / landed while it was writing",
+            f"{tried.get('synth kill points', 0)} / {tried.get('synth --overwrite interrupts', 0)}",
+        ],
         ["tests passed / failed", f"{totals.get('passed', 0)} / {failures}"],
         ["slowest refusal of a hostile bank (s)", f"{counts['slowest_s']:.3f}"],
         ["largest memory growth of a child (MB; limit 512)", f"{counts['largest_growth_mb']:.0f}"],

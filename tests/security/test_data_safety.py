@@ -230,6 +230,7 @@ def test_killed_bank_build_leaves_the_old_or_the_new_bank(fork_runner: ForkRunne
         margin = (8, 4)[i % 2]
         reply = build(margin, delay)
         outcomes.append(reply["killed"])
+        record("bank build kill points", 1)
         record("bank build interrupts", int(reply["killed"]))
         check_unchanged(foreign)
         assert (target / "index.json").is_file(), f"kill {i} ({delay:.3f} s in) left no bank at {target}"
@@ -313,6 +314,7 @@ def test_killed_synth_overwrite_never_leaves_a_manifest_describing_other_files(f
     for i, delay in enumerate(kill_delays(calibration["window_s"])):
         reply = synth(out, "AB"[i % 2], delay, watch=out)
         killed.append(reply["killed"])
+        record("synth kill points", 1)
         record("synth --overwrite interrupts", int(reply["killed"]))
         check_synth_folder(out, runs, foreign)
 
