@@ -293,11 +293,8 @@ def _recover(target: Path) -> None:
 
 def _report_legacy_temporaries(target: Path) -> None:
     """0.1.0 saved through ``.<name>.tmp-*`` / ``.<name>.old-*`` folders that a kill could leave behind: name them."""
-    stale = sorted(
-        p.name
-        for p in target.parent.glob(f".{target.name}.*")
-        if re.fullmatch(rf"\.{re.escape(target.name)}\.(tmp|old)-[0-9a-f]{{8}}", p.name)
-    )
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-[0-9a-f]{{8}}")
+    stale = sorted(p.name for p in target.parent.iterdir() if pattern.fullmatch(p.name))
     if stale:
         warnings.warn(
             f"{target.parent} holds folders left by interrupted saves of albu-defects 0.1.0: {', '.join(stale)} "
@@ -312,7 +309,7 @@ def _report_legacy_temporaries(target: Path) -> None:
 
 
 class _Corrupt:
-    """Raises the one ValueError of a load: the bank's path, the field, the problem."""
+    """Makes the one ValueError of a failed load: the bank's path, the field, the problem."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -29,10 +29,12 @@ class ForkRunner:
             "NO_ALBUMENTATIONS_UPDATE": "1",
             "ALBUMENTATIONS_NO_TELEMETRY": "1",
         }
+        self.log = scratch / "runner.log"  # the children's noise, and the runner's own traceback if it dies
+        self._log_handle = open(self.log, "wb")  # noqa: SIM115 (closed in close())
         self.process = subprocess.Popen(
             [sys.executable, str(RUNNER), str(write_end)],
             stdin=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log_handle,
             stdout=subprocess.DEVNULL,
             pass_fds=(write_end,),
             env=env,
@@ -47,7 +49,8 @@ class ForkRunner:
     def _reply(self) -> dict[str, Any]:
         line = self.replies.readline()
         if not line:
-            raise RuntimeError(f"the fork runner ended (exit status {self.process.poll()})")
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the fork runner ended (exit status {self.process.poll()}):\n{tail}")
         return json.loads(line)
 
     def _send(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -102,3 +105,4 @@ class ForkRunner:
                 self.process.kill()
                 self.process.wait()
         self.replies.close()
+        self._log_handle.close()
