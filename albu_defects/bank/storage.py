@@ -66,6 +66,7 @@ from albu_defects.core.files import (
     create_file,
     folder_lock,
     fsync_dir,
+    fsync_files,
     load_json,
     open_inside,
     open_regular,
@@ -133,7 +134,8 @@ def write_bank(bank: DefectBank, path: str | os.PathLike[str], copy_free: bool) 
         except ValueError as error:
             raise ValueError(f"bank.build_info must hold finite numbers only ({error}); fix it before saving") from None
         index_tmp = f".index.json.{generation}.tmp"
-        written = [index["arrays"], *(ref["file"] for ref in index["free"] if "file" in ref), index_tmp]
+        stored = [index["arrays"], *(ref["file"] for ref in index["free"] if "file" in ref)]
+        written = [*stored, index_tmp]
         journal = write_journal(
             target, f"{_SAVE_JOURNAL}-{generation}", {"written": written, "obsolete": sorted(old_files)}
         )
@@ -141,10 +143,13 @@ def write_bank(bank: DefectBank, path: str | os.PathLike[str], copy_free: bool) 
             (target / data).mkdir()
             if copies:
                 (target / data / FREE_DIR).mkdir()
-            create_file(target / index["arrays"], lambda handle: np.savez(handle, **arrays))
+            create_file(target / index["arrays"], lambda handle: np.savez(handle, **arrays), durable=False)
             for name, source in copies:
                 _store_free(target / name, source, name)
+            fsync_files(target / name for name in stored)  # all on disk before the index names them
             fsync_dir(target / data)
+            if copies:
+                fsync_dir(target / data / FREE_DIR)
             create_file(target / index_tmp, index_text.encode("utf-8"))
             (target / index_tmp).replace(target / INDEX_FILE)  # the commit: the new bank, complete
             fsync_dir(target)
@@ -216,11 +221,13 @@ def _plan(bank: DefectBank, data: str, copy_free: bool) -> tuple[dict[str, np.nd
 
 def _store_free(path: Path, source: np.ndarray | Path, name: str) -> None:
     if isinstance(source, np.ndarray):
-        create_file(path, lambda handle: np.save(handle, np.ascontiguousarray(source), allow_pickle=False))
+        create_file(
+            path, lambda handle: np.save(handle, np.ascontiguousarray(source), allow_pickle=False), durable=False
+        )
         return
     try:
         with open_regular(source) as handle:
-            create_file(path, lambda out: shutil.copyfileobj(handle, out, 1 << 20))
+            create_file(path, lambda out: shutil.copyfileobj(handle, out, 1 << 20), durable=False)
     except (OSError, UnsafeFile) as error:
         raise ValueError(f"defect-free image {source} could not be stored as {name}: {error}") from error
 
