@@ -96,6 +96,7 @@ def cost(tree: Path, n: int, repeats: int) -> dict[str, float]:
                 str(MAGNETIC_TILE_ROOT),
                 work,
                 str(n),
+                str(repeats),
             ],
             cwd=work,
             env=env,
