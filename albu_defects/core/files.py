@@ -278,9 +278,20 @@ def create_file(path: Path, write: bytes | Callable[[BinaryIO], Any], *, durable
             os.fsync(handle.fileno())
 
 
-def fsync_files(paths: Iterable[Path], workers: int = 8) -> None:
-    """Flush files to disk, several at a time (one ``fsync`` after another costs ~5 ms each on a busy disk;
-    the filesystem commits concurrent ones together: measured 3-5x faster for a few hundred images)."""
+def _each(work: Callable[[Any], Any], items: list, workers: int = 8) -> None:
+    """``work(item)`` for every item, several at a time when there are many: the filesystem batches
+    concurrent metadata updates and flushes (measured here: a few hundred ``fsync`` 3-5x faster, ``unlink``
+    of flushed files 17x faster than one after another)."""
+    if len(items) < 2 * workers:
+        for item in items:
+            work(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, items))
+
+
+def fsync_files(paths: Iterable[Path]) -> None:
+    """Flush files to disk (several at a time, see :func:`_each`)."""
 
     def flush(path: Path) -> None:
         fd = os.open(path, _READ)
@@ -289,13 +300,7 @@ def fsync_files(paths: Iterable[Path], workers: int = 8) -> None:
         finally:
             os.close(fd)
 
-    paths = list(paths)
-    if len(paths) < 2:
-        for path in paths:
-            flush(path)
-        return
-    with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
-        list(pool.map(flush, paths))
+    _each(flush, list(paths))
 
 
 def fsync_dir(path: Path) -> None:
@@ -308,24 +313,6 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _remove_inside(root: Path, parts: tuple[str, ...], remove: Callable[..., None]) -> None:
-    """``remove(last part)`` inside ``root`` (``os.unlink`` or ``os.rmdir``), never through a link; errors ignored."""
-    if not _DIR_FD:  # (Windows) check the folders on the way
-        if not any(os.path.islink(root.joinpath(*parts[:i])) for i in range(1, len(parts))):
-            with contextlib.suppress(OSError):
-                remove(root.joinpath(*parts))
-        return
-    try:
-        folder = _folder_fd(root, parts[:-1])
-    except OSError:  # missing, or a link: nothing of ours is behind it
-        return
-    try:
-        with contextlib.suppress(OSError):  # missing, or (rmdir) not empty
-            remove(parts[-1], dir_fd=folder)
-    finally:
-        os.close(folder)
-
-
 def remove_files(root: Path, relatives: Iterable[str]) -> None:
     """Delete ``root/relative`` for each, then the folders left empty; never through a link, never a folder.
 
@@ -333,14 +320,52 @@ def remove_files(root: Path, relatives: Iterable[str]) -> None:
     never what it points to, and a path that leads through a linked folder is left alone. Folders are
     removed only when empty, up to (not including) ``root``: anything else a user put there stays.
     """
-    folders = set()
-    for relative in relatives:
-        parts = relative_parts(relative)
-        _remove_inside(root, parts, os.unlink)
-        folders.update(parts[:i] for i in range(1, len(parts)))
-    for folder in sorted(folders, key=len, reverse=True):
-        _remove_inside(root, folder, os.rmdir)
+    remover = _Remover(root)
+    try:
+        files = [relative_parts(relative) for relative in relatives]
+        for parts in files:
+            remover.open_folder(parts[:-1])
+        _each(lambda parts: remover(parts, os.unlink), files)
+        for folder in sorted({parts[:i] for parts in files for i in range(1, len(parts))}, key=len, reverse=True):
+            remover.open_folder(folder[:-1])
+            remover(folder, os.rmdir)
+    finally:
+        remover.close()
     fsync_dir(root)
+
+
+class _Remover:
+    """Removes paths inside ``root`` without following links, each folder on the way opened once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[tuple[str, ...], int | None] = {}
+
+    def open_folder(self, parts: tuple[str, ...]) -> None:
+        """Open ``root/parts`` (no links on the way) for the removals in it; a missing or linked one stays closed."""
+        if _DIR_FD and parts not in self._folders:
+            try:
+                self._folders[parts] = _folder_fd(self.root, parts)
+            except OSError:  # missing, or a link: nothing of ours is behind it
+                self._folders[parts] = None
+
+    def __call__(self, parts: tuple[str, ...], remove: Callable[..., None]) -> None:
+        """``remove(last part)`` (``os.unlink`` or ``os.rmdir``) in its opened folder; errors leave it alone."""
+        if not _DIR_FD:  # (Windows) check the folders on the way
+            if not any(os.path.islink(self.root.joinpath(*parts[:i])) for i in range(1, len(parts))):
+                with contextlib.suppress(OSError):
+                    remove(self.root.joinpath(*parts))
+            return
+        folder = self._folders.get(parts[:-1])
+        if folder is not None:
+            with contextlib.suppress(OSError):  # missing, or (rmdir) not empty
+                remove(parts[-1], dir_fd=folder)
+
+    def close(self) -> None:
+        for fd in self._folders.values():
+            if fd is not None:
+                os.close(fd)
+        self._folders.clear()
 
 
 @contextlib.contextmanager
