@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import albumentations as A
 import numpy as np
 import pytest
 
@@ -32,3 +33,14 @@ def test_color_jitter_of_float32_near_its_maximum_stays_finite(factors, channels
         assert out.dtype == np.float32 and out.shape == image.shape
         assert np.isfinite(out).all(), f"colour jitter gave inf: {out.ravel()[:6]}"
     np.testing.assert_array_equal(image, original)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_jittering_transform_refuses_a_float32_image_outside_the_unit_range(seed):
+    """float32 images lie in [0, 1] (the label model): one near the float32 maximum is refused with a
+    clear ValueError, never jittered into ``inf`` (CutPaste jitters its patch with colour_jitter)."""
+    image = np.full((32, 32, 3), BIG, np.float32)
+    image[:16] = 0.0
+    transform = A.Compose([ad.CutPaste(brightness=0.5, contrast=0.5, p=1.0)], seed=seed)
+    with pytest.raises(ValueError, match=r"float32.*\[0, 1\]"):  # the base jittered it into inf
+        transform(image=image)
