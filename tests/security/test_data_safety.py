@@ -19,6 +19,9 @@ import csv
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -28,7 +31,7 @@ import pytest
 import albu_defects as ad
 
 from .conftest import record
-from .runner import ForkRunner
+from .runner import CODE_ROOT, ForkRunner
 
 #: Kill points per writer: one at the first change seen, then seeded uniform delays over the window.
 KILLS = int(os.environ.get("ALBU_DEFECTS_SAFETY_KILLS", "10"))
@@ -195,6 +198,7 @@ def check_unchanged(foreign: dict[Path, bytes]) -> None:
         assert path.is_file() and path.read_bytes() == content, f"foreign file {path} was deleted or changed"
 
 
+@pytest.mark.slow  # real CLI subprocesses killed at KILLS points (seconds; CI runs them)
 def test_killed_bank_build_leaves_the_old_or_the_new_bank(fork_runner: ForkRunner, tmp_path):
     data = write_dataset(tmp_path / "data")
     work = tmp_path / "work"
@@ -279,6 +283,7 @@ def check_synth_folder(out: Path, runs: dict[str, Path], foreign: dict[Path, byt
     return found
 
 
+@pytest.mark.slow  # real CLI subprocesses killed at KILLS points (seconds; CI runs them)
 def test_killed_synth_overwrite_never_leaves_a_manifest_describing_other_files(fork_runner: ForkRunner, tmp_path):
     data = write_dataset(tmp_path / "data", free=6)
     bank = tmp_path / "bank"
@@ -405,3 +410,74 @@ def test_saving_over_a_bank_never_deletes_through_a_link(tmp_path):
     replacement.save(target)
     assert snapshot(elsewhere) == before
     assert fingerprint(ad.DefectBank.load(target)) == fingerprint(replacement)
+
+
+def _exec_kill(argv: list, watch: Path, delay_s: float | None, timeout_s: float = 300) -> dict:
+    """``python -m albu_defects ARGV`` in a fresh interpreter (``subprocess``, no preloading);
+    SIGKILL ``delay_s`` after anything under ``watch`` first changes (``None``: let it finish)."""
+
+    def listing() -> set:
+        return {(p, p.lstat().st_size, p.lstat().st_mtime_ns) for p in watch.rglob("*") if p.exists()}
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CODE_ROOT), os.environ.get("PYTHONPATH", "")])}
+    before = listing()
+    command = [sys.executable, "-m", "albu_defects", *map(str, argv)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start, changed = time.monotonic(), None
+    while process.poll() is None:
+        now = time.monotonic()
+        if changed is None and listing() != before:
+            changed = now
+        if changed is not None and delay_s is not None and now >= changed + delay_s:
+            process.kill()
+            process.wait()
+            return {"killed": True}
+        assert now - start < timeout_s, f"{command} did not end in {timeout_s} s"
+        time.sleep(0.002)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    assert process.returncode == 0, f"{command} failed ({process.returncode}): {stderr[-2000:]}"
+    return {"killed": False, "window_s": None if changed is None else time.monotonic() - changed}
+
+
+@pytest.mark.slow  # fresh interpreters (each pays the imports): a few kill points only
+def test_freshly_started_cli_writers_killed_keep_the_invariants(fork_runner: ForkRunner, tmp_path):
+    """The kill tests above fork a preloaded interpreter; here ``bank build -o`` and ``synth --overwrite``
+    run as ordinary ``python -m albu_defects`` processes, SIGKILLed at seeded points of their writing."""
+    data = write_dataset(tmp_path / "data", free=6)
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "bank"
+    expected = {m: fingerprint(ad.DefectBank.from_folder(data, margin=m, progress=False)) for m in (8, 4)}
+    build = ["bank", "build", data, "-o", target, "--copy-free", "--quiet", "--margin"]
+    window = _exec_kill([*build, "4"], work, None)["window_s"]
+    assert window, "bank build changed nothing under its output folder"
+    foreign = {work / "beside.txt": b"next to the bank", target / "notes.txt": b"kept inside the bank"}
+    for path, content in foreign.items():
+        path.write_bytes(content)
+    rng = np.random.default_rng(SEED)
+    killed = []
+    for i, delay in enumerate([0.0, *rng.uniform(0.0, window, 2)]):
+        killed.append(_exec_kill([*build, str((8, 4)[i % 2])], work, float(delay))["killed"])
+        check_unchanged(foreign)
+        assert fingerprint(ad.DefectBank.load(target)) in expected.values(), f"kill {i} left no bank or a mixed one"
+
+    specs = {"A": ("0", "8"), "B": ("1", "5")}
+    runs = {}
+    for run, (seed, n) in specs.items():
+        runs[run] = tmp_path / f"reference_{run}"
+        argv = ["synth", target, "-o", runs[run], "-n", n, "--seed", seed, "--workers", "2", "--quiet"]
+        assert fork_runner.run("cli", argv=[str(a) for a in argv], timeout_s=120)["result"]["value"]["exit"] == 0
+    out = work / "out"
+
+    def synth(run: str, delay_s: float | None) -> dict:
+        seed, n = specs[run]
+        argv = ["synth", target, "-o", out, "-n", n, "--seed", seed, "--workers", "2", "--quiet", "--overwrite"]
+        return _exec_kill(argv, work, delay_s)
+
+    window = synth("B", None)["window_s"]
+    assert window, "synth changed nothing under its output folder"
+    assert check_synth_folder(out, runs, foreign) == "B"
+    for i, delay in enumerate([0.0, *rng.uniform(0.0, window, 1)]):
+        killed.append(synth("AB"[i % 2], float(delay))["killed"])
+        check_synth_folder(out, runs, foreign)
+    assert sum(killed) >= 3, f"too few kills landed while writing: {killed}"
