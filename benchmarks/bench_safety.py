@@ -139,6 +139,10 @@ def main() -> None:
             "synth --overwrite: kill points tried / landed while it was writing",
             f"{tried.get('synth kill points', 0)} / {tried.get('synth --overwrite interrupts', 0)}",
         ],
+        [
+            "both, as freshly started `python -m albu_defects` processes: kill points tried / landed",
+            f"{tried.get('fresh-process kill points', 0)} / {tried.get('fresh-process interrupts', 0)}",
+        ],
         ["tests passed / failed", f"{totals.get('passed', 0)} / {failures}"],
         ["slowest refusal of a hostile bank (s)", f"{counts['slowest_s']:.3f}"],
         ["largest memory growth of a child (MB; limit 512)", f"{counts['largest_growth_mb']:.0f}"],

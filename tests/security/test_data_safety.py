@@ -458,6 +458,8 @@ def test_freshly_started_cli_writers_killed_keep_the_invariants(fork_runner: For
     killed = []
     for i, delay in enumerate([0.0, *rng.uniform(0.0, window, 2)]):
         killed.append(_exec_kill([*build, str((8, 4)[i % 2])], work, float(delay))["killed"])
+        record("fresh-process kill points", 1)
+        record("fresh-process interrupts", int(killed[-1]))
         check_unchanged(foreign)
         assert fingerprint(ad.DefectBank.load(target)) in expected.values(), f"kill {i} left no bank or a mixed one"
 
@@ -479,5 +481,7 @@ def test_freshly_started_cli_writers_killed_keep_the_invariants(fork_runner: For
     assert check_synth_folder(out, runs, foreign) == "B"
     for i, delay in enumerate([0.0, *rng.uniform(0.0, window, 1)]):
         killed.append(synth("AB"[i % 2], float(delay))["killed"])
+        record("fresh-process kill points", 1)
+        record("fresh-process interrupts", int(killed[-1]))
         check_synth_folder(out, runs, foreign)
     assert sum(killed) >= 3, f"too few kills landed while writing: {killed}"
