@@ -15,6 +15,7 @@ folders and sends SIGKILL a seeded delay after the first change it sees.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -417,7 +418,13 @@ def _exec_kill(argv: list, watch: Path, delay_s: float | None, timeout_s: float 
     SIGKILL ``delay_s`` after anything under ``watch`` first changes (``None``: let it finish)."""
 
     def listing() -> set:
-        return {(p, p.lstat().st_size, p.lstat().st_mtime_ns) for p in watch.rglob("*") if p.exists()}
+        seen = set()
+        for folder, dirs, files in os.walk(watch):  # the writer renames and deletes meanwhile: skip what vanished
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    info = os.lstat(os.path.join(folder, name))
+                    seen.add((folder, name, info.st_size, info.st_mtime_ns))
+        return seen
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CODE_ROOT), os.environ.get("PYTHONPATH", "")])}
     before = listing()
