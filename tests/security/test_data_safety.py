@@ -429,20 +429,23 @@ def _exec_kill(argv: list, watch: Path, delay_s: float | None, timeout_s: float 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CODE_ROOT), os.environ.get("PYTHONPATH", "")])}
     before = listing()
     command = [sys.executable, "-m", "albu_defects", *map(str, argv)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = watch.parent / f"stderr-{os.getpid()}-{time.monotonic_ns()}.txt"  # a file: a full pipe would block it
+    with open(errors, "wb") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     start, changed = time.monotonic(), None
     while process.poll() is None:
         now = time.monotonic()
         if changed is None and listing() != before:
             changed = now
-        if changed is not None and delay_s is not None and now >= changed + delay_s:
+        late = now - start > timeout_s
+        if late or (changed is not None and delay_s is not None and now >= changed + delay_s):
             process.kill()
             process.wait()
+            assert not late, f"{command} did not end in {timeout_s} s"
             return {"killed": True}
-        assert now - start < timeout_s, f"{command} did not end in {timeout_s} s"
         time.sleep(0.002)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    assert process.returncode == 0, f"{command} failed ({process.returncode}): {stderr[-2000:]}"
+    message = errors.read_text(errors="replace")
+    assert process.returncode == 0, f"{command} failed ({process.returncode}): {message[-2000:]}"
     return {"killed": False, "window_s": None if changed is None else time.monotonic() - changed}
 
 
