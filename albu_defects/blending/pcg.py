@@ -11,6 +11,8 @@ image-border sides.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import scipy.fft
@@ -35,6 +37,56 @@ def _box_length(n: int, neumann_start: bool, neumann_end: bool) -> tuple[int, in
     return size, (size - n if neumann_end else 0)
 
 
+def _periodic_eigenvalues(n: int) -> np.ndarray:
+    """Eigenvalues of the periodic path-graph (cycle) Laplacian of length ``n``, in DFT order."""
+    return 2 - 2 * np.cos(2 * np.pi * np.arange(n) / n)
+
+
+def _ccs_multiplier(values: np.ndarray) -> np.ndarray:
+    """A real, even spectrum multiplier (M, N) laid out like OpenCV's packed (CCS) real DFT, so that
+    multiplying a packed spectrum by it elementwise multiplies every complex coefficient."""
+    m, n = values.shape
+    out = np.empty((m, n))
+    half = (n - 1) // 2  # complex columns 1..half: (Re, Im) pairs
+    out[:, 1 : 2 * half + 1] = np.repeat(values[:, 1 : half + 1], 2, axis=1)
+    # Columns 0 and n/2 are real sequences over the rows, packed the same way along the column.
+    rows = np.concatenate([[0], np.repeat(np.arange(1, (m - 1) // 2 + 1), 2), [m // 2] * (m % 2 == 0)]).astype(int)
+    out[:, 0] = values[rows, 0]
+    if n % 2 == 0:
+        out[:, n - 1] = values[rows, n // 2]
+    return out
+
+
+#: Box solves keep their inverse eigenvalues for this many box sizes (same-size boxes recur in a batch).
+_BOX_CACHE = 32
+
+
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _trig_inverse(bh: int, bw: int, neumann: Sides) -> np.ndarray:
+    """Inverse eigenvalues (float32, read-only) of the trig-transform box Laplacian."""
+    (top, bottom, left, right) = neumann
+    eig = axis_transform(bh, top, bottom).eigenvalues[:, None] + axis_transform(bw, left, right).eigenvalues[None, :]
+    if eig[0, 0] <= 0:  # all four sides on the image border: the constant mode is free
+        eig[0, 0] = eig[1:, 0].min(initial=1.0) if bh > 1 else eig[0, 1:].min(initial=1.0)
+    return _read_only((1.0 / eig).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _periodic_inverse(bh: int, bw: int) -> np.ndarray:
+    """Inverse eigenvalues of the periodic box Laplacian, divided by the box size (the inverse DFT then
+    needs no scaling pass), in OpenCV's packed layout; float32, read-only. The constant mode
+    (eigenvalue 0) gets the smallest non-zero eigenvalue, which keeps the preconditioner definite."""
+    ey, ex = _periodic_eigenvalues(bh), _periodic_eigenvalues(bw)
+    eig = ey[:, None] + ex[None, :]
+    eig[0, 0] = min(ey[1:].min(initial=np.inf), ex[1:].min(initial=np.inf))
+    return _read_only(_ccs_multiplier(1.0 / (eig * (bh * bw))).astype(np.float32))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
 class _TrigBoxSolver:
     """Fast Poisson solve on the crop's box (grown to FFT-friendly sides), masked: one trig transform
     per axis chosen by its boundary conditions, in float32 (it is only a preconditioner)."""
@@ -43,10 +95,7 @@ class _TrigBoxSolver:
         (h, w), (top, bottom, left, right) = crop_mask.shape, neumann
         (bh, oy), (bw, ox) = _box_length(h, top, bottom), _box_length(w, left, right)
         self.ty, self.tx = axis_transform(bh, top, bottom), axis_transform(bw, left, right)
-        eig = self.ty.eigenvalues[:, None] + self.tx.eigenvalues[None, :]
-        if eig[0, 0] <= 0:  # all four sides on the image border: the constant mode is free
-            eig[0, 0] = eig[1:, 0].min(initial=1.0) if bh > 1 else eig[0, 1:].min(initial=1.0)
-        self.inverse = (1.0 / eig).astype(np.float32)
+        self.inverse = _trig_inverse(bh, bw, neumann)
         self.buffer = np.zeros((bh, bw), np.float32)
         self.window = (slice(oy, oy + h), slice(ox, ox + w))
         self.crop = (slice(0, h), slice(0, w))
@@ -76,43 +125,18 @@ class _TrigBoxSolver:
         np.multiply(z[self.window], self.crop_mask, out=out[self.crop])
 
 
-def _periodic_eigenvalues(n: int) -> np.ndarray:
-    """Eigenvalues of the periodic path-graph (cycle) Laplacian of length ``n``, in DFT order."""
-    return 2 - 2 * np.cos(2 * np.pi * np.arange(n) / n)
-
-
-def _ccs_multiplier(values: np.ndarray) -> np.ndarray:
-    """A real, even spectrum multiplier (M, N) laid out like OpenCV's packed (CCS) real DFT, so that
-    multiplying a packed spectrum by it elementwise multiplies every complex coefficient."""
-    m, n = values.shape
-    out = np.empty((m, n))
-    half = (n - 1) // 2  # complex columns 1..half: (Re, Im) pairs
-    out[:, 1 : 2 * half + 1] = np.repeat(values[:, 1 : half + 1], 2, axis=1)
-    # Columns 0 and n/2 are real sequences over the rows, packed the same way along the column.
-    rows = np.concatenate([[0], np.repeat(np.arange(1, (m - 1) // 2 + 1), 2), [m // 2] * (m % 2 == 0)]).astype(int)
-    out[:, 0] = values[rows, 0]
-    if n % 2 == 0:
-        out[:, n - 1] = values[rows, n // 2]
-    return out
-
-
 class _PeriodicBoxSolver:
     """Fast Poisson solve on the crop's box with periodic sides (OpenCV's real DFT, float32), masked.
 
     Only for crops with a Dirichlet ring on every side: the ring and the padding to a DFT-friendly
     size separate the mask from its periodic copies, so the wrap-around costs no iterations, and a
-    real DFT is about twice as fast as scipy's sine transform. The constant mode (eigenvalue 0)
-    gets the smallest non-zero eigenvalue, which keeps the preconditioner positive definite.
+    real DFT is about twice as fast as scipy's sine transform.
     """
 
     def __init__(self, crop_mask: np.ndarray):
         h, w = crop_mask.shape
         bh, bw = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
-        ey, ex = _periodic_eigenvalues(bh), _periodic_eigenvalues(bw)
-        eig = ey[:, None] + ex[None, :]
-        eig[0, 0] = min(ey[1:].min(initial=np.inf), ex[1:].min(initial=np.inf))
-        # 1 / (eigenvalue * size): the inverse DFT then needs no scaling pass.
-        self.inverse = _ccs_multiplier(1.0 / (eig * (bh * bw))).astype(np.float32)
+        self.inverse = _periodic_inverse(bh, bw)
         self.buffer = np.zeros((bh, bw), np.float32)
         self.spectrum = np.empty((bh, bw), np.float32)
         self.solution = np.empty((bh, bw), np.float32)
