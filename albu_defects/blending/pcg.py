@@ -58,7 +58,7 @@ def _ccs_multiplier(values: np.ndarray) -> np.ndarray:
 
 
 #: Box solves keep their inverse eigenvalues for this many box sizes (same-size boxes recur in a batch).
-_BOX_CACHE = 32
+_BOX_CACHE = 64
 
 
 @functools.lru_cache(maxsize=_BOX_CACHE)

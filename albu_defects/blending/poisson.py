@@ -155,19 +155,21 @@ def _region(inputs: BlendInputs) -> _Region:
     sy1, sx1 = sy0 + mask.shape[0], sx0 + mask.shape[1]
     inner = source[max(sy0, 0) : min(sy1, source.shape[0]), max(sx0, 0) : min(sx1, source.shape[1])]
     pads = ((max(-sy0, 0), max(sy1 - source.shape[0], 0)), (max(-sx0, 0), max(sx1 - source.shape[1], 0)), (0, 0))
-    src = np.pad(inner.astype(np.float64), pads, mode="edge") if any(map(any, pads)) else inner.astype(np.float64)
-    tgt = target[cy0:cy1, cx0:cx1].astype(np.float64)
+    src = np.pad(inner, pads, mode="edge") if any(map(any, pads)) else inner
     neumann = (ty0 == 0, ty1 == height, tx0 == 0, tx1 == width)
     transposed = mask.shape[1] > mask.shape[0]
     if transposed:
-        mask, tgt, src = mask.T, tgt.transpose(1, 0, 2), src.transpose(1, 0, 2)
-        neumann = (neumann[2], neumann[3], neumann[0], neumann[1])
+        mask, neumann = mask.T, (neumann[2], neumann[3], neumann[0], neumann[1])
+
+    def in_frame(image: np.ndarray) -> np.ndarray:  # float64, C order, transposed if the frame is: one copy
+        return np.array(image.transpose(1, 0, 2) if transposed else image, dtype=np.float64, order="C")
+
     return _Region(
         (slice(cy0, cy1), slice(cx0, cx1)),
         transposed,
         np.ascontiguousarray(mask),
-        np.ascontiguousarray(tgt),
-        np.ascontiguousarray(src),
+        in_frame(target[cy0:cy1, cx0:cx1]),
+        in_frame(src),
         neumann,
     )
 
