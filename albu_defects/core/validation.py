@@ -207,6 +207,8 @@ def clip_to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        rounded = np.rint(values)
+        np.minimum(np.maximum(rounded, info.min, out=rounded), info.max, out=rounded)  # np.clip, without its overhead
+        return rounded.astype(dtype)
     finite = np.nan_to_num(values, nan=0.0, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
     return finite.astype(dtype, copy=False)
