@@ -28,6 +28,8 @@ if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX C
 __all__ = ["FlipAffine", "affine_matrix", "flip_affine"]
 
 Range = tuple[float, float]
+_EYE = np.eye(3)
+_EYE_TOLERANCE = 1e-8 + 1e-5 * np.abs(_EYE)  # np.allclose's default atol + rtol * |b|, precomputed
 
 
 def affine_matrix(
@@ -59,7 +61,7 @@ def flip_affine(
     warp) into the same size, reflecting at the border (``BORDER_REFLECT_101``). Keeps dtype and shape."""
     out = cv2.flip(image, 1) if hflip else image
     out = cv2.flip(out, 0) if vflip else out
-    if matrix is not None and not np.allclose(matrix, np.eye(3)):
+    if matrix is not None and not (np.abs(matrix - _EYE) <= _EYE_TOLERANCE).all():  # np.allclose, as albumentations
         h, w = image.shape[:2]
         warped = [
             cv2.warpAffine(chunk, matrix[:2], (w, h), flags=interpolation, borderMode=cv2.BORDER_REFLECT_101)
