@@ -125,16 +125,18 @@ class _MaskedSystem:
         self.mask = mask
         index = np.cumsum(mask.ravel()).reshape(mask.shape) - 1
         self.n = int(index[-1, -1]) + 1 if mask.size else 0
-        diag = np.full(mask.shape, 4.0)
-        for side in border_sides(mask.shape, neumann):
-            diag[side] -= 1.0
-        self.diag = diag[mask]
-        pairs = [
-            (mask[:, :-1] & mask[:, 1:], index[:, :-1], index[:, 1:]),
-            (mask[:-1] & mask[1:], index[:-1], index[1:]),
-        ]
-        self.first = np.concatenate([a[pair] for pair, a, _ in pairs])  # every edge once, first < second
-        self.second = np.concatenate([b[pair] for pair, _, b in pairs])
+        if any(neumann):
+            diag = np.full(mask.shape, 4.0)
+            for side in border_sides(mask.shape, neumann):
+                diag[side] -= 1.0
+            self.diag = diag[mask]
+        else:
+            self.diag = np.full(self.n, 4.0)
+        # Every edge once, first < second: right neighbours (the next unknown) and lower ones.
+        right = index[:, :-1][mask[:, :-1] & mask[:, 1:]]
+        down = mask[:-1] & mask[1:]
+        self.first = np.concatenate([right, index[:-1][down]])
+        self.second = np.concatenate([right + 1, index[1:][down]])
 
     def matrix(self) -> scipy.sparse.csc_matrix:
         n, first, second = self.n, self.first, self.second
@@ -163,14 +165,15 @@ def _solve_banded(system: _MaskedSystem, ordering: _Ordering, rhs: np.ndarray) -
     """Exact solve by banded Cholesky (LAPACK ``pbsv``, lower band storage): every channel at once."""
     position, band = ordering
     ab = np.zeros((band + 1, system.n), order="F")  # LAPACK's layout: no copy on the way in
+    flat = ab.reshape(-1, order="F")  # a view: ab[i, j] is flat[j (band + 1) + i]
     b = rhs[system.mask]
     if position is None:  # row-major: the unknowns keep their order
         ab[0] = system.diag
-        ab[system.second - system.first, system.first] = -1.0  # ab[i - j, j] = A[i, j], i > j
+        flat[system.first * (band + 1) + (system.second - system.first)] = -1.0  # ab[i - j, j] = A[i, j], i > j
     else:
         ab[0, position] = system.diag
         first, second = position[system.first], position[system.second]
-        ab[np.abs(second - first), np.minimum(first, second)] = -1.0
+        flat[np.minimum(first, second) * (band + 1) + np.abs(second - first)] = -1.0
         b = b[np.argsort(position)]
     # Up to a band of 32 LAPACK factorizes column by column on vectors too short for OpenBLAS to
     # thread, so the thread limit (about 20 us) is only paid for wider bands.
