@@ -169,6 +169,12 @@ class _Operator:
         np.multiply(y, self.maskf, out=y)
         return y
 
+    def single(self) -> _Operator:
+        """The same operator on float32 grids."""
+        other = object.__new__(_Operator)
+        other.maskf, other.sides = self.maskf.astype(np.float32), self.sides
+        return other
+
 
 #: Cell side of the coarse level of the preconditioner (pixels between neighbouring coarse nodes).
 _COARSE_CELL = 6
@@ -267,13 +273,13 @@ class _CoarseSolver:
         height = cy * k
         # Along the rows: each cell's k pixels go to its left and right node (one BLAS product).
         to_nodes = (fine.reshape(-1, k) @ self.hats_t).reshape(height, cx, 2)
-        along_x = np.empty((height, cx + 1))
+        along_x = np.empty((height, cx + 1), fine.dtype)
         along_x[:, :-1] = to_nodes[:, :, 0]
         along_x[:, -1] = 0.0
         along_x[:, 1:] += to_nodes[:, :, 1]
         # Along the columns: the same for each cell's k rows, to its upper and lower node.
         to_rows = self.hats @ along_x.reshape(cy, k, cx + 1)  # (cy, 2, cx + 1)
-        out = np.empty((cy + 1, cx + 1))
+        out = np.empty((cy + 1, cx + 1), fine.dtype)
         out[:-1] = to_rows[:, 0]
         out[-1] = 0.0
         out[1:] += to_rows[:, 1]
@@ -293,6 +299,14 @@ class _CoarseSolver:
         fine = self._prolong(self.nodes)
         np.multiply(fine, self.maskf, out=fine)
         return fine
+
+    def single(self) -> _CoarseSolver:
+        """The same coarse solve on float32 grids (its factor and solve stay float64)."""
+        other = object.__new__(_CoarseSolver)
+        other.__dict__.update(self.__dict__)
+        other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
+        other.maskf, other.nodes = self.maskf.astype(np.float32), self.nodes.astype(np.float32)
+        return other
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -322,31 +336,45 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
     if not coarse.ok:
         return None
     box = _box_solver(mask, neumann)
+    preconditioner = _Preconditioner(box, operator.single(), coarse.single(), grid)
     out = np.empty_like(rhs)
     for channel in range(rhs.shape[2]):
         b = np.zeros(grid)
         np.multiply(rhs[:, :, channel], mask, out=b[:h, :w])
-        x = _cg(b, operator, box, coarse, max_iter)
+        x = _cg(b, operator, preconditioner, coarse, max_iter)
         if x is None:
             return None
         out[:, :, channel] = x[:h, :w]
     return out
 
 
-def _cg(b: np.ndarray, apply_a: _Operator, box, coarse: _CoarseSolver, max_iter: int) -> np.ndarray | None:
+class _Preconditioner:
+    """``z = (I - Q A) B r`` in float32: the box solve ``B`` is float32 already, so its product by
+    ``A`` and the coarse correction are computed at that precision too (half the memory traffic);
+    the iteration itself stays float64."""
+
+    def __init__(self, box, operator32: _Operator, coarse32: _CoarseSolver, grid: tuple[int, int]):
+        self.box, self.operator32, self.coarse32 = box, operator32, coarse32
+        self.boxed = np.zeros(grid, np.float32)
+        self.work = np.empty(grid, np.float32)
+
+    def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
+        self.box(residual, self.boxed)
+        correction = self.coarse32(self.operator32(self.boxed, out=self.work))
+        np.subtract(self.boxed, correction, out=out)
+
+
+def _cg(
+    b: np.ndarray, apply_a: _Operator, precondition: _Preconditioner, coarse: _CoarseSolver, max_iter: int
+) -> np.ndarray | None:
     """The deflated PCG iteration of :func:`solve_pcg` for one channel (grids are float64, masked)."""
     bound = RESIDUAL_BOUND * RESIDUAL_BOUND * _dot(b, b)
     goal = bound / (RESIDUAL_BOUND / CG_TOLERANCE) ** 2
     z = np.zeros_like(b)  # the preconditioned residual
     work = np.empty_like(b)
-
-    def precondition(res: np.ndarray) -> None:
-        box(res, z)
-        np.subtract(z, coarse(apply_a(z, out=work)), out=z)
-
     x = coarse(b)
     r = b - apply_a(x, out=work)
-    precondition(r)
+    precondition(r, z)
     p = z.copy()
     rz = _dot(r, z)
     for _ in range(max_iter):
@@ -362,7 +390,7 @@ def _cg(b: np.ndarray, apply_a: _Operator, box, coarse: _CoarseSolver, max_iter:
         alpha = rz / pap
         cv2.scaleAdd(p, alpha, x, dst=x)
         cv2.scaleAdd(ap, -alpha, r, dst=r)
-        precondition(r)
+        precondition(r, z)
         rz, beta = _dot(r, z), 1.0 / rz
         beta *= rz
         cv2.scaleAdd(p, beta, z, dst=p)
