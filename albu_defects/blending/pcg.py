@@ -125,6 +125,16 @@ class _TrigBoxSolver:
         np.multiply(z[self.window], self.crop_mask, out=out[self.crop])
 
 
+def _dft_size(n: int) -> int:
+    """The smallest length >= ``n`` that OpenCV's real DFT handles fastest: a multiple of 4 with no
+    prime factor above 5 (odd lengths cost 1.3-1.9x as much per pixel, measured: 243 px take longer
+    than 256)."""
+    size = cv2.getOptimalDFTSize(n)
+    while size % 4:
+        size = cv2.getOptimalDFTSize(size + 1)
+    return size
+
+
 class _PeriodicBoxSolver:
     """Fast Poisson solve on the crop's box with periodic sides (OpenCV's real DFT, float32), masked.
 
@@ -135,7 +145,7 @@ class _PeriodicBoxSolver:
 
     def __init__(self, crop_mask: np.ndarray):
         h, w = crop_mask.shape
-        bh, bw = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
+        bh, bw = _dft_size(h), _dft_size(w)
         self.inverse = _periodic_inverse(bh, bw)
         self.buffer = np.zeros((bh, bw), np.float32)
         self.spectrum = np.empty((bh, bw), np.float32)
