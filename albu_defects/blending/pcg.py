@@ -245,6 +245,7 @@ class _CoarseSolver:
         # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of hat weight.
         self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
         self.nodes = np.zeros((cy + 1, cx + 1))
+        self.banded_solve = lapack.dpbtrs
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
         """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major, LAPACK's lower
@@ -304,7 +305,7 @@ class _CoarseSolver:
 
     def __call__(self, residual: np.ndarray) -> np.ndarray:
         """``Q residual = P (P^T A P)^-1 P^T residual``, masked."""
-        solved, _ = lapack.dpbtrs(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
+        solved, _ = self.banded_solve(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
         self.nodes[self.present] = solved
         fine = self._prolong(self.nodes)
         np.multiply(fine, self.maskf, out=fine)
@@ -316,6 +317,7 @@ class _CoarseSolver:
         other.__dict__.update(self.__dict__)
         other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
         other.maskf, other.nodes = self.maskf.astype(np.float32), self.nodes.astype(np.float32)
+        other.factor, other.banded_solve = self.factor.astype(np.float32, order="F"), lapack.spbtrs
         return other
 
 
