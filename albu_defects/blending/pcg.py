@@ -246,6 +246,7 @@ class _CoarseSolver:
         self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
         self.nodes = np.zeros((cy + 1, cx + 1))
         self.banded_solve = lapack.dpbtrs
+        self._pairs: np.ndarray | None = None  # no kept buffer: this one is called once per channel
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
         """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major, LAPACK's lower
@@ -296,18 +297,21 @@ class _CoarseSolver:
         out[1:] += to_rows[:, 1]
         return out
 
-    def _prolong(self, nodes: np.ndarray) -> np.ndarray:
-        """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values."""
+    def _prolong(self, nodes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values, into
+        ``out`` (a solve grid) when given."""
         (cy, cx), k = self.cells, self.k
         along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ self.hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
-        fine = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1) @ self.hats  # (cy, u, cx, v)
+        pairs = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1, out=self._pairs)  # (cy, u, cx, 2)
+        fine = np.matmul(pairs, self.hats, out=None if out is None else out.reshape(cy, k, cx, k))  # (cy, u, cx, v)
         return fine.reshape(cy * k, cx * k)
 
-    def __call__(self, residual: np.ndarray) -> np.ndarray:
-        """``Q residual = P (P^T A P)^-1 P^T residual``, masked."""
+    def __call__(self, residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``Q residual = P (P^T A P)^-1 P^T residual``, masked; into ``out`` (a solve grid, which may be
+        ``residual`` itself) when given."""
         solved, _ = self.banded_solve(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
         self.nodes[self.present] = solved
-        fine = self._prolong(self.nodes)
+        fine = self._prolong(self.nodes, out)
         np.multiply(fine, self.maskf, out=fine)
         return fine
 
@@ -318,6 +322,9 @@ class _CoarseSolver:
         other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
         other.maskf, other.nodes = self.maskf.astype(np.float32), self.nodes.astype(np.float32)
         other.factor, other.banded_solve = self.factor.astype(np.float32, order="F"), lapack.spbtrs
+        # Called once per iteration: its large intermediate is kept (fresh ones cost page faults).
+        (cy, cx), k = self.cells, self.k
+        other._pairs = np.empty((cy, k, cx, 2), np.float32)
         return other
 
 
@@ -372,7 +379,7 @@ class _Preconditioner:
 
     def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
         self.box(residual, self.boxed)
-        correction = self.coarse32(self.operator32(self.boxed, out=self.work))
+        correction = self.coarse32(self.operator32(self.boxed, out=self.work), out=self.work)
         np.subtract(self.boxed, correction, out=out)
 
 
