@@ -46,6 +46,7 @@ RESIDUAL_BOUND = 1e-6
 SMALL_DEFECT = 2_000
 MIN_DEFECT = 9
 RING = 3
+_TURNS = np.random.default_rng(0)  # draws the order of the turns in each round (see time_interleaved)
 
 
 class Pair(NamedTuple):
@@ -90,14 +91,19 @@ def read_pairs(root: Path, rng: np.random.Generator, limit: int | None = None) -
 
 def time_interleaved(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall and CPU time (ms) of each function, the functions taking turns so that they share
-    the machine's load; one warm-up call each. (Every method here runs on one thread: its CPU time is
-    its cost, which waiting for a busy core does not inflate.)"""
+    the machine's load; one warm-up call each. The order of the turns is drawn afresh each round
+    (seeded): in a fixed order a function always runs right after the same one, and the bare
+    ``cv2.seamlessClone`` call ran warm after ``poisson_blend(method='opencv')``, which makes the same
+    call on the same sizes. (Every method here runs on one thread: its CPU time is its cost, which
+    waiting for a busy core does not inflate.)"""
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
+    names = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in _TURNS.permutation(names):
+            fn = fns[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[name].append((time.perf_counter() - start) * 1e3)
@@ -301,7 +307,7 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
     )
     body = (
         "Median ms per blend of a grayscale defect crop into a defect-free tile (blend region = defect "
-        "mask dilated by 3 px), by region size; methods take turns on each pair, so they share the "
+        "mask dilated by 3 px), by region size; methods take turns on each pair (in a random order each round), so they share the "
         "machine's load. `cv2` is the bare `cv2.seamlessClone` call on images already converted to 3 "
         "channels; `opencv` is `poisson_blend(method='opencv')` (the same call behind its guards, gray "
         "converted to 3 channels and back); `exact` is the masked Perez solve (relative residual "
