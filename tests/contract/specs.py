@@ -413,6 +413,7 @@ def inject_cases(draw: Any, active: bool = False) -> Case:
         "poisson_p": draw(st.sampled_from([0.0, 1.0])),
         "n": draw(st.sampled_from([1, [1, 3]])),
         "placement": draw(st.sampled_from(["random", "source"])),
+        "size_mode": draw(st.sampled_from(["relative", "absolute_crop"])),
     }
     key = draw(st.sampled_from([ad.CLASS_VECTOR_KEY, "label"]))  # "label": pipelines saved by 0.1.0
     if key != ad.CLASS_VECTOR_KEY:
@@ -537,6 +538,7 @@ def guided_cases(draw: Any, active: bool = False) -> Case:
         "max_defects": draw(st.sampled_from([1, 3])),
         "weights": draw(st.sampled_from(["uniform", "inverse_frequency"])),
         "skip_defective": draw(st.booleans()),
+        "size_mode": draw(st.sampled_from(["absolute", "relative"])),  # relative: the 32x40 sources rescaled
         **(STAGE_OFF if stage == "off" else {}),
     }
     disjoint = draw(st.booleans())
@@ -882,6 +884,7 @@ def dli_cases(draw: Any, active: bool = False) -> Case:
         "fill": "all" if active else draw(st.sampled_from(["all", "balance"])),
         "max_inject_fraction": 1.0 if active else draw(st.sampled_from([1.0, 0.5])),
         "placement": draw(st.sampled_from(["random", "source"])),
+        "size_mode": draw(st.sampled_from(["relative", "absolute_crop"])),
     }
     disjoint = draw(st.booleans())
     count = draw(st.integers(1, 4))
