@@ -23,6 +23,7 @@ from .functional import (
     Placement,
     SizeMode,
     crop_to_defect,
+    cut_to_target,
     fit_to_target,
     inject_defect,
     match_channels,
@@ -135,11 +136,11 @@ def choose_entry(
 ) -> DefectEntry:
     """Draw a bank entry of ``class_id`` for a target of ``target_hw``.
 
-    ``"relative"``: uniformly among the class's entries. ``"absolute"``: uniformly among those whose
-    defect box fits the target; ``ValueError`` naming the class, the target size and the smallest
-    defect when none does.
+    ``"relative"`` and ``"absolute_crop"``: uniformly among the class's entries. ``"absolute"``:
+    uniformly among those whose defect box fits the target; ``ValueError`` naming the class, the
+    target size and the smallest defect when none does.
     """
-    if size_mode == "relative":
+    if size_mode != "absolute":
         return bank.draw(class_id, rng)
     entries = bank.entries_of(class_id)
     if not entries:
@@ -152,7 +153,7 @@ def choose_entry(
         raise ValueError(
             f"no {bank.classes[class_id - 1]!r} defect (class {class_id}) fits {target_name} ({th}x{tw}) with "
             f"size_mode='absolute': the closest is {sh}x{sw} px (entry {smallest.entry_id}, {smallest.source_id}); "
-            "use size_mode='relative', larger images, or leave this class out"
+            "use size_mode='absolute_crop' (cuts it to the image) or 'relative', larger images, or leave this class out"
         )
     return fitting[int(rng.integers(len(fitting)))]
 
@@ -201,6 +202,8 @@ def plan_injection(
         else:
             crop, mask, _ = crop_to_defect(crop, mask, context)
             shift = (0.0, 0.0)
+        if size_mode == "absolute_crop":
+            crop, mask = cut_to_target(crop, mask, target_hw, context, rng)
         crop, mask, factor = fit_to_target(crop, mask, target_hw, context)
     with timed(timings, "sampling"):
         if placement == "random":
