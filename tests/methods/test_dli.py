@@ -357,7 +357,7 @@ def test_clear_errors(sample_bank, samples, tmp_path):
         # the options InjectDefect shares are checked by the same schema (one message form for both)
         ({"fill": "some"}, r"fill\n  Input should be 'all' or 'balance'"),
         ({"placement": "centre"}, r"placement\n  Input should be 'random' or 'source'"),
-        ({"size_mode": "big"}, r"size_mode\n  Input should be 'relative' or 'absolute'"),
+        ({"size_mode": "big"}, r"size_mode\n  Input should be 'relative', 'absolute' or 'absolute_crop'"),
         ({"poisson_p": 2.0}, r"poisson_p\n  Input should be less than or equal to 1"),
         ({"max_inject_fraction": -0.1}, r"max_inject_fraction\n  Input should be greater than or equal to 0"),
         ({"blend_margin": -1}, "blend_margin must be an int"),

@@ -100,8 +100,8 @@ def plan_batch(
 
     ``held[i]`` is the set of class ids image ``i`` holds; ``class_ids`` are the balanced classes.
     Rarest class first (:func:`fill_plan`) over at most ``floor(max_inject_fraction * free)`` of the
-    defect-free images, drawn at random; in ``"relative"`` size mode each class's entries are drawn
-    without replacement. Every random draw comes from ``rng`` (and the ``defect_transform``'s own).
+    defect-free images, drawn at random; except in ``"absolute"`` size mode each class's entries are
+    drawn without replacement. Every random draw comes from ``rng`` (and the ``defect_transform``'s own).
     """
     options = BalanceOptions() if options is None else options
     free = [i for i, present in enumerate(held) if not present]
@@ -110,7 +110,8 @@ def plan_batch(
     available = min(len(free), math.floor(options.max_inject_fraction * len(free) + 1e-9))
     chosen = fill_plan(class_counts(held, class_ids), available, options.fill, rng)
     targets = [free[int(j)] for j in rng.permutation(len(free))[: len(chosen)]]
-    entries = entry_sequences(bank, class_ids, chosen, rng) if options.size_mode == "relative" else {}
+    # "absolute" draws among the entries that fit each image; the other modes draw without replacement
+    entries = entry_sequences(bank, class_ids, chosen, rng) if options.size_mode != "absolute" else {}
     plans: dict[int, InjectionPlan] = {}
     for index, k_index in zip(targets, chosen, strict=True):
         plans[index] = plan_injection(

@@ -130,7 +130,10 @@ class DynamicLabelInjection(DefectCompose):
             each defect crop + mask on a padded canvas; default :func:`default_defect_transform`.
         placement: "random" (anywhere the defect fits) or "source" (its relative position in its
             source image, plus the transform's shift).
-        size_mode: "relative" (scale by target size / source size) or "absolute" (keep pixel size).
+        size_mode: "relative" (scale by target size / source size: images resized from the bank's
+            resolution), "absolute" (keep pixel size; only defects that fit the image) or
+            "absolute_crop" (keep pixel size; a defect larger than the image is cut to an
+            image-sized window of it: random crops of images at the bank's resolution).
         p: probability of injecting at all for a batch.
         seed: seed of this compose's generators (an enclosing ``A.Compose(seed=...)`` overrides it).
     """
@@ -147,7 +150,7 @@ class DynamicLabelInjection(DefectCompose):
         max_inject_fraction: float = 1.0,
         defect_transform: Any = None,
         placement: Literal["random", "source"] = "random",
-        size_mode: Literal["relative", "absolute"] = "relative",
+        size_mode: Literal["relative", "absolute", "absolute_crop"] = "relative",
         p: float = 1.0,
         seed: int | None = None,
     ) -> None:
