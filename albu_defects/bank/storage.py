@@ -58,16 +58,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from albu_defects.core.files import (
-    InsideChecker,
-    UnsafeFile,
+from albu_defects.core.files import InsideChecker, UnsafeFile, load_json, open_inside, open_regular
+from albu_defects.core.writing import (
     create_file,
     folder_lock,
     fsync_dir,
     fsync_files,
-    load_json,
-    open_inside,
-    open_regular,
     read_journals,
     remove_files,
     write_journal,
