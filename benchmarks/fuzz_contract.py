@@ -4,8 +4,10 @@
 
 Runs ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract`` (same interpreter; run it with the
 AlbumentationsX venv's python to fuzz under X) with ``ALBU_DEFECTS_CONTRACT_REPORT`` set, then
-tabulates the report: examples run per transform and property, and the failing tests. The fuzz
-profile is not derandomized, so every run draws new examples. With ``--write`` the table replaces
+tabulates the report: examples run per transform and property of the per-transform suite
+(test_contract.py) and of albumentations' generic checks (test_generic.py), examples per property
+of the composition suite (test_composition.py, random pipelines), and the failing tests. The fuzz
+profile is not derandomized, so every run draws new examples. With ``--write`` the tables replace
 the ``fuzz_contract`` section of RESULTS.md (``fuzz_contract_x`` under AlbumentationsX).
 """
 
@@ -48,20 +50,36 @@ def run_suite() -> tuple[dict, float, int]:
         return json.loads(report.read_text()), time.perf_counter() - start, status
 
 
-def table(report: dict) -> tuple[str, int]:
+def _failures(report: dict, pattern: str) -> list[str]:
+    return sorted(
+        re.sub(r"^.*::", "", node)
+        for node, outcome in report["outcomes"].items()
+        if outcome == "failed" and re.search(pattern, node)
+    )
+
+
+def transform_table(report: dict, key: str, module: str) -> tuple[str, int]:
+    """Examples per (transform, property) of one per-transform suite, with its failing tests."""
+    counts_by_name: dict = report.get(key, {})
+    seen = sorted({p for counts in counts_by_name.values() for p in counts})
+    properties = list(PROPERTIES) if key == "examples" else seen
     rows, failed_total = [], 0
-    for name, counts in report["examples"].items():
-        failures = sorted(
-            re.sub(r"^.*::", "", node)
-            for node, outcome in report["outcomes"].items()
-            if outcome == "failed" and re.search(rf"\[{re.escape(name)}(\]|-)", node)
-        )
+    for name, counts in counts_by_name.items():
+        failures = _failures(report, rf"{module}\.py::.*\[{re.escape(name)}(\]|-)")
         failed_total += len(failures)
         rows.append(
-            [name, *(counts.get(p, 0) for p in PROPERTIES), sum(counts.values()), len(failures), "; ".join(failures)]
+            [name, *(counts.get(p, 0) for p in properties), sum(counts.values()), len(failures), "; ".join(failures)]
         )
-    header = ["transform", *PROPERTIES, "examples", "failed tests", "which"]
+    header = ["transform", *properties, "examples", "failed tests", "which"]
     return markdown_table(header, rows), failed_total
+
+
+def composition_table(report: dict) -> tuple[str, int]:
+    """Examples per property of the composition suite (random pipelines), with its failing tests."""
+    failures = _failures(report, r"test_composition\.py::")
+    rows = [[name, count] for name, count in report.get("composition", {}).items()]
+    rows.append(["failed tests", f"{len(failures)}: {'; '.join(failures)}" if failures else "0"])
+    return markdown_table(["property (random pipelines)", "examples"], rows), len(failures)
 
 
 def main() -> None:
@@ -69,12 +87,24 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     report, seconds, status = run_suite()
-    body, failed = table(report)
+    per_transform, failed_a = transform_table(report, "examples", "test_contract")
+    generic, failed_b = transform_table(report, "generic", "test_generic")
+    composition, failed_c = composition_table(report)
     tests = len(report["outcomes"])
+    failed = sum(outcome == "failed" for outcome in report["outcomes"].values())
+    body = (
+        "Per-transform contract (test_contract.py):\n\n"
+        + per_transform
+        + "\n\nalbumentations' generic checks (test_generic.py):\n\n"
+        + generic
+        + "\n\nComposition (test_composition.py; each example is one random pipeline of 2-5 steps and its inputs):\n\n"
+        + composition
+    )
     summary = (
-        f"{tests} tests, {failed} failed, pytest exit status {status}, {seconds:.0f} s wall. Examples per property "
-        "and transform (the fuzz profile: `max_examples=2000` scaled per property; 'bad inputs' sums every bad-input "
-        "test of the transform; each 'seeds' example makes up to six calls, each 'yaml' example four)."
+        f"{tests} tests, {failed} failed ({failed_a} per-transform, {failed_b} generic, {failed_c} composition), "
+        f"pytest exit status {status}, {seconds:.0f} s wall. Examples per property (the fuzz profile: "
+        "`max_examples=2000` scaled per property; 'bad inputs' sums every bad-input test of the transform; each "
+        "'seeds' example makes up to six calls, each 'yaml' example four; an 'independence' example makes 48 calls)."
     )
     print(body + "\n\n" + summary)
     if args.write:
