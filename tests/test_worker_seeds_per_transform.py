@@ -43,7 +43,7 @@ def fired(output: np.ndarray) -> tuple[bool, bool, bool]:
 def nested_pipeline(seed: int | None = 0) -> A.Compose:
     """Three same-p (0.5) decisions at three depths: a leaf, a leaf in a Sequential, a OneOf."""
     return A.Compose(
-        [A.HorizontalFlip(p=0.5), A.Sequential([A.VerticalFlip(p=0.5)]), A.OneOf([A.Transpose(p=1.0)], p=0.5)],
+        [A.HorizontalFlip(p=0.5), A.Sequential([A.VerticalFlip(p=0.5)], p=1.0), A.OneOf([A.Transpose(p=1.0)], p=0.5)],
         seed=seed,
     )
 

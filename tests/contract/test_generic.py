@@ -65,9 +65,18 @@ def run(spec: Spec, name: str, examples: int, strategy: Any, body: Callable[...,
     @given(strategy)
     def prop(drawn: Any) -> None:
         counts[name] = counts.get(name, 0) + 1
-        body(*drawn)
+        case, *rest = drawn
+        body(case if spec.batch else stacked_masks(case), *rest)
 
     prop()
+
+
+def stacked_masks(case: Case) -> Case:
+    """AlbumentationsX takes ``masks`` as one stacked array only (albumentations 2.0.8 also a list)."""
+    masks = case.kwargs.get("masks")
+    if IS_ALBUMENTATIONS_X and isinstance(masks, list) and masks:
+        return with_inputs(case, masks=np.stack([np.asarray(m) for m in masks]))
+    return case
 
 
 def same_outputs(actual: dict[str, Any], expected: dict[str, Any], what: str) -> None:
