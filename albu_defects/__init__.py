@@ -4,23 +4,26 @@ Albumentations-compatible transforms for ContextMix, Dynamic Label Injection, Gu
 CropLiq and CutPaste, on shared cores: a Poisson blender and a defect bank. Importing this package
 registers its transforms with albumentations, so ``A.load`` can read pipelines that use them.
 Torch is never imported here: the batch ops for tensors live in ``albu_defects.pytorch``.
+
+Layers (imports flow downwards only): :mod:`.tools` -> :mod:`.pytorch` -> :mod:`.methods` ->
+:mod:`.blending`, :mod:`.bank` -> :mod:`.core` (and :mod:`.data`, the bundled samples).
 """
 
 from __future__ import annotations
 
-from .anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
 from .bank import DefectBank, DefectBankWarning, DefectEntry, bank_reference, resolve_bank
-from .base import IS_ALBUMENTATIONS_X, DefectTransform
-from .batch import BatchCompose
 from .blending import local_contrast, paste, poisson_blend
-from .class_weights import ClassWeights, losses_to_probabilities
-from .color import color_jitter, sample_color_jitter
-from .contextmix import ContextMix
-from .cropliq import CropLiq
-from .cutpaste import CutPaste
-from .dli import DynamicLabelInjection, InjectDefect
-from .guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
-from .samples import MAGNETIC_TILE_CLASSES, Sample, load_samples
+from .core.batch import BatchCompose
+from .core.class_weights import ClassWeights, losses_to_probabilities
+from .core.color import color_jitter, sample_color_jitter
+from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
+from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples
+from .methods.anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+from .methods.contextmix import ContextMix
+from .methods.cropliq import CropLiq
+from .methods.cutpaste import CutPaste
+from .methods.guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
+from .methods.injection import DynamicLabelInjection, InjectDefect
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from albu_defects.tools.cli import main
 
 sys.exit(main())

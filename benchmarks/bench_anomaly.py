@@ -24,7 +24,7 @@ import numpy as np
 from _common import markdown_table, median_ms, write_section
 
 from albu_defects import CropLiq, CutPaste, load_samples
-from albu_defects.cropliq import liquify, sample_warp_field
+from albu_defects.methods.cropliq.functional import draw_warp_field, liquify
 
 SIZE = 256
 TARGETS_MS = {"CropLiq": 1.0, "CutPaste": 0.3}
@@ -64,8 +64,8 @@ def patch_rows(repeats: int) -> list[list[object]]:
     rows = []
     for side in (32, 64, 128):
         rng = np.random.default_rng(0)
-        field_ms = median_ms(lambda s=side, g=rng: sample_warp_field(s, s, "push", (0.3, 0.6), g), repeats=repeats)
-        dx, dy = sample_warp_field(side, side, "push", (0.3, 0.6), rng)
+        field_ms = median_ms(lambda s=side, g=rng: draw_warp_field(s, s, "push", (0.3, 0.6), g), repeats=repeats)
+        dx, dy = draw_warp_field(side, side, "push", (0.3, 0.6), rng)
         warp_ms = median_ms(lambda dx=dx, dy=dy: liquify(image, (40, 40), dx, dy), repeats=repeats)
         rows.append([f"{side}x{side}", field_ms, warp_ms, field_ms + warp_ms])
     return rows

@@ -75,8 +75,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     rng = np.random.default_rng(0)
-    sample_us = 1e3 * median_ms(lambda: bank.sample("Crack", rng), repeats=2000)
-    blobs_us = 1e3 * median_ms(lambda: bank.sample_blobs("Break", rng), repeats=2000)
+    sample_us = 1e3 * median_ms(lambda: bank.draw("Crack", rng), repeats=2000)
+    blobs_us = 1e3 * median_ms(lambda: bank.draw_blobs("Break", rng), repeats=2000)
     entry = bank.entries_of("Crack")[0]
     image_path = args.root / entry.source_id.split("/")[0] / "Imgs" / (entry.source_id.split("/")[1] + ".jpg")
     read_us = 1e3 * median_ms(
@@ -102,7 +102,7 @@ def main() -> None:
         ["size on disk, copy_free=True (MB)", f"{disk_free / 1e6:.1f}", "", ""],
         ["size in memory, bank.nbytes (MB)", f"{bank.nbytes / 1e6:.1f}", "", ""],
         ["bank.sample (us)", f"{sample_us:.1f}", "", ""],
-        ["bank.sample_blobs (us)", f"{blobs_us:.1f}", "", ""],
+        ["bank.draw_blobs (us)", f"{blobs_us:.1f}", "", ""],
         ["peer: read a defect image + mask from disk (us)", f"{read_us:.0f}", "", ""],
         ["peer / bank.sample", f"{read_us / sample_us:.0f}x", "", ""],
     ]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MAGNETIC_TILE_ROOT, markdown_table, write_section
 
 from albu_defects import MAGNETIC_TILE_CLASSES, local_contrast, paste, poisson_blend
-from albu_defects.geometry import connected_components, dilate_mask, mask_bbox
+from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox
 
 BUCKETS = (("<1k", 0, 1_000), ("1k-10k", 1_000, 10_000), (">=10k", 10_000, 1 << 62))
 TARGET_RATIO = {"1k-10k": 2.0, ">=10k": 3.0}
@@ -65,7 +65,7 @@ def read_pairs(root: Path, rng: np.random.Generator, limit: int | None = None) -
                 own = labels == k
                 if own.sum() < MIN_DEFECT:
                     continue
-                y0, x0, y1, x1 = mask_bbox(dilate_mask(own, 2 * RING))  # room for the ring around the region
+                x0, y0, x1, y1 = mask_bbox(dilate_mask(own, 2 * RING))  # room for the ring around the region
                 crop = (slice(y0, y1), slice(x0, x1))
                 source, label = image[crop], own[crop]
                 region = dilate_mask(label, RING)
@@ -123,7 +123,7 @@ def measure(pair: Pair, repeats: int) -> dict:
         # The bare call on images already in 3 channels: the peer without our guards' overhead.
         src3, dst3 = cv2.cvtColor(pair.source, cv2.COLOR_GRAY2BGR), cv2.cvtColor(pair.target, cv2.COLOR_GRAY2BGR)
         mask255 = pair.mask.astype(np.uint8) * 255
-        y0, x0, y1, x1 = mask_bbox(pair.mask)
+        x0, y0, x1, y1 = mask_bbox(pair.mask)
         center = (pair.top_left[1] + x0 + (x1 - x0) // 2, pair.top_left[0] + y0 + (y1 - y0) // 2)
         fns["cv2"] = lambda: cv2.seamlessClone(src3, dst3, mask255.copy(), center, cv2.NORMAL_CLONE)
     row["ms"] = time_interleaved(fns, repeats)

@@ -1,19 +1,19 @@
-"""Benchmark: ``albu_defects.pytorch.ContextMix`` against plain CutMix (the floor) and kornia.
+"""Benchmark: ``albu_defects.pytorch.TensorContextMix`` (ContextMix on tensors) against plain CutMix (the floor) and kornia.
 
 Same run, same tensors. For each batch shape and mode, every method pastes with the *same* boxes
 and pairing (a fresh set per timing round, drawn with the shared box sampler), so the ratios
 compare pixel work only:
 
-- **ContextMix** = ``ContextMix(mode=..., inplace=...).apply(images, None, perm, boxes)`` (nearest,
+- **TensorContextMix** = ``TensorContextMix(mode=..., inplace=...).apply(images, None, perm, boxes)`` (nearest,
   the paper's setting): the whole partner image resized into the box by index gathers, with the
   op's scratch buffers reused between calls;
 - **plain CutMix** = what timm and torchvision do: build the permuted batch (``x[perm]``), then
   slice-copy the box from it (one slice per batch, or a Python loop over samples in per-sample
-  mode); in place (timm) or on a clone (torchvision), matching ContextMix's ``inplace``;
+  mode); in place (timm) or on a clone (torchvision), matching TensorContextMix's ``inplace``;
 - **box-only CutMix** = a leaner CutMix that gathers only the box from the partners (reference);
 - **kornia** ``RandomCutMixV2(use_correct_lambda=True)`` (its own boxes; ``same_on_batch`` in batch
   mode; out of place; no uint8 support);
-- **full call** = ``ContextMix(num_classes=10)(images, labels)`` end to end (draws, paste, soft
+- **full call** = ``TensorContextMix(num_classes=10)(images, labels)`` end to end (draws, paste, soft
   targets; its own boxes).
 
 Targets: batch mode <= 1.5x plain CutMix batch mode; per-sample mode <= 2x plain per-sample CutMix.
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from _common import interleaved_times_ms, markdown_table, write_section
 
-from albu_defects.contextmix import sample_boxes
-from albu_defects.pytorch import ContextMix
+from albu_defects.methods.contextmix.functional import draw_boxes
+from albu_defects.pytorch import TensorContextMix
 
 CONFIGS = [((64, 3, 224, 224), torch.float32), ((256, 3, 32, 32), torch.float32), ((64, 3, 256, 256), torch.uint8)]
 TARGETS = {"batch": 1.5, "sample": 2.0}
@@ -49,10 +49,10 @@ def plain_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray, in
     partner = images[perm]
     out = images if inplace else images.clone()
     if boxes.ndim == 1:
-        y0, x0, y1, x1 = (int(v) for v in boxes)
+        x0, y0, x1, y1 = (int(v) for v in boxes)
         out[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
     else:
-        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             out[i, :, y0:y1, x0:x1] = partner[i, :, y0:y1, x0:x1]
     return out
 
@@ -61,14 +61,14 @@ def box_only_cutmix(images: torch.Tensor, perm: torch.Tensor, boxes: np.ndarray,
     """A leaner CutMix: gather only the box pixels of the partners (no permuted copy of the batch)."""
     out = images if inplace else images.clone()
     if boxes.ndim == 1:
-        y0, x0, y1, x1 = (int(v) for v in boxes)
+        x0, y0, x1, y1 = (int(v) for v in boxes)
         out[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
     else:
         patches = [
             images[j, :, y0:y1, x0:x1].clone()
-            for j, (y0, x0, y1, x1) in zip(perm.tolist(), boxes.tolist(), strict=True)
+            for j, (x0, y0, x1, y1) in zip(perm.tolist(), boxes.tolist(), strict=True)
         ]
-        for i, ((y0, x0, y1, x1), patch) in enumerate(zip(boxes.tolist(), patches, strict=True)):
+        for i, ((x0, y0, x1, y1), patch) in enumerate(zip(boxes.tolist(), patches, strict=True)):
             out[i, :, y0:y1, x0:x1] = patch
     return out
 
@@ -85,8 +85,8 @@ def time_row(images, labels, sets, mode: str, inplace: bool, kornia, stat) -> di
     """``stat`` (median or min) of interleaved timings of every method on the same ``sets`` of boxes."""
     n = images.shape[0]
     streams = {name: itertools.cycle(sets) for name in ("ours", "plain", "box")}
-    op = ContextMix(mode=mode, inplace=inplace)
-    full = ContextMix(num_classes=10, mode=mode, inplace=inplace, seed=0)
+    op = TensorContextMix(mode=mode, inplace=inplace)
+    full = TensorContextMix(num_classes=10, mode=mode, inplace=inplace, seed=0)
 
     def ours():
         perm, boxes = next(streams["ours"])
@@ -120,7 +120,7 @@ def run(repeats: int, statistic: str = "median") -> str:
             count = 1 if mode == "batch" else n
             sets = []
             for _ in range(repeats + 2):  # warmup included: every method sees the same sequence of boxes
-                boxes = sample_boxes(height, width, rng.random((count, 3)))
+                boxes = draw_boxes(height, width, rng.random((count, 3)))
                 sets.append((torch.from_numpy(rng.permutation(n)), boxes[0] if mode == "batch" else boxes))
             kornia = kornia_cutmix(mode) if dtype != torch.uint8 else None
             for inplace in (True, False):
@@ -165,9 +165,9 @@ def run(repeats: int, statistic: str = "median") -> str:
         "and pairing per round"
         + ("; the minimum because other jobs shared the machine" if statistic == "min" else "")
         + "). "
-        "ContextMix = `ContextMix.apply` with the round's boxes, nearest; plain CutMix = permuted batch + slice copy "
+        "ContextMix = `TensorContextMix.apply` with the round's boxes, nearest; plain CutMix = permuted batch + slice copy "
         "(timm in place, torchvision on a clone), the target's floor; box-only CutMix gathers only the box "
-        "(reference); full call = `ContextMix(num_classes=10)(images, labels)` with its own draws and soft targets; "
+        "(reference); full call = `TensorContextMix(num_classes=10)(images, labels)` with its own draws and soft targets; "
         "kornia = `RandomCutMixV2(use_correct_lambda=True)` with its own boxes (out of place only, no uint8), its "
         "ratio is against plain CutMix out of place. Targets: batch <= 1.5x, per-sample <= 2x plain CutMix."
     )

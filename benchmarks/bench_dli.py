@@ -32,7 +32,7 @@ import numpy as np
 from _common import MAGNETIC_TILE_ROOT, markdown_table, write_section
 
 from albu_defects import DefectBank, DynamicLabelInjection
-from albu_defects.samples import MAGNETIC_TILE_CLASSES
+from albu_defects.data import MAGNETIC_TILE_CLASSES
 
 SIZE = 256
 BATCH = 64

@@ -32,14 +32,14 @@ import numpy as np
 from _common import MAGNETIC_TILE_ROOT, markdown_table, median_ms, write_section
 
 from albu_defects import ClassWeights, DefectBank, GuidedCropPaste
-from albu_defects.guided_crop import (
-    apply_global_stage,
+from albu_defects.methods.guided_crop.functional import (
     class_probabilities,
     paste_defects,
     plan_guided_crop,
     render_labels,
-    synthesize_to_folder,
 )
+from albu_defects.methods.guided_crop.stage import apply_global_stage
+from albu_defects.methods.guided_crop.synthesis import synthesize_to_folder
 
 SIZE = 256
 TILE_TARGET_MS = 2.0

@@ -19,7 +19,7 @@ from torch import nn
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("ALBUMENTATIONS_NO_TELEMETRY", "1")
 
-from albu_defects.samples import MAGNETIC_TILE_CLASSES, sample_root
+from albu_defects.data import MAGNETIC_TILE_CLASSES, sample_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Set to 1 to run every example on tiny settings (what the test does), like ``--tiny``.

@@ -34,7 +34,7 @@ from _common import (
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from albu_defects.pytorch import ContextMix, worker_init_fn
+from albu_defects.pytorch import TensorContextMix, worker_init_fn
 
 
 class TileDataset(Dataset):
@@ -117,7 +117,7 @@ def main() -> None:
     steps = run["epochs"] * len(train_loader)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=run["lr"], total_steps=max(steps, 1))
     # The batch op: one box per batch, as in the paper; p=0.5 keeps half the batches clean.
-    mix = ContextMix(num_classes=num_classes, p=0.0 if args.no_mix else 0.5, seed=args.seed)
+    mix = TensorContextMix(num_classes=num_classes, p=0.0 if args.no_mix else 0.5, seed=args.seed)
 
     for epoch in range(run["epochs"]):
         model.train()

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")  # the examples train small torch models
 
-from albu_defects.samples import sample_root
+from albu_defects.data import sample_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset  # noqa: E402
 
 import albu_defects  # noqa: E402
 from albu_defects import load_samples  # noqa: E402
-from albu_defects.geometry import mask_bbox  # noqa: E402
+from albu_defects.core.geometry import mask_bbox  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text()
@@ -58,7 +58,7 @@ def stand_ins() -> dict:
     bboxes = []
     for mask in masks:
         box = mask_bbox(mask > 0)
-        bboxes.append([] if box is None else [[box[1], box[0], box[3], box[2]]])
+        bboxes.append([] if box is None else [list(box)])
     return {
         "image": next(s for s in samples if s.class_name == "Free").image,
         "images": images,

@@ -1,0 +1,29 @@
+"""Blending: hard paste and exact Poisson blending of a patch into an image (:mod:`.poisson`)."""
+
+from .poisson import (
+    AUTO_OPENCV_MIN_KEPT,
+    AUTO_OPENCV_MIN_PIXELS,
+    OPENCV_EROSION,
+    POISSON_METHODS,
+    POISSON_MODES,
+    RESIDUAL_BOUND,
+    local_contrast,
+    paste,
+    paste_into,
+    poisson_blend,
+    poisson_solve,
+)
+
+__all__ = [
+    "AUTO_OPENCV_MIN_KEPT",
+    "AUTO_OPENCV_MIN_PIXELS",
+    "OPENCV_EROSION",
+    "POISSON_METHODS",
+    "POISSON_MODES",
+    "RESIDUAL_BOUND",
+    "local_contrast",
+    "paste",
+    "paste_into",
+    "poisson_blend",
+    "poisson_solve",
+]

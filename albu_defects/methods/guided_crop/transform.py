@@ -1,0 +1,312 @@
+"""The GuidedCropPaste transform: draws a plan (:func:`.functional.plan_guided_crop`) and renders it in ``apply_*``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from pydantic import field_validator, model_validator
+
+from albu_defects.bank import (
+    DefectBank,
+    bank_reference,
+    check_bank_arg,
+    resolve_bank,
+)
+from albu_defects.core.class_weights import ClassWeights
+from albu_defects.core.transform import DefectTransform, input_image
+from albu_defects.core.validation import (
+    check_class_mask,
+    image_hw,
+)
+
+from .functional import (
+    CLASS_VECTOR_KEY,
+    GuidedCropOptions,
+    GuidedCropPlan,
+    class_mask_dtype,
+    class_probabilities,
+    mask_class_vector,
+    paste_defects,
+    plan_guided_crop,
+    render_labels,
+)
+from .stage import BlobBoxes, apply_global_stage, stage_bboxes, stage_geometry, stage_keypoints
+
+__all__ = [
+    "GuidedCropPaste",
+]
+
+
+# --------------------------------------------------------------------------- the transform
+class GuidedCropPaste(DefectTransform):
+    """Guided-Crop: paste real defect blobs on a defect-free image, classes guided by per-class loss.
+
+    Args:
+        bank: a :class:`~albu_defects.DefectBank` or the folder of a saved one (serialized as the path).
+        max_defects: at most this many defects (crops) per image.
+        weights: class probabilities when no ``class_weights`` is set: ``"uniform"``,
+            ``"inverse_frequency"`` (1 / images of the class) or K numbers (one per bank class).
+        class_weights: live :class:`~albu_defects.ClassWeights` (runtime state, never serialized;
+            can be assigned later: ``transform.class_weights = weights``).
+        crop_brightness, crop_contrast, crop_saturation, crop_hue: colour jitter of each crop.
+        brightness, contrast, saturation, hue: colour jitter of the whole image at the end.
+        flip_p: probability of a horizontal flip, and of a vertical flip (each).
+        shift_limit: circular shift of up to this fraction of the side, on axes without empty borders.
+        border_threshold: a border line whose mean is at or below this fraction of the white level is empty.
+        skip_defective: return samples whose ``mask`` already holds defects unchanged.
+        bbox_label: what the label fields of new boxes hold: ``"id"`` (class id) or ``"name"``.
+        p: probability of applying the transform.
+
+    Targets: image, mask, masks, bboxes, keypoints; adds ``class_vector`` (and ``mask`` when not
+    given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
+    rules.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        bank: Any
+        max_defects: int
+        weights: Literal["uniform", "inverse_frequency"] | list[float]
+        class_weights: Any
+        crop_brightness: float | tuple[float, float]
+        crop_contrast: float | tuple[float, float]
+        crop_saturation: float | tuple[float, float]
+        crop_hue: float | tuple[float, float]
+        brightness: float | tuple[float, float]
+        contrast: float | tuple[float, float]
+        saturation: float | tuple[float, float]
+        hue: float | tuple[float, float]
+        flip_p: float
+        shift_limit: float
+        border_threshold: float
+        skip_defective: bool
+        bbox_label: Literal["id", "name"]
+
+        @field_validator("bank")
+        @classmethod
+        def _bank(cls, value: Any) -> Any:
+            value = check_bank_arg(value)
+            resolve_bank(value)  # a clear ValueError now rather than in a worker
+            return value
+
+        @field_validator("class_weights")
+        @classmethod
+        def _class_weights(cls, value: Any) -> Any:
+            if value is not None and not isinstance(value, ClassWeights):
+                raise ValueError(f"class_weights must be a ClassWeights or None, got {type(value).__name__}")
+            return value
+
+        @model_validator(mode="after")
+        def _options(self) -> Any:
+            GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields}).checked()
+            bank = resolve_bank(self.bank)
+            class_probabilities(self.weights, bank)
+            if self.class_weights is not None:
+                class_probabilities(self.class_weights, bank)
+            return self
+
+    def __init__(
+        self,
+        bank: str | DefectBank,
+        max_defects: int = 3,
+        weights: Literal["uniform", "inverse_frequency"] | list[float] = "uniform",
+        class_weights: ClassWeights | None = None,
+        crop_brightness: float | tuple[float, float] = 0.2,
+        crop_contrast: float | tuple[float, float] = 0.2,
+        crop_saturation: float | tuple[float, float] = 0.1,
+        crop_hue: float | tuple[float, float] = 0.0,
+        brightness: float | tuple[float, float] = 0.1,
+        contrast: float | tuple[float, float] = 0.1,
+        saturation: float | tuple[float, float] = 0.0,
+        hue: float | tuple[float, float] = 0.0,
+        flip_p: float = 0.5,
+        shift_limit: float = 0.5,
+        border_threshold: float = 0.1,
+        skip_defective: bool = True,
+        bbox_label: Literal["id", "name"] = "id",
+        p: float = 0.5,
+    ):
+        super().__init__(p=p)
+        self.bank = bank
+        self.max_defects = max_defects
+        self.weights = weights
+        self.class_weights = class_weights
+        self.crop_brightness = crop_brightness
+        self.crop_contrast = crop_contrast
+        self.crop_saturation = crop_saturation
+        self.crop_hue = crop_hue
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        self.hue = hue
+        self.flip_p = flip_p
+        self.shift_limit = shift_limit
+        self.border_threshold = border_threshold
+        self.skip_defective = skip_defective
+        self.bbox_label = bbox_label
+
+    # -- serialization: the bank as its path, the live weights left out --------------------------
+    def get_transform_init_args(self) -> dict[str, Any]:
+        args = super().get_transform_init_args()
+        args.pop("class_weights", None)
+        if isinstance(self.bank, DefectBank) and self.bank.path is not None:
+            args["bank"] = str(self.bank.path)
+        return args
+
+    def to_dict_private(self) -> dict[str, Any]:
+        state = super().to_dict_private()
+        state["bank"] = bank_reference(self.bank)  # an unsaved bank cannot be serialized: ValueError
+        return state
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def options(self) -> GuidedCropOptions:
+        return GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields})
+
+    def resolved_bank(self, refresh: bool = False) -> DefectBank:
+        """The bank object (a path is loaded once per process; ``refresh`` checks the folder again)."""
+        if isinstance(self.bank, DefectBank):
+            return self.bank
+        cached = getattr(self, "_bank_cache", None)
+        if refresh or cached is None or cached[0] != self.bank:
+            cached = (self.bank, resolve_bank(self.bank))
+            self._bank_cache = cached
+        return cached[1]
+
+    def current_probabilities(self, bank: DefectBank | None = None) -> np.ndarray:
+        """The class probabilities the next call draws from (live ``class_weights`` if set, else ``weights``)."""
+        bank = self.resolved_bank() if bank is None else bank
+        return class_probabilities(self.class_weights if self.class_weights is not None else self.weights, bank)
+
+    @staticmethod
+    def _input_mask(data: dict[str, Any], hw: tuple[int, int], num_classes: int) -> np.ndarray | None:
+        mask = data.get("mask")
+        if mask is None:
+            return None
+        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            raise ValueError("mask must be an integer class-index mask (0 = background, k = bank class k), not bool")
+        # class ids beyond the bank's would silently drop out of class_vector
+        return check_class_mask(mask, hw, "mask", num_classes=num_classes)
+
+    # -- the hook ----------------------------------------------------------------------------------
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = input_image(data)
+        hw = image_hw(image)
+        bank = self.resolved_bank(refresh=True)
+        mask = self._input_mask(data, hw, len(bank.classes))
+        if self.skip_defective and mask is not None and mask.any():
+            return {"skip": True}
+        plan = plan_guided_crop(bank, image, self.current_probabilities(bank), rng, self.options)
+        final_mask, boxes, vector = render_labels(hw, plan, len(bank.classes), mask)
+        return {"skip": False, "plan": plan, "final_mask": final_mask, "blob_boxes": boxes, CLASS_VECTOR_KEY: vector}
+
+    def apply(
+        self, img: np.ndarray, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any
+    ) -> np.ndarray:
+        if skip or plan is None:
+            return img
+        return apply_global_stage(paste_defects(img, plan.defects), plan.stage)
+
+    def apply_to_mask(
+        self, mask: np.ndarray, skip: bool = True, final_mask: np.ndarray | None = None, **params: Any
+    ) -> np.ndarray:
+        if skip or final_mask is None:
+            return mask
+        return final_mask.reshape(mask.shape)
+
+    def apply_to_masks(self, masks: Any, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any) -> Any:
+        if skip or plan is None:
+            return masks
+        moved = [stage_geometry(np.asarray(m), plan.stage) for m in masks]
+        return np.stack(moved) if isinstance(masks, np.ndarray) else moved
+
+    def apply_to_keypoints(
+        self, keypoints: np.ndarray, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any
+    ) -> np.ndarray:
+        if skip or plan is None:
+            return keypoints
+        return stage_keypoints(keypoints, plan.stage, params["shape"][:2])
+
+    def apply_to_bboxes(
+        self,
+        bboxes: np.ndarray,
+        skip: bool = True,
+        plan: GuidedCropPlan | None = None,
+        blob_boxes: BlobBoxes | None = None,
+        **params: Any,
+    ) -> np.ndarray:
+        if skip or plan is None:
+            return bboxes
+        h, w = params["shape"][:2]
+        existing = np.asarray(bboxes)
+        moved = stage_bboxes(existing, plan.stage, (h, w)) if existing.size else None
+        if blob_boxes is None or not blob_boxes.boxes:
+            return moved if moved is not None else bboxes
+        label_fields = self.processor_label_fields("bboxes")
+        columns = existing.shape[1] if existing.ndim == 2 and existing.size else 4 + (len(label_fields) or 1)
+        rows = np.zeros((len(blob_boxes.boxes), columns), np.float64)
+        bank = self.resolved_bank()
+        user_columns = columns - len(label_fields)
+        for i, ((x0, y0, x1, y1), class_id) in enumerate(zip(*blob_boxes, strict=True)):
+            rows[i, :4] = (x0 / w, y0 / h, x1 / w, y1 / h)
+            rows[i, 4:user_columns] = class_id
+            for j, field in enumerate(label_fields):
+                name = bank.classes[class_id - 1]
+                rows[i, user_columns + j] = self._encode_label(field, class_id, name, moved is not None)
+        if moved is None:
+            return rows.astype(existing.dtype if existing.dtype.kind == "f" else np.float32)
+        return np.concatenate([moved, rows.astype(moved.dtype)])
+
+    def _encode_label(self, field: str, class_id: int, class_name: str, boxes_came_in: bool) -> float:
+        """The encoded value of a new box's label in ``field``, registered with the Compose's label encoder.
+
+        albumentations 2.0 encodes a field per call: numbers pass through as they are, anything else
+        through a persistent label encoder. A field whose labels are numbers in this call (or in its
+        first call ever) takes class ids only; otherwise the encoder learns the id or the name.
+        """
+        manager = getattr(self.get_processor("bboxes"), "label_manager", None)
+        metadata_by_field = getattr(manager, "metadata", None)
+        if metadata_by_field is None:  # another albumentations: labels are the class id
+            return float(class_id)
+        metadata = metadata_by_field["bboxes"].get(field)
+        if metadata is None:  # no box ever came in: this call defines the field (open to ids and names)
+            from albumentations.core.label_manager import LabelEncoder, LabelMetadata
+
+            encoder = LabelEncoder()
+            encoder.is_numerical = False
+            metadata = LabelMetadata(input_type=list, is_numerical=False, encoder=encoder)
+            metadata_by_field["bboxes"][field] = metadata
+        encoder = metadata.encoder
+        numeric = metadata.is_numerical or encoder is None or (boxes_came_in and encoder.is_numerical)
+        if numeric:
+            if self.bbox_label == "name":
+                raise ValueError(
+                    f"label field {field!r} holds numbers, so new boxes cannot be labelled by class name; "
+                    "use bbox_label='id' or string labels"
+                )
+            return float(class_id)
+        encoder.is_numerical = False  # the flag describes the last call's labels; none came in this one
+        label: int | str = class_name if self.bbox_label == "name" else int(class_id)
+        encoder.update([label])
+        return float(encoder.classes_[label])
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        if params.get("skip", True):
+            return self.default_outputs(data)
+        outputs: dict[str, Any] = {CLASS_VECTOR_KEY: params[CLASS_VECTOR_KEY]}
+        if data.get("mask") is None:
+            outputs["mask"] = params["final_mask"]
+        return outputs
+
+    def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        num_classes = len(self.resolved_bank().classes)
+        mask = data.get("mask")
+        if isinstance(mask, np.ndarray) and mask.dtype != bool and np.issubdtype(mask.dtype, np.integer):
+            return {CLASS_VECTOR_KEY: mask_class_vector(mask, num_classes)}
+        outputs: dict[str, Any] = {CLASS_VECTOR_KEY: np.zeros(num_classes, np.float32)}
+        image = input_image(data)
+        if mask is None and image is not None:
+            outputs["mask"] = np.zeros(image_hw(image), class_mask_dtype(num_classes))
+        return outputs

@@ -1,0 +1,131 @@
+"""The arguments DLI and InjectDefect share: the bank, the classes, the defect transform, the blending options."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from albu_defects.bank import DefectBank, bank_reference
+
+__all__ = [
+    "UnsavedBank",
+    "as_defect_transform",
+    "blending_options",
+    "class_ids_of",
+    "default_defect_transform",
+    "defect_transform_fn",
+    "serialized_bank",
+    "yaml_classes",
+]
+
+
+def default_defect_transform() -> A.Compose:
+    """Flips and a mild affine (scale 0.9-1.1, shift +-6.25 %, rotation +-10 degrees), as the reference code."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Affine(
+                scale=(0.9, 1.1),
+                translate_percent=(-0.0625, 0.0625),
+                rotate=(-10, 10),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.5,
+            ),
+        ]
+    )
+
+
+def as_defect_transform(value: Any, name: str = "defect_transform") -> Any:
+    """A transform from itself, its serialized dict, or ``None`` (the default)."""
+    if value is None:
+        return default_defect_transform()
+    if isinstance(value, dict):
+        try:
+            return A.from_dict({"transform": value})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{name} is not a serialized Albumentations transform: {error}") from error
+    if isinstance(value, (A.BasicTransform, A.BaseCompose)):
+        return value
+    raise ValueError(f"{name} must be an Albumentations transform (or its to_dict form), got {type(value).__name__}")
+
+
+def defect_transform_fn(transform: Any, rng: np.random.Generator, py_random: random.Random) -> Callable:
+    """The transform as a ``(crop, mask) -> (crop, mask)`` function drawing from the given generators."""
+    transform.set_random_state(rng, py_random)
+
+    def run(crop: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = transform(image=crop, mask=mask)
+        return _same_layout(out["image"], crop), _same_layout(out["mask"], mask)
+
+    return run
+
+
+def _same_layout(out: Any, given: np.ndarray) -> Any:
+    """``out`` as (h, w) when ``given`` was: AlbumentationsX hands 2-D arrays to a Compose nested in
+    another as (h, w, 1) and does not squeeze them back."""
+    if isinstance(out, np.ndarray) and given.ndim == 2 and out.ndim == 3 and out.shape[2] == 1:
+        return out[..., 0]
+    return out
+
+
+# =========================================================================================== shared parameters
+def class_ids_of(bank: DefectBank, classes: Sequence[str | int] | None, name: str = "classes") -> list[int]:
+    """Bank class ids of ``classes`` (all when ``None``); every one must have entries."""
+    ids = list(range(1, len(bank.classes) + 1)) if classes is None else [bank.class_id(c) for c in classes]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name} holds duplicates: {list(classes or [])}")
+    if not ids:
+        raise ValueError(f"{name} is empty; give at least one defect class (or None for all)")
+    empty = [bank.classes[k - 1] for k in ids if not bank.entries_of(k)]
+    if empty:
+        raise ValueError(
+            f"defect class(es) {empty} have no entries in the bank, so nothing can be injected for them; "
+            f"pass {name}= without them (classes with entries: "
+            f"{[c for k, c in enumerate(bank.classes, 1) if bank.entries_of(k)]})"
+        )
+    return ids
+
+
+class UnsavedBank(str):
+    """Stands for a never-saved bank in ``to_dict``: ``repr`` works, YAML refuses it with this text.
+
+    (``yaml.safe_dump`` cannot represent a ``str`` subclass and quotes it in its error.)
+    """
+
+
+def serialized_bank(bank: DefectBank | str) -> str:
+    """The serialized ``bank`` argument: the bank's folder, or an :class:`UnsavedBank` marker."""
+    if isinstance(bank, DefectBank) and bank.path is None:
+        return UnsavedBank(
+            f"{bank!r} was never saved, so a pipeline holding it cannot be serialized: call bank.save(path) "
+            "first, or pass the path"
+        )
+    return bank_reference(bank)
+
+
+def blending_options(transform: Any) -> dict[str, Any]:
+    """The blending arguments of :func:`~albu_defects.methods.injection.functional.apply_plan` held by a DLI transform."""
+    return {
+        "blend_margin": transform.blend_margin,
+        "poisson_mode": transform.poisson_mode,
+        "poisson_method": transform.poisson_method,
+    }
+
+
+def yaml_classes(classes: Sequence[str | int] | None) -> list[str | int] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    out: list[str | int] = []
+    for c in classes:
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (str, int, np.integer)):
+            raise ValueError(f"classes must be class names or int ids, got {c!r}")
+        out.append(c if isinstance(c, str) else int(c))
+    return out

@@ -1,0 +1,324 @@
+"""Dynamic Label Injection (Caruso et al.): balance a batch's defect classes by injecting real defects.
+
+Given a batch holding defect-free and defective images, DLI injects defects from a
+:class:`~albu_defects.DefectBank` into the defect-free images, one per image, choosing each time
+the class that is currently rarest in the batch (Algorithm 1 of the paper): (a) pick the rarest
+class ``c*`` (ties broken at random), (b) draw a defect of class ``c*`` from the bank, (c)
+transform it (flips + affine by default), (d) choose Poisson blending with probability
+``poisson_p``, else cut-paste, (e) inject it and update the counts. The shared mechanics (scaling,
+placement, blending, labels) are in :mod:`albu_defects.methods.injection.functional` and
+:mod:`~albu_defects.methods.injection.plan`.
+
+Class counts
+    The count of class ``c`` is the number of images in the batch that hold ``c`` (an image holding
+    several classes counts once for each): the paper's ``|{I_d : M_d in {0, c}}|`` for single-class
+    images. Only the balanced classes (``classes``, default every bank class) are counted and
+    chosen; images holding any class are never modified.
+
+Fill
+    ``fill="all"`` (default; what the reference code does) injects into every defect-free image,
+    rarest class first, so classes fill round-robin. ``fill="balance"`` (the paper's text) stops as
+    soon as every balanced class has the same count (a batch already uniform, including one with no
+    defect at all, is left unchanged); with enough defect-free images this ends with
+    ``max - min == 0``. When there are not enough, every usable defect-free image is injected and
+    the lowest counts rise as evenly as possible (water-filling). ``max_inject_fraction`` caps the
+    injections at ``floor(max_inject_fraction * number of defect-free images)``, so some images of
+    the batch stay defect-free; which ones get injected is drawn at random.
+
+Inputs (``dli(images=..., masks=..., labels=None)``)
+    ``images``: a list (or tuple) of N arrays, sizes may differ, or an (N, H, W) / (N, H, W, C)
+    stack; uint8, uint16 or float32. ``masks``, one per image, either *class-index* masks ((H, W) or
+    (H, W, 1) integer; 0 background, ``k`` = bank class ``k``; bool for a one-class bank) given as a
+    list or an (N, H, W[, 1]) stack, or *one-hot* masks as the reference code uses: an
+    (N, K, H, W) array, a list of (K, H, W) arrays, or a list of per-image lists of K (H, W) masks,
+    with K the bank's number of classes (channel ``k - 1`` = class ``k``; nonzero = present).
+    ``labels`` (optional), one per image: an int class id (0 = defect-free) or a multi-hot vector
+    of length K, as a list, tuple or array. Given labels decide which images are defect-free; each
+    image's mask classes must be among its label's classes (``ValueError`` otherwise). A labelled
+    image with an empty mask (e.g. the four MT_Uneven images whose masks are blank) counts as
+    holding its class and is not injected.
+
+Outputs
+    A dict with the same keys in the same formats (untouched images and masks are the input
+    objects; injected ones are new arrays; stacks are copied), plus ``labels`` (the given ones
+    updated, or, when none were given, an (N, K) uint8 multi-hot array derived from the masks),
+    ``injections`` (per image ``None`` or a dict: ``class_id``, ``class_name``, ``entry_id``,
+    ``source_id``, ``method`` "poisson" | "paste", ``bbox`` (x_min, y_min, x_max, y_max) of the injected label,
+    ``top_left``, ``scale``), and ``class_counts_before`` / ``class_counts_after`` ({class name:
+    count} over the balanced classes). Injected one-hot masks get 1 (True for bool) on the defect.
+    Other keys pass through unchanged; per-image ``bboxes``/``keypoints`` and single-image keys are
+    rejected (use :class:`InjectDefect` per sample).
+
+Inside ``A.Compose``
+    A DLI may sit in an ``A.Compose`` (for the seed, YAML, or batch transforms after it). Compose
+    stacks list inputs, so the images must then share one size, and its shape check needs
+    ``is_check_shapes=False`` for one-hot masks. Called directly, DLI has neither restriction.
+
+Errors (``ValueError``)
+    A balanced class with no bank entries; a defect larger than a target in ``size_mode="absolute"``
+    (names the class, the image and the closest defect); mask class ids unknown to the bank; an image
+    and its mask of different sizes; dtype or channel mismatches between bank and images (a gray
+    bank into colour images is repeated over the channels; see :mod:`albu_defects.methods.injection.functional`).
+
+Reproducibility
+    Every random draw comes from the compose's generators (``seed`` here, or the enclosing
+    ``A.Compose(seed=...)``); the nested ``defect_transform`` draws from the same generators.
+    Inputs are never modified.
+
+:class:`InjectDefect` is the per-sample form for a Dataset's ``A.Compose``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from albu_defects.bank import DefectBank, DefectEntry, check_bank_arg, resolve_bank
+from albu_defects.blending import POISSON_METHODS, POISSON_MODES
+from albu_defects.core.transform import DefectCompose
+from albu_defects.core.validation import check_choice, check_int, check_probability
+
+from .arguments import (
+    as_defect_transform,
+    blending_options,
+    class_ids_of,
+    defect_transform_fn,
+    serialized_bank,
+    yaml_classes,
+)
+from .batch import BatchLabels, BatchMasks, derived_labels, parse_images, rebuild
+from .functional import PLACEMENTS, SIZE_MODES
+from .plan import apply_plan, plan_injection
+
+__all__ = [
+    "DynamicLabelInjection",
+    "fill_plan",
+    "water_fill",
+]
+
+FILLS: tuple[str, ...] = ("all", "balance")
+_SINGLE_KEYS = ("image", "mask", "bboxes", "keypoints")
+
+
+# =========================================================================================== fill
+def fill_plan(counts: Sequence[int], available: int, fill: str, rng: np.random.Generator) -> list[int]:
+    """The classes to inject, in order: each time the currently rarest one (ties drawn from ``rng``).
+
+    ``counts`` are the balanced classes' counts (indices into it are returned); ``available`` is
+    how many images may be injected. ``fill="all"`` uses them all; ``"balance"`` stops once every
+    count is equal.
+    """
+    check_choice(fill, FILLS, "fill")
+    current = np.asarray(counts, np.int64).copy()
+    chosen: list[int] = []
+    if current.size == 0:
+        return chosen
+    for _ in range(int(available)):
+        low = current.min()
+        if fill == "balance" and current.max() == low:
+            break
+        ties = np.flatnonzero(current == low)
+        k = int(ties[rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
+        chosen.append(k)
+        current[k] += 1
+    return chosen
+
+
+def water_fill(counts: Sequence[int], injections: int) -> list[int]:
+    """Sorted class counts after ``injections`` rarest-first injections (what :func:`fill_plan` reaches)."""
+    current = sorted(int(c) for c in counts)
+    for _ in range(int(injections)):
+        current[0] += 1
+        current.sort()
+    return current
+
+
+# =========================================================================================== DLI
+class DynamicLabelInjection(DefectCompose):
+    """Dynamic Label Injection: balance a batch by injecting bank defects into its defect-free images.
+
+    Call it on a batch: ``dli(images=[...], masks=[...], labels=None)``; see the module docstring
+    for the formats, the fill rules and the outputs.
+
+    Args:
+        bank: a :class:`~albu_defects.DefectBank` or the path of a saved one (serialized as the
+            path; a bank that was never saved cannot be written to YAML).
+        classes: the defect classes to balance (names or ids); ``None`` = every bank class.
+        poisson_p: probability of Poisson blending per injection (else cut-paste).
+        poisson_mode: "mixed" (the reference code's default: per-edge stronger gradient) or "normal".
+        poisson_method: solver of :func:`albu_defects.blending.poisson_blend`: "auto", "opencv", "exact".
+        blend_margin: pixels the Poisson blending region extends past the defect's mask (2 = the
+            reference's 5x5 max-pool); the label is never grown.
+        fill: "all" (every defect-free image, as the reference code) or "balance" (stop at uniform).
+        max_inject_fraction: at most this fraction of the batch's defect-free images is injected.
+        defect_transform: an Albumentations transform (or its ``to_dict_private()`` form) applied to
+            each defect crop + mask on a padded canvas; default :func:`default_defect_transform`.
+        placement: "random" (anywhere the defect fits) or "source" (its relative position in its
+            source image, plus the transform's shift).
+        size_mode: "relative" (scale by target size / source size) or "absolute" (keep pixel size).
+        p: probability of injecting at all for a batch.
+        seed: seed of this compose's generators (an enclosing ``A.Compose(seed=...)`` overrides it).
+
+    Setting ``dli.timings = {}`` accumulates seconds per phase ("sampling", "transform",
+    "poisson", "paste") over calls (for benchmarks).
+    """
+
+    def __init__(
+        self,
+        bank: DefectBank | str,
+        classes: Sequence[str | int] | None = None,
+        poisson_p: float = 0.5,
+        poisson_mode: Literal["normal", "mixed"] = "mixed",
+        poisson_method: Literal["auto", "opencv", "exact"] = "auto",
+        blend_margin: int = 2,
+        fill: Literal["all", "balance"] = "all",
+        max_inject_fraction: float = 1.0,
+        defect_transform: Any = None,
+        placement: Literal["random", "source"] = "random",
+        size_mode: Literal["relative", "absolute"] = "relative",
+        p: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        transform = as_defect_transform(defect_transform)
+        super().__init__(transforms=[transform], p=check_probability(p, "p"), seed=seed)
+        self.bank = check_bank_arg(bank)
+        self.classes = yaml_classes(classes)
+        self.poisson_p = check_probability(poisson_p, "poisson_p")
+        self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
+        self.poisson_method = check_choice(poisson_method, POISSON_METHODS, "poisson_method")
+        self.blend_margin = check_int(blend_margin, "blend_margin", 0, "(pixels around the defect Poisson may blend)")
+        self.fill = check_choice(fill, FILLS, "fill")
+        self.max_inject_fraction = check_probability(max_inject_fraction, "max_inject_fraction")
+        self.defect_transform = transform
+        self.placement = check_choice(placement, PLACEMENTS, "placement")
+        self.size_mode = check_choice(size_mode, SIZE_MODES, "size_mode")
+        self.timings: MutableMapping[str, float] | None = None
+        self._available_keys.update({"images", "masks", "labels"})
+        class_ids_of(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
+
+    # ------------------------------------------------------------------ albumentations plumbing
+    def set_random_seed(self, seed: int | None) -> None:
+        super().set_random_seed(seed)
+        # the nested transform draws from this compose's generators (not a copy of the same seed)
+        self.set_random_state(self.random_generator, self.py_random)
+
+    def to_dict_private(self) -> dict[str, Any]:
+        return self._init_args(serialized_bank(self.bank))
+
+    def _init_args(self, bank: str) -> dict[str, Any]:
+        return {
+            "__class_fullname__": self.get_class_fullname(),
+            "bank": bank,
+            "classes": self.classes,
+            "poisson_p": self.poisson_p,
+            "poisson_mode": self.poisson_mode,
+            "poisson_method": self.poisson_method,
+            "blend_margin": self.blend_margin,
+            "fill": self.fill,
+            "max_inject_fraction": self.max_inject_fraction,
+            "defect_transform": self.defect_transform.to_dict_private(),
+            "placement": self.placement,
+            "size_mode": self.size_mode,
+            "p": self.p,
+        }
+
+    # ------------------------------------------------------------------ the call
+    def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
+        misplaced = [key for key in _SINGLE_KEYS if data.get(key) is not None]
+        if misplaced:
+            raise ValueError(
+                f"DynamicLabelInjection works on batches (images=, masks=, labels=) and cannot update {misplaced}; "
+                "use InjectDefect inside a per-sample A.Compose for single images with bboxes or keypoints"
+            )
+        if data.get("images") is None or data.get("masks") is None:
+            raise ValueError("DynamicLabelInjection needs images=[...] and masks=[...] (one mask per image)")
+        bank = resolve_bank(self.bank)
+        class_ids = class_ids_of(bank, self.classes)
+        k = len(bank.classes)
+        images, image_kind = parse_images(data["images"])
+        masks = BatchMasks(data["masks"], images, k)
+        labels = BatchLabels(data["labels"], len(images), k) if data.get("labels") is not None else None
+        held = masks.classes
+        if labels is not None:
+            for i, (from_mask, from_label) in enumerate(zip(masks.classes, labels.classes, strict=True)):
+                if not from_mask <= from_label:
+                    raise ValueError(
+                        f"labels[{i}] says classes {sorted(from_label) or 'none (defect-free)'} but masks[{i}] "
+                        f"holds class(es) {sorted(from_mask)}; labels must agree with masks"
+                    )
+            held = labels.classes
+        before = {bank.classes[c - 1]: sum(c in s for s in held) for c in class_ids}
+        free = [i for i, s in enumerate(held) if not s]
+        applied = bool(force_apply) or self.py_random.random() < self.p
+        injections: list[dict[str, Any] | None] = [None] * len(images)
+        new_images: dict[int, np.ndarray] = {}
+        new_masks: dict[int, Any] = {}
+        injected: dict[int, int] = {}
+        if applied and free:
+            rng = self.random_generator
+            transform = defect_transform_fn(self.defect_transform, rng, self.py_random)
+            available = min(len(free), math.floor(self.max_inject_fraction * len(free) + 1e-9))
+            chosen = fill_plan(list(before.values()), available, self.fill, rng)
+            targets = [free[int(j)] for j in rng.permutation(len(free))[: len(chosen)]]
+            entries = self._entry_sequences(bank, class_ids, chosen, rng)
+            for index, k_index in zip(targets, chosen, strict=True):
+                class_id = class_ids[k_index]
+                plan = plan_injection(
+                    bank,
+                    class_id,
+                    images[index],
+                    rng,
+                    entry=entries[k_index].pop() if entries.get(k_index) else None,
+                    defect_transform=transform,
+                    size_mode=self.size_mode,  # type: ignore[arg-type]
+                    placement=self.placement,  # type: ignore[arg-type]
+                    poisson_p=self.poisson_p,
+                    blend_margin=self.blend_margin,
+                    timings=self.timings,
+                    target_name=f"images[{index}]",
+                )
+                result = apply_plan(images[index], plan, **blending_options(self), timings=self.timings)
+                new_images[index] = result.image
+                new_masks[index] = masks.injected(index, result.label, class_id)
+                injected[index] = class_id
+                injections[index] = {**plan.log(), "bbox": result.bbox}
+        after_sets = [frozenset({injected[i]}) if i in injected else s for i, s in enumerate(held)]
+        after = {bank.classes[c - 1]: sum(c in s for s in after_sets) for c in class_ids}
+        out = dict(data)
+        if image_kind == "array":
+            stacked = data["images"].copy()
+            for i, image in new_images.items():
+                stacked[i] = image
+            out["images"] = stacked
+        else:
+            out["images"] = rebuild(image_kind, [new_images.get(i, im) for i, im in enumerate(images)], None)
+        out["masks"] = masks.output(new_masks)
+        if labels is not None:
+            out["labels"] = labels.output(injected)
+        else:
+            out["labels"] = derived_labels(
+                [frozenset({injected[i]}) if i in injected else s for i, s in enumerate(masks.classes)], k
+            )
+        out["injections"] = injections
+        out["class_counts_before"] = before
+        out["class_counts_after"] = after
+        return out
+
+    def _entry_sequences(
+        self, bank: DefectBank, class_ids: list[int], chosen: list[int], rng: np.random.Generator
+    ) -> dict[int, list[DefectEntry]]:
+        """Relative size mode: per class, entries drawn without replacement (cycling when a class runs out)."""
+        if self.size_mode != "relative":
+            return {}
+        sequences: dict[int, list[DefectEntry]] = {}
+        for k_index in sorted(set(chosen)):
+            need = chosen.count(k_index)
+            group = bank.entries_of(class_ids[k_index])
+            order: list[DefectEntry] = []
+            while len(order) < need:
+                order.extend(group[int(j)] for j in rng.permutation(len(group)))
+            sequences[k_index] = order[:need][::-1]  # popped from the end
+        return sequences

@@ -1,0 +1,205 @@
+"""Planning one injection: draw a bank entry, adapt, scale, transform and place it (:func:`plan_injection`); then apply it."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import MutableMapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from albu_defects.bank import DefectBank, DefectEntry
+from albu_defects.core.geometry import box_center, box_hw, mask_bbox, random_top_left
+from albu_defects.core.parallel import cached_per_object
+from albu_defects.core.validation import check_choice, image_hw
+
+from .functional import (
+    PLACEMENTS,
+    SIZE_MODES,
+    DefectTransformFn,
+    InjectionResult,
+    Placement,
+    SizeMode,
+    crop_to_defect,
+    fit_to_target,
+    inject_defect,
+    match_channels,
+    relative_scale,
+    scale_defect,
+    source_top_left,
+    timed,
+    transform_defect,
+)
+
+__all__ = [
+    "InjectionPlan",
+    "apply_plan",
+    "choose_entry",
+    "plan_injection",
+]
+
+
+class InjectionPlan(NamedTuple):
+    """One prepared injection: the defect as it will be placed, where, and how.
+
+    ``crop``/``mask`` are the transformed, scaled defect (the crop matches the target's channels and
+    dtype); ``top_left`` places them; ``method`` is ``"poisson"`` or ``"paste"``; ``entry`` is the
+    bank entry it came from; ``scale`` the (y, x) factors applied to the crop (size mode times any
+    shrink to fit).
+    """
+
+    class_id: int
+    entry: DefectEntry
+    crop: np.ndarray
+    mask: np.ndarray
+    top_left: tuple[int, int]
+    method: str
+    scale: tuple[float, float]
+
+    def log(self) -> dict[str, Any]:
+        """A plain-Python record (no arrays) for logs: class, bank entry, method, placement, scale."""
+        return {
+            "class_id": self.class_id,
+            "class_name": self.entry.class_name,
+            "entry_id": self.entry.entry_id,
+            "source_id": self.entry.source_id,
+            "method": self.method,
+            "top_left": (int(self.top_left[0]), int(self.top_left[1])),
+            "scale": (round(float(self.scale[0]), 6), round(float(self.scale[1]), 6)),
+        }
+
+
+_DEFECT_BOXES: dict[int, tuple[weakref.ref[DefectEntry], tuple[int, int]]] = {}
+
+
+def _defect_hw(entry: DefectEntry) -> tuple[int, int]:
+    """Height and width of an entry's mask box (cached per entry object while it lives)."""
+    return cached_per_object(_DEFECT_BOXES, entry, _mask_box_hw)
+
+
+def _mask_box_hw(entry: DefectEntry) -> tuple[int, int]:
+    return box_hw(mask_bbox(entry.mask))  # type: ignore[arg-type]
+
+
+def choose_entry(
+    bank: DefectBank,
+    class_id: int,
+    target_hw: tuple[int, int],
+    size_mode: SizeMode,
+    rng: np.random.Generator,
+    target_name: str = "the image",
+) -> DefectEntry:
+    """Draw a bank entry of ``class_id`` for a target of ``target_hw``.
+
+    ``"relative"``: uniformly among the class's entries. ``"absolute"``: uniformly among those whose
+    defect box fits the target; ``ValueError`` naming the class, the target size and the smallest
+    defect when none does.
+    """
+    if size_mode == "relative":
+        return bank.draw(class_id, rng)
+    entries = bank.entries_of(class_id)
+    if not entries:
+        bank.draw(class_id, rng)  # raises the bank's "no entries" error
+    th, tw = target_hw
+    fitting = [e for e in entries if _defect_hw(e)[0] <= th and _defect_hw(e)[1] <= tw]
+    if not fitting:
+        smallest = min(entries, key=lambda e: max(_defect_hw(e)[0] - th, 0) + max(_defect_hw(e)[1] - tw, 0))
+        sh, sw = _defect_hw(smallest)
+        raise ValueError(
+            f"no {bank.classes[class_id - 1]!r} defect (class {class_id}) fits {target_name} ({th}x{tw}) with "
+            f"size_mode='absolute': the closest is {sh}x{sw} px (entry {smallest.entry_id}, {smallest.source_id}); "
+            "use size_mode='relative', larger images, or leave this class out"
+        )
+    return fitting[int(rng.integers(len(fitting)))]
+
+
+def plan_injection(
+    bank: DefectBank,
+    class_id: int,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    defect_transform: DefectTransformFn | None = None,
+    size_mode: SizeMode = "relative",
+    placement: Placement = "random",
+    poisson_p: float = 0.5,
+    blend_margin: int = 0,
+    entry: DefectEntry | None = None,
+    timings: MutableMapping[str, float] | None = None,
+    target_name: str = "the image",
+) -> InjectionPlan:
+    """Draw and prepare one injection of class ``class_id`` into ``target``.
+
+    Steps: draw a bank entry (:func:`choose_entry`); adapt its channels (:func:`match_channels`);
+    scale it (``size_mode``); apply ``defect_transform`` on a padded canvas
+    (:func:`transform_defect`); shrink it to fit the target if needed (:func:`fit_to_target`); place
+    it (``placement``); choose Poisson with probability ``poisson_p``, else cut-paste. ``entry``
+    forces the bank entry (it must be of ``class_id``); ``target_name`` names the target in errors.
+    ``timings`` (a dict) accumulates seconds under "sampling" and "transform".
+    """
+    check_choice(size_mode, SIZE_MODES, "size_mode")
+    check_choice(placement, PLACEMENTS, "placement")
+    target_hw = image_hw(target)
+    context = int(blend_margin) + 1  # Poisson reads source gradients one pixel past its region
+    with timed(timings, "sampling"):
+        if entry is None:
+            entry = choose_entry(bank, class_id, target_hw, size_mode, rng, target_name)
+        elif entry.class_id != class_id:
+            raise ValueError(f"entry {entry.entry_id} is of class {entry.class_id}, not {class_id}")
+        crop = match_channels(entry.crop, target, f"bank entry {entry.entry_id} ({entry.source_id})")
+        mask = entry.mask
+    with timed(timings, "transform"):
+        scale = relative_scale(entry.source_hw, target_hw) if size_mode == "relative" else (1.0, 1.0)
+        if scale != (1.0, 1.0):
+            crop, mask, scale = scale_defect(crop, mask, scale)
+        if defect_transform is not None:
+            crop, mask, shift = transform_defect(crop, mask, defect_transform, context)
+        else:
+            crop, mask, _ = crop_to_defect(crop, mask, context)
+            shift = (0.0, 0.0)
+        crop, mask, factor = fit_to_target(crop, mask, target_hw, context)
+    with timed(timings, "sampling"):
+        if placement == "random":
+            top_left = random_top_left(mask, target_hw, rng)
+        else:
+            cy, cx = box_center(mask_bbox(entry.mask))  # type: ignore[arg-type]
+            sx, sy = entry.bbox[0], entry.bbox[1]
+            sh, sw = entry.source_hw
+            center = ((sy + cy) / sh, (sx + cx) / sw)
+            top_left = source_top_left(mask, target_hw, center, (shift[0] * factor, shift[1] * factor))
+        method = "poisson" if rng.random() < poisson_p else "paste"
+    return InjectionPlan(
+        class_id=int(class_id),
+        entry=entry,
+        crop=np.ascontiguousarray(crop),
+        mask=np.ascontiguousarray(mask),
+        top_left=top_left,
+        method=method,
+        scale=(scale[0] * factor, scale[1] * factor),
+    )
+
+
+def apply_plan(
+    image: np.ndarray,
+    plan: InjectionPlan,
+    *,
+    blend_margin: int = 0,
+    poisson_mode: str = "mixed",
+    poisson_method: str = "auto",
+    class_mask: np.ndarray | None = None,
+    timings: MutableMapping[str, float] | None = None,
+) -> InjectionResult:
+    """:func:`inject_defect` of a plan from :func:`plan_injection` (its crop, mask, place, method and class)."""
+    return inject_defect(
+        image,
+        match_channels(plan.crop, image),  # (h, w) <-> (h, w, 1) when a pipeline reshapes 2-D images
+        plan.mask,
+        plan.top_left,
+        class_mask=class_mask,
+        class_id=plan.class_id,
+        method=plan.method,  # type: ignore[arg-type]
+        blend_margin=blend_margin,
+        poisson_mode=poisson_mode,
+        poisson_method=poisson_method,
+        timings=timings,
+    )

@@ -1,0 +1,287 @@
+"""The InjectDefect transform: inject real bank defects into one sample (the per-sample form of DLI)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from pydantic import Field, field_validator
+
+from albu_defects.bank import DefectBank, check_bank_arg, resolve_bank
+from albu_defects.core.transform import DefectTransform
+from albu_defects.core.validation import image_hw
+
+from .arguments import (
+    as_defect_transform,
+    blending_options,
+    class_ids_of,
+    defect_transform_fn,
+    serialized_bank,
+    yaml_classes,
+)
+from .batch import derived_labels, mask_classes
+from .functional import placed_bbox, placed_label, write_class
+from .plan import InjectionPlan, apply_plan, plan_injection
+
+__all__ = [
+    "InjectDefect",
+]
+
+
+# =========================================================================================== InjectDefect
+class InjectDefect(DefectTransform):
+    """Inject ``n`` real defects of one class (drawn from ``class_weights``) into a defect-free image.
+
+    The per-sample form of DLI for a Dataset's ``A.Compose``. Targets: ``image``; ``mask`` (a
+    class-index mask: the class id is written on each defect's pixels); ``bboxes`` (each defect's
+    box is appended; label fields get the class id, or its name for string label fields; other
+    extra columns the class id); ``keypoints`` unchanged. The label key ``label_key`` (an int class
+    id, 0 = defect-free, or a multi-hot vector) is updated, or, when absent, output as a multi-hot
+    uint8 vector derived from the mask. ``masks`` (instance masks) are rejected: which instance a
+    new defect is cannot be known.
+
+    Images that already hold defects (nonzero mask, or a nonzero label) are left untouched unless
+    ``only_defect_free=False``; then the new defect is pasted on top (its pixels take its class).
+    An int label cannot hold two classes: injecting another class into an image labelled with one
+    raises a ``ValueError`` (use multi-hot labels).
+
+    Args:
+        bank, poisson_p, poisson_mode, poisson_method, blend_margin, defect_transform, placement,
+        size_mode: as in :class:`DynamicLabelInjection`.
+        classes: the classes to draw from (names or ids; ``None`` = all).
+        class_weights: one weight per class of ``classes`` (``None`` = uniform).
+        n: number of defects, an int or an inclusive ``(low, high)`` range.
+        only_defect_free: skip images that already hold defects.
+        label_key: the data key of the per-image label.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        bank: Any
+        classes: list[str | int] | None
+        class_weights: list[float] | None
+        n: int | tuple[int, int] = Field(description="defects per image")
+        poisson_p: float = Field(ge=0, le=1)
+        poisson_mode: Literal["normal", "mixed"]
+        poisson_method: Literal["auto", "opencv", "exact"]
+        blend_margin: int = Field(ge=0)
+        defect_transform: Any
+        placement: Literal["random", "source"]
+        size_mode: Literal["relative", "absolute"]
+        only_defect_free: bool
+        label_key: str
+
+        @field_validator("n")
+        @classmethod
+        def _n(cls, value: Any) -> Any:
+            low, high = (value, value) if isinstance(value, int) else value
+            if not 1 <= low <= high:
+                raise ValueError(f"n must be an int >= 1 or a (low, high) range with 1 <= low <= high, got {value}")
+            return value
+
+        @field_validator("class_weights")
+        @classmethod
+        def _weights(cls, value: Any) -> Any:
+            if value is not None and (not value or any(w < 0 for w in value) or sum(value) <= 0):
+                raise ValueError(f"class_weights must be non-negative with a positive sum, got {value}")
+            return value
+
+    def __init__(
+        self,
+        bank: DefectBank | str,
+        classes: Sequence[str | int] | None = None,
+        class_weights: Sequence[float] | None = None,
+        n: int | tuple[int, int] = 1,
+        poisson_p: float = 0.5,
+        poisson_mode: Literal["normal", "mixed"] = "mixed",
+        poisson_method: Literal["auto", "opencv", "exact"] = "auto",
+        blend_margin: int = 2,
+        defect_transform: Any = None,
+        placement: Literal["random", "source"] = "random",
+        size_mode: Literal["relative", "absolute"] = "relative",
+        only_defect_free: bool = True,
+        label_key: str = "label",
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        self.bank = check_bank_arg(bank)
+        self.classes = yaml_classes(classes)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.n = n
+        self.poisson_p = poisson_p
+        self.poisson_mode = poisson_mode
+        self.poisson_method = poisson_method
+        self.blend_margin = blend_margin
+        self.defect_transform = as_defect_transform(defect_transform)
+        self.placement = placement
+        self.size_mode = size_mode
+        self.only_defect_free = only_defect_free
+        self.label_key = label_key
+        ids = class_ids_of(resolve_bank(self.bank), self.classes)
+        if self.class_weights is not None and len(self.class_weights) != len(ids):
+            raise ValueError(f"class_weights has {len(self.class_weights)} weights for {len(ids)} classes")
+
+    def to_dict_private(self) -> dict[str, Any]:
+        out = super().to_dict_private()
+        out["bank"] = serialized_bank(self.bank)
+        out["defect_transform"] = self.defect_transform.to_dict_private()
+        if isinstance(out.get("n"), tuple):
+            out["n"] = list(out["n"])
+        return out
+
+    def check_inputs(self, data: dict[str, Any]) -> None:
+        super().check_inputs(data)
+        if data.get("masks") is not None:
+            raise ValueError(
+                "InjectDefect updates a class-index `mask`; `masks` (instance masks) cannot be updated "
+                "consistently: pass a class-index mask as mask="
+            )
+
+    # ------------------------------------------------------------------ drawing parameters
+    def _held_classes(self, data: dict[str, Any], k: int) -> frozenset[int]:
+        held: set[int] = set()
+        mask = data.get("mask")
+        if mask is not None:
+            plane = mask[..., 0] if mask.ndim == 3 else mask
+            held |= mask_classes(plane, "mask", k)
+        label = data.get(self.label_key)
+        if label is not None:
+            held |= _label_classes(label, k, self.label_key)
+        return frozenset(held)
+
+    def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        bank = resolve_bank(self.bank)
+        ids = class_ids_of(bank, self.classes)
+        image = data["image"]
+        held = self._held_classes(data, len(bank.classes))
+        if held and self.only_defect_free:
+            return {"plans": [], "class_id": 0}
+        weights = np.asarray(self.class_weights if self.class_weights is not None else [1.0] * len(ids), float)
+        class_id = ids[int(rng.choice(len(ids), p=weights / weights.sum()))]
+        label = data.get(self.label_key)
+        if label is not None and np.ndim(label) == 0 and int(label) not in (0, class_id):
+            raise ValueError(
+                f"{self.label_key}={int(label)} is one class id and cannot also hold injected class {class_id}; "
+                "use a multi-hot label or only_defect_free=True"
+            )
+        low, high = (self.n, self.n) if isinstance(self.n, int) else self.n
+        count = int(rng.integers(low, high + 1))
+        py_random = getattr(self, "py_random", None) or random.Random(int(rng.integers(2**31)))
+        transform = defect_transform_fn(self.defect_transform, rng, py_random)
+        plans = [
+            plan_injection(
+                bank,
+                class_id,
+                image,
+                rng,
+                defect_transform=transform,
+                size_mode=self.size_mode,  # type: ignore[arg-type]
+                placement=self.placement,  # type: ignore[arg-type]
+                poisson_p=self.poisson_p,
+                blend_margin=self.blend_margin,
+            )
+            for _ in range(count)
+        ]
+        return {"plans": plans, "class_id": class_id}
+
+    # ------------------------------------------------------------------ targets
+    def apply(self, img: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
+        for plan in plans:
+            img = apply_plan(img, plan, **blending_options(self)).image
+        return img
+
+    def apply_to_mask(self, mask: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
+        for plan in plans:
+            mask = write_class(mask, placed_label(plan.mask, plan.top_left, image_hw(mask)), plan.class_id)
+        return mask
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
+        if not plans:
+            return bboxes
+        h, w = params["shape"][:2]
+        return _append_boxes(self, bboxes, plans, (int(h), int(w)))
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
+        return keypoints
+
+    # ------------------------------------------------------------------ outputs
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        k = len(resolve_bank(self.bank).classes)
+        class_id = int(params.get("class_id", 0))
+        label = data.get(self.label_key)
+        if not params.get("plans"):
+            return {self.label_key: self._label_of(data, k)}
+        if label is None:
+            vector = derived_labels([self._held_classes(data, k) | {class_id}], k)[0]
+            return {self.label_key: vector}
+        if np.ndim(label) == 0:
+            return {self.label_key: type(label)(class_id) if isinstance(label, (int, np.integer)) else class_id}
+        vector = np.array(label, copy=True)
+        vector[class_id - 1] = 1
+        return {self.label_key: vector}
+
+    def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {self.label_key: self._label_of(data, len(resolve_bank(self.bank).classes))}
+
+    def _label_of(self, data: dict[str, Any], k: int) -> Any:
+        label = data.get(self.label_key)
+        if label is not None:
+            return label
+        return derived_labels([self._held_classes(data, k)], k)[0]
+
+
+def _label_classes(label: Any, k: int, name: str) -> frozenset[int]:
+    if np.ndim(label) == 0:
+        value = int(label)
+        if not 0 <= value <= k:
+            raise ValueError(f"{name}={value}; class ids are 0 (defect-free) and 1..{k}")
+        return frozenset() if value == 0 else frozenset({value})
+    vector = np.asarray(label)
+    if vector.shape != (k,):
+        raise ValueError(
+            f"{name} must be an int class id or a multi-hot vector of length {k}, got shape {vector.shape}"
+        )
+    return frozenset(int(c) + 1 for c in np.flatnonzero(vector))
+
+
+def _append_boxes(
+    transform: InjectDefect, bboxes: np.ndarray, plans: list[InjectionPlan], hw: tuple[int, int]
+) -> np.ndarray:
+    """``bboxes`` (normalized albumentations rows) with one row per injected defect appended."""
+    h, w = hw
+    processor = transform.get_processor("bboxes")
+    label_fields = transform.processor_label_fields("bboxes")
+    columns = bboxes.shape[1] if bboxes.ndim == 2 and bboxes.size else 4 + len(label_fields)
+    rows = []
+    for plan in plans:
+        box = placed_bbox(plan.mask, plan.top_left, hw)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        row = np.full(columns, float(plan.class_id))
+        row[:4] = (x0 / w, y0 / h, x1 / w, y1 / h)
+        first_label = columns - len(label_fields)
+        for j, field in enumerate(label_fields):
+            row[first_label + j] = _encoded_label(processor, field, plan)
+        rows.append(row)
+    if not rows:
+        return bboxes
+    added = np.asarray(rows, dtype=bboxes.dtype if bboxes.dtype.kind == "f" else np.float32)
+    if bboxes.size == 0:
+        return added
+    return np.concatenate([bboxes, added], axis=0)
+
+
+def _encoded_label(processor: Any, field: str, plan: InjectionPlan) -> float:
+    """The encoded value of the injected class in a bbox label field (its name for string fields)."""
+    manager = getattr(processor, "label_manager", None)
+    if manager is None:
+        return float(plan.class_id)
+    metadata = manager.metadata.get("bboxes", {}).get(field)
+    if metadata is None:
+        return float(manager.process_field("bboxes", field, [plan.class_id]).ravel()[0])
+    if metadata.is_numerical:
+        return float(plan.class_id)
+    return float(manager.process_field("bboxes", field, [plan.entry.class_name]).ravel()[0])
