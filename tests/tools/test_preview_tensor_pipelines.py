@@ -20,7 +20,11 @@ pytest.importorskip("torch")
 from albumentations.pytorch import ToTensorV2
 
 from albu_defects import CutPaste
-from albu_defects.cli import main
+
+try:  # the `albu-defects` command's entry point (albu_defects.cli before the subpackage layout)
+    from albu_defects.tools.cli import main
+except ModuleNotFoundError:
+    from albu_defects.cli import main
 
 H, W = 64, 160
 TITLE, BAR, GAP = 28, 18, 6  # the grid's title bar, a tile's label bar, the gap between tiles
