@@ -16,6 +16,7 @@ from .blending import local_contrast, paste, poisson_blend
 from .core.batch import BatchCompose
 from .core.class_weights import ClassWeights, losses_to_probabilities
 from .core.color import color_jitter, sample_color_jitter
+from .core.seeds import seed_pipeline
 from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
 from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples
 from .methods.anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
@@ -57,6 +58,7 @@ __all__ = [
     "resolve_bank",
     "Sample",
     "sample_color_jitter",
+    "seed_pipeline",
     "synthesize",
     "synthesize_to_folder",
 ]

@@ -71,8 +71,9 @@ class BatchCompose(DefectCompose):
     ``mix_weights`` -> (N, 2), ``soft_label`` -> (N, num_classes)), and ``partner_indices``
     (N, num_partners): which batch-mates each sample received. Metadata keys are not returned.
 
-    Randomness: the pairing draws from its own stream, derived from ``seed``; the inner transforms
-    are seeded as ``A.Compose(seed=...)`` seeds them, so the same seed gives the same batch output.
+    Randomness: the pairing draws from its own stream, derived from ``seed``; each inner transform
+    gets its own seed derived from ``seed`` (:mod:`albu_defects.core.seeds`), so the same seed gives
+    the same batch output and two inner transforms never draw alike.
     ``p`` is the probability of transforming the batch at all; a skipped batch is returned as given
     (with ``partner_indices`` of each sample itself) and carries none of the transforms' extra keys,
     so prefer the transforms' own ``p`` (ContextMix then still returns its keys).
@@ -118,13 +119,13 @@ class BatchCompose(DefectCompose):
         self.metadata_keys = metadata_keys(self.transforms)
 
     def set_random_seed(self, seed: int | None) -> None:
-        """Seed the pairing stream and (as ``A.Compose`` does) every inner transform."""
-        super().set_random_seed(seed)
-        # A seeds every child with the same seed; the pairing gets its own, independent stream.
-        self.random_generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        """Seed the pairing stream, the inner per-sample compose and (each its own) every inner transform."""
         inner = getattr(self, "_compose", None)
         if inner is not None:
-            inner.set_random_seed(seed)
+            inner.set_random_seed(seed)  # it hands ``seed`` to the transforms; DefectCompose re-seeds them below
+        super().set_random_seed(seed)
+        # the pairing gets its own stream, independent of the compose's should-apply draws
+        self.random_generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
     def to_dict_private(self) -> dict[str, Any]:
         data = super().to_dict_private()

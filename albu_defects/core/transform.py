@@ -21,6 +21,7 @@ import albumentations as A
 import numpy as np
 from albumentations.core.type_definitions import Targets
 
+from .seeds import seed_children
 from .validation import check_image, check_mask_shape, image_hw
 
 __all__ = [
@@ -183,6 +184,15 @@ class DefectCompose(A.BaseCompose):
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         """Apply the compose to ``data`` (the named inputs); draw randomness from ``self.random_generator``/``py_random``."""
         raise NotImplementedError
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Seed this compose with ``seed`` and each child with its own seed derived from it.
+
+        albumentations gives every child the parent's seed, which ties their draws (and, in
+        AnomalySynthesis, a child's first draws to the choice that selected it); see :mod:`.seeds`.
+        """
+        super().set_random_seed(seed)
+        seed_children(self, seed)
 
     def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
         if args:

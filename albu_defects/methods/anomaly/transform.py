@@ -118,18 +118,6 @@ class AnomalySynthesis(DefectCompose):
             raise ValueError("every transform has p=0: give at least one a positive p (p weighs the choice)")
         self.transform_weights = (weights / weights.sum()).tolist()
 
-    def set_random_seed(self, seed: int | None) -> None:
-        """Seed the choice with ``seed`` and each child with a seed derived from it.
-
-        albumentations gives every child the parent's seed; here that would tie a child's first draws
-        to the choice that selected it (e.g. a CutPaste chosen when ``u >= normal_p`` would then draw
-        its area from the top of its range), so each child gets its own stream.
-        """
-        super().set_random_seed(seed)
-        for index, transform in enumerate(self.transforms):
-            child_seed = None if seed is None else int(np.random.SeedSequence([seed, index + 1]).generate_state(1)[0])
-            transform.set_random_seed(child_seed)
-
     def to_dict_private(self) -> dict[str, Any]:
         dictionary = super().to_dict_private()
         dictionary.update({"normal_p": self.normal_p, "labels": list(self.labels), "normal_label": self.normal_label})

@@ -62,7 +62,8 @@ Errors (``ValueError``)
 
 Reproducibility
     Every random draw comes from the compose's generators (``seed`` here, or the enclosing
-    ``A.Compose(seed=...)``); the nested ``defect_transform`` draws from the same generators.
+    ``A.Compose(seed=...)``); the nested ``defect_transform`` draws from its own stream, seeded from
+    this compose's seed (:mod:`albu_defects.core.seeds`).
     Inputs are never modified.
 
 :class:`InjectDefect` is the per-sample form for a Dataset's ``A.Compose``.
@@ -200,11 +201,6 @@ class DynamicLabelInjection(DefectCompose):
         class_ids_of(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
 
     # ------------------------------------------------------------------ albumentations plumbing
-    def set_random_seed(self, seed: int | None) -> None:
-        super().set_random_seed(seed)
-        # the nested transform draws from this compose's generators (not a copy of the same seed)
-        self.set_random_state(self.random_generator, self.py_random)
-
     def to_dict_private(self) -> dict[str, Any]:
         return self._init_args(serialized_bank(self.bank))
 
