@@ -83,3 +83,15 @@ def test_a_normalized_tensor_is_drawn_like_its_input(tmp_path, images):
     unmasked[8:32, 18:62] = False  # away from the tinted mask
     correlation = np.corrcoef(source[unmasked], drawn[unmasked])[0, 1]
     assert correlation > 0.99, f"the normalized draw looks unlike its input (correlation {correlation:.3f})"
+
+
+def test_an_output_that_is_no_image_is_refused_clearly(images):
+    from albu_defects.tools.preview import read_preview_image, run_pipeline
+
+    def six_planes(image: np.ndarray, **params) -> np.ndarray:
+        return np.stack([image] * 6)  # (6, H, W): channels first, as numpy
+
+    item = read_preview_image(images / "tile.png")
+    channels_first = A.Compose([A.Lambda(image=six_planes)])
+    with pytest.raises(ValueError, match=r"image of shape \(6, 64, 160\), which preview cannot draw"):
+        run_pipeline(channels_first, [item], samples=1)
