@@ -79,12 +79,15 @@ class BatchCompose(DefectCompose):
     so prefer the transforms' own ``p`` (ContextMix then still returns its keys).
 
     Serializes with ``A.save``/``A.load`` together with its inner transforms (albumentations 2.0
-    does not save seeds: call ``set_random_seed`` after loading).
+    does not save seeds: call :func:`albu_defects.seed_pipeline` after loading).
 
     Args:
         transforms: per-sample transforms (albumentations or albu-defects), run in order.
         bbox_params: ``A.BboxParams`` (or its dict) of the ``bboxes`` field.
         keypoint_params: ``A.KeypointParams`` (or its dict) of the ``keypoints`` field.
+        additional_targets: extra per-sample targets, as ``A.Compose`` takes them (e.g.
+            ``{"anomaly_mask": "mask"}``, so built-ins after an anomaly transform move its mask); the
+            batch passes one entry per sample under the same key.
         num_partners: how many batch-mates every sample receives (1 for ContextMix; 3 for a 2x2
             ``A.Mosaic``).
         p: probability of transforming the batch.
@@ -97,6 +100,7 @@ class BatchCompose(DefectCompose):
         transforms: Sequence[Any],
         bbox_params: dict[str, Any] | A.BboxParams | None = None,
         keypoint_params: dict[str, Any] | A.KeypointParams | None = None,
+        additional_targets: dict[str, str] | None = None,
         num_partners: int = 1,
         p: float = 1.0,
         is_check_shapes: bool = True,
@@ -111,9 +115,11 @@ class BatchCompose(DefectCompose):
             list(transforms),
             bbox_params=bbox_params,
             keypoint_params=keypoint_params,
+            additional_targets=additional_targets,
             is_check_shapes=is_check_shapes,
         )
         super().__init__(transforms=list(transforms), p=p, seed=seed)
+        self.add_targets(additional_targets)  # albumentations keeps them as ``additional_targets``
         self.num_partners = int(num_partners)
         self.is_check_shapes = is_check_shapes
         self.metadata_keys = metadata_keys(self.transforms)
@@ -136,6 +142,7 @@ class BatchCompose(DefectCompose):
                 "keypoint_params": (
                     processors["keypoints"].params.to_dict_private() if "keypoints" in processors else None
                 ),
+                "additional_targets": dict(self.additional_targets) or None,
                 "num_partners": self.num_partners,
                 "is_check_shapes": self.is_check_shapes,
             }

@@ -26,6 +26,7 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 import albu_defects as ad
@@ -43,6 +44,7 @@ from .data import (
     image_kinds,
     keypoints,
     rectangles_mask,
+    white,
 )
 
 K = len(BANK_CLASSES)
@@ -501,6 +503,10 @@ def pipeline_cases(
         and draw(st.booleans())
     ):
         inputs["anomaly_mask"] = np.zeros(kind.hw, bool)  # an incoming (empty) anomaly mask
+    moved_after = [i for i, s in enumerate(flat) if s.moves and not s.ours]
+    if first_anomaly is not None and any(i > first_anomaly for i in moved_after):
+        # the label model: built-ins move the anomaly mask only when it is declared a mask target
+        additional["anomaly_mask"] = "mask"
     case = PipelineCase(kind, steps, inputs, mask_format, state.hw, tail, additional)
     if state.partners:
         case = case.with_inputs(contextmix_metadata=_partners(draw, case, draw(st.integers(1, 2)), state.partner_masks))
@@ -638,3 +644,36 @@ def other_mask(case: PipelineCase) -> np.ndarray:
 
 def inputs_copy(inputs: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(inputs)
+
+
+@st.composite
+def incoming_anomaly_cases(draw: Any) -> PipelineCase:
+    """One of our steps that moves no pixel, on a dark flat image carrying an anomaly from an earlier step.
+
+    The image is dark (below every bank defect and partner), so every pixel the step pastes changes.
+    """
+    kind = draw(image_kinds(min_side=24, max_side=48, dtypes=DTYPES, layouts=(None, 3)))
+    kind = replace(kind, content="constant")
+    mask_format = draw(st.sampled_from(MASK_FORMATS))
+    targets = {"mask"} if mask_format != "none" else set()
+    state = State(kind, kind.hw, targets, mask_format)
+    ours = [name for name in RECIPES if name in ad.__all__]
+    step = RECIPES[draw(st.sampled_from(ours))](draw, state)
+    # a step that moves the host's pixels (Guided-Crop's global stage) moves the anomaly too: not this property
+    assume(step is not None and not (step.moves and not step.label.startswith("ContextMix")))
+    state.partners = step.label.startswith("ContextMix")
+    h, w = kind.hw
+    y0, x0 = draw(st.integers(0, h - 4)), draw(st.integers(0, w - 4))
+    anomaly = np.zeros(kind.hw, bool)
+    anomaly[y0 : draw(st.integers(y0 + 4, h)), x0 : draw(st.integers(x0 + 4, w))] = True
+    inputs: dict[str, Any] = {"image": kind.image(0.05, 0.1), "anomaly_mask": anomaly, "anomaly_label": 1}
+    inputs.update(state.inputs)  # what the step reads (an object mask, a host label)
+    if "mask" in targets:
+        inputs["mask"] = class_mask(kind, kind.rng(1), kind.hw, mask_format)
+    case = PipelineCase(kind, [step], inputs, mask_format, kind.hw, (), {})
+    if state.partners:
+        partners = _partners(draw, case, 1, with_mask=False)
+        case = case.with_inputs(
+            contextmix_metadata=[{**p, "image": np.full_like(p["image"], white(kind.dtype))} for p in partners]
+        )
+    return case

@@ -12,7 +12,8 @@ some nested in ``Sequential`` / ``OneOf``, ``SyncLabels`` where the label model 
   holds no class that neither the input nor a step put there (pseudo-anomalies stay out of it
   unless given a ``mask_class_id``); ``anomaly_label`` is set iff ``anomaly_mask`` is non-empty;
   mixing weights sum to 1; boxes and keypoints stay in the image, and a box a transform added holds
-  its class;
+  its class; an anomaly from an earlier step survives a later one of ours wherever the image is
+  left alone;
 - **extra mask targets**: ``additional_targets={"roi": "mask"}`` given the mask's own content comes
   back equal to ``mask``; given another mask it comes back as ``mask`` would, from a replay with the
   two swapped; marked with a value no step writes, marked pixels survive (moved, not re-rendered);
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import albumentations as A
@@ -45,15 +47,18 @@ import albu_defects as ad
 from albu_defects import IS_ALBUMENTATIONS_X
 
 from .compat import bbox_params
-from .data import LABEL_FIELD, assert_same, freeze
+from .data import LABEL_FIELD, assert_same, changed, freeze
 from .pipelines import (
     BATCH_TRANSFORMS,
     RECIPES,
     ROI,
     SYNC,
+    K,
     PipelineCase,
+    Step,
     check_labels,
     check_outputs,
+    incoming_anomaly_cases,
     inputs_copy,
     other_mask,
     pipeline_cases,
@@ -155,6 +160,20 @@ def test_an_extra_mask_target_moves_like_mask(banks):
 
     cases = pipeline_cases(require_mask=True)
     run("extra mask target", budget(25, 0.5), st.tuples(cases, SEEDS), body)
+
+
+def test_a_step_keeps_the_incoming_anomaly_it_does_not_paste_over(banks):
+    """An anomaly from an earlier step survives a later step of ours wherever that step left the image alone."""
+
+    def body(case: PipelineCase, seed: int) -> None:
+        out = case.build(banks, seed)(**case.inputs)
+        check_labels(case, to_numpy(out))
+        untouched = ~changed(np.asarray(out["image"]), case.inputs["image"])
+        kept = np.asarray(out["anomaly_mask"])
+        lost = case.inputs["anomaly_mask"] & untouched & ~kept
+        assert not lost.any(), f"{int(lost.sum())} anomaly pixels the step did not touch left the anomaly mask"
+
+    run("incoming anomaly kept", budget(20, 0.25), st.tuples(incoming_anomaly_cases(), SEEDS), body)
 
 
 def test_replay_reproduces_image_masks_and_every_label(banks):
@@ -326,8 +345,11 @@ def test_batch_compose_keeps_every_samples_labels(banks):
             params["bbox_params"] = bbox_params(label_fields=[LABEL_FIELD])
         freeze(batch)
         before = inputs_copy(batch)
-        steps = [step.make(banks) for step in case.steps] + [ad.ContextMix(p=1.0, min_box_side=1)]
-        compose = ad.BatchCompose(steps, **params)
+        mix = Step("ContextMix(p=1.0)", lambda banks: ad.ContextMix(p=1.0, min_box_side=1), ours=True, moves=True)
+        mix = replace(mix, writes=frozenset(range(1, K + 1)))  # partners are other samples: any class
+        case = replace(case, steps=[*case.steps, mix])
+        compose = ad.BatchCompose([step.make(banks) for step in case.steps], **params)
+        compose.add_targets(case.additional_targets)  # the anomaly mask, when built-ins move pixels after it
         ad.seed_pipeline(compose, seed)
         out = to_numpy(compose(**batch))
         assert_same(batch, before, "inputs after the call")
