@@ -7,17 +7,25 @@ other's results.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+REPO = Path(__file__).resolve().parents[1]
+#: "Today's main" of issue 14: the commit the speed targets are measured against.
+BASE_REF = "72696d0"
+SCRATCH = Path(os.environ.get("TMPDIR", "/tmp")) / "albu_defects_bench"
 
 
 def _find_magnetic_tile() -> Path:
@@ -133,3 +141,35 @@ def write_section(name: str, title: str, body: str, command: str | None = None) 
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     RESULTS.write_text(text)
+
+
+def base_checkout(ref: str = BASE_REF, path: Path | None = None) -> Path:
+    """A folder holding today's main ``albu_defects`` package (to put on PYTHONPATH or load with
+    :func:`load_package`): ``path`` itself (a checkout or a copy), else ``git archive`` of
+    ``ref``'s ``albu_defects`` unpacked into the benchmarks' scratch folder (once)."""
+    if path is not None:
+        if not (path / "albu_defects" / "__init__.py").is_file():
+            raise SystemExit(f"{path} holds no albu_defects package")
+        return path
+    target = SCRATCH / f"base-{ref}"
+    if not (target / "albu_defects" / "__init__.py").is_file():
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref, "albu_defects"], capture_output=True, check=False
+        )
+        if archive.returncode != 0:
+            raise SystemExit(f"git archive {ref} failed ({archive.stderr.decode().strip()}); pass a copy of it instead")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(target, filter="data")
+    return target
+
+
+def load_package(folder: Path, name: str) -> ModuleType:
+    """Import the ``albu_defects`` package found in ``folder`` under another top-level ``name``, beside
+    the one in use (its modules import each other relatively)."""
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "albu_defects" / "__init__.py", submodule_search_locations=[str(folder / "albu_defects")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

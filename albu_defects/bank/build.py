@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from albu_defects.core.geometry import box_slices, grow_box, mask_bbox
-from albu_defects.core.parallel import ordered_map
+from albu_defects.core.parallel import ordered_map, progress_bar
 from albu_defects.core.validation import check_image
 from albu_defects.data import MAGNETIC_TILE_CLASSES
 
@@ -443,7 +442,7 @@ def build_from_arrays(
     cuts: list[tuple[str, tuple[int, int], _Cut]] = []
     free: list[np.ndarray] = []
     top = 0
-    for i in tqdm(range(len(images)), desc="DefectBank", unit="img", disable=not progress):
+    for i in progress_bar(range(len(images)), desc="DefectBank", unit="img", disable=not progress):
         image = check_image(images[i], f"images[{i}]")
         mask = masks[i]
         if not isinstance(mask, np.ndarray):

@@ -1,4 +1,9 @@
-"""Blending: hard paste and exact Poisson blending of a patch into an image (:mod:`.poisson`)."""
+"""Blending: hard paste and exact Poisson blending of a patch into an image.
+
+:mod:`.poisson` (the public functions, the OpenCV path and the ``auto`` rule) sets up the masked
+Perez system on the region's crop (:mod:`.grid`); :mod:`.solver` solves it exactly, by banded
+Cholesky or by the deflated conjugate gradients of :mod:`.pcg`.
+"""
 
 from .poisson import (
     AUTO_OPENCV_MIN_KEPT,

@@ -6,32 +6,23 @@ width; ``top_left=(y, x)`` places them on ``target`` and may be negative or run 
 input is ever modified.
 
 Poisson blending (Perez, Gangnet and Blake, 2003) has two implementations here. The *exact* one
-solves the discrete Poisson equation on exactly the masked pixels with a direct banded Cholesky
-factorization (small or thin regions) or a conjugate-gradient solver preconditioned by a fast
-sine/cosine-transform Poisson solve on the region's bounding box (large compact regions). The
-*OpenCV* one calls ``cv2.seamlessClone`` behind guards against its measured defects. ``auto``
-picks OpenCV only where its result is faithful; see :func:`poisson_blend`.
+sets up the discrete Poisson equation on exactly the masked pixels and solves it with
+:mod:`albu_defects.blending.solver` (banded Cholesky for small, thin or scattered regions,
+deflated conjugate gradients for large compact ones). The *OpenCV* one calls
+``cv2.seamlessClone`` behind guards against its measured defects. ``auto`` picks OpenCV only
+where its result is faithful; see :func:`poisson_blend`.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
-import scipy.fft
-import scipy.sparse
-import scipy.sparse.linalg
-from scipy.linalg import lapack
-from threadpoolctl import ThreadpoolController
 
-# (row, col)-ordered extents under their old names until issue 14 moves this module to boxes
-from albu_defects.core.geometry import dilate_mask, placement_overlap
-from albu_defects.core.geometry import grow_extent_rc as grow_box
-from albu_defects.core.geometry import mask_extent_rc as mask_bbox
+from albu_defects.blending.grid import RESIDUAL_BOUND, border_sides, laplacian
+from albu_defects.blending.solver import solve
+from albu_defects.core.geometry import dilate_mask, grow_box, mask_bbox, placement_overlap
 from albu_defects.core.validation import (
     as_bool_mask,
     check_choice,
@@ -53,8 +44,6 @@ __all__ = [
     "poisson_solve",
 ]
 
-#: Relative residual ``||A x - b|| / ||b||`` every exact solve reaches (checked, else a fallback solver runs).
-RESIDUAL_BOUND = 1e-6
 #: ``cv2.seamlessClone`` erodes the mask by this many pixels (3x3 kernel, 3 iterations) before it uses the source.
 OPENCV_EROSION = 3
 #: ``auto`` considers OpenCV only for regions of at least this many pixels ...
@@ -154,9 +143,9 @@ def _region(inputs: BlendInputs) -> _Region:
     target = _as_hwc(inputs.target)
     height, width = target.shape[:2]
     wy, wx = inputs.window
-    by0, bx0, by1, bx1 = mask_bbox(inputs.mask)  # type: ignore[misc]  # the mask is never empty here
+    bx0, by0, bx1, by1 = mask_bbox(inputs.mask)  # type: ignore[misc]  # the mask is never empty here
     ty0, tx0, ty1, tx1 = wy.start + by0, wx.start + bx0, wy.start + by1, wx.start + bx1
-    cy0, cx0, cy1, cx1 = grow_box((ty0, tx0, ty1, tx1), 1, (height, width))
+    cx0, cy0, cx1, cy1 = grow_box((tx0, ty0, tx1, ty1), 1, (height, width))
     mask = np.zeros((cy1 - cy0, cx1 - cx0), bool)
     mask[ty0 - cy0 : ty1 - cy0, tx0 - cx0 : tx1 - cx0] = inputs.mask[by0:by1, bx0:bx1]
     # Source on the crop; rows/columns of the crop beyond the source window repeat its edge, so the
@@ -183,22 +172,12 @@ def _region(inputs: BlendInputs) -> _Region:
     )
 
 
-def _neighbour_sum(grid: np.ndarray) -> np.ndarray:
-    """Sum of the 4 neighbours of every pixel, zero outside the grid (the crop is the whole image here)."""
-    out = np.zeros_like(grid)
-    out[1:] += grid[:-1]
-    out[:-1] += grid[1:]
-    out[:, 1:] += grid[:, :-1]
-    out[:, :-1] += grid[:, 1:]
-    return out
-
-
 def _guidance_divergence(region: _Region, mode: Mode) -> np.ndarray:
-    """Per crop pixel, the sum over its in-image neighbours q of the guidance v_pq, (h, w, C)."""
+    """Per crop pixel, the sum over its in-image neighbours q of the guidance v_pq, (h, w, C)
+    (meaningful on the mask)."""
     src = region.source
     if mode == "normal":  # v_pq = g_p - g_q: the (negated) Laplacian of the source
-        counts = _neighbour_sum(np.ones(src.shape[:2]))[:, :, None]
-        return counts * src - _neighbour_sum(src)
+        return laplacian(src, border_sides(region.mask.shape, region.neumann))
     tgt = region.target
     div = np.zeros_like(src)
     # Each unordered edge once: down and right; v_qp = -v_pq, so it adds to p and subtracts from q.
@@ -214,364 +193,21 @@ def _guidance_divergence(region: _Region, mode: Mode) -> np.ndarray:
 
 
 def _rhs_grid(region: _Region, mode: Mode) -> np.ndarray:
-    """Right-hand side on the crop grid: guidance divergence plus the Dirichlet values next to each pixel."""
+    """Right-hand side on the crop grid: guidance divergence plus the Dirichlet values next to each
+    pixel (meaningful on the mask)."""
     outside = region.target * ~region.mask[:, :, None]
-    return _guidance_divergence(region, mode) + _neighbour_sum(outside)
-
-
-def _diag_grid(shape: tuple[int, int]) -> np.ndarray:
-    """Number of in-image neighbours of every crop pixel (the crop's ring lies inside the image)."""
-    return _neighbour_sum(np.ones(shape))
-
-
-def _relative_residual(x: np.ndarray, rhs: np.ndarray, diag: np.ndarray, mask: np.ndarray) -> float:
-    """Largest per-channel ``||A x - b|| / ||b||`` (0 where ``b`` is 0 and so is the residual)."""
-    apply_a = _MaskedLaplacian(mask, diag)
-    worst = 0.0
-    for channel in range(x.shape[2]):
-        b = rhs[:, :, channel] * apply_a.maskf
-        res = apply_a(np.ascontiguousarray(x[:, :, channel]) * apply_a.maskf) - b
-        rn, bn = math.sqrt(_dot(res, res)), math.sqrt(_dot(b, b))
-        worst = max(worst, rn / bn if bn > 0 else rn)
-    return worst
-
-
-# ---- direct banded Cholesky ------------------------------------------------------------------
-
-
-_BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"controller": None, "users": 0, "limiter": None}
-
-
-def _blas_controller() -> ThreadpoolController:
-    """The BLAS libraries of this process (numpy's and scipy's), found once by threadpoolctl (~2 ms)."""
-    if _BLAS_STATE["controller"] is None:
-        _BLAS_STATE["controller"] = ThreadpoolController().select(user_api="blas")
-    return _BLAS_STATE["controller"]
-
-
-@contextmanager
-def _single_threaded_blas():
-    """Run BLAS/LAPACK single-threaded: these factorizations are small, and OpenBLAS threads only slow
-    them down (5x measured on 2 busy cores). Process-wide while active, so it is reference-counted:
-    the first caller in limits every BLAS library to one thread, the last one out restores them."""
-    with _BLAS_LOCK:
-        if _BLAS_STATE["users"] == 0:
-            _BLAS_STATE["limiter"] = _blas_controller().limit(limits=1)
-        _BLAS_STATE["users"] += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_STATE["users"] -= 1
-            if _BLAS_STATE["users"] == 0:
-                _BLAS_STATE["limiter"].restore_original_limits()
-                _BLAS_STATE["limiter"] = None
-
-
-def _bandwidth(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Row-major unknown index of each masked pixel (meaningless elsewhere), the mask of vertical
-    masked pairs, and the bandwidth of the Laplacian in that order (largest vertical index gap)."""
-    index = np.cumsum(mask.ravel()).reshape(mask.shape) - 1
-    down = mask[:-1] & mask[1:]
-    offsets = index[1:][down] - index[:-1][down]
-    return index, down, int(offsets.max()) if offsets.size else 1
-
-
-def _solve_banded(region: _Region, rhs: np.ndarray, diag: np.ndarray, index: np.ndarray, down: np.ndarray, band: int):
-    """Exact solve by banded Cholesky (LAPACK ``pbtrf``/``pbtrs``): one factorization, every channel."""
-    mask = region.mask
-    n = int(mask.sum())
-    ab = np.zeros((band + 1, n))
-    ab[band] = diag[mask]
-    right = mask[:, :-1] & mask[:, 1:]
-    ab[band - 1, index[:, 1:][right]] = -1.0
-    below = index[1:][down]
-    ab[band - (below - index[:-1][down]), below] = -1.0
-    b = rhs[mask]
-    with _single_threaded_blas():
-        factor, info = lapack.dpbtrf(ab, lower=0, overwrite_ab=1)
-        if info != 0:  # pragma: no cover - the matrix is SPD whenever a Dirichlet pixel exists
-            return None
-        x, info = lapack.dpbtrs(factor, b, lower=0, overwrite_b=1)
-    if info != 0:  # pragma: no cover
-        return None
-    out = np.zeros_like(rhs)
-    out[mask] = x
-    return out
-
-
-def _solve_splu(region: _Region, rhs: np.ndarray, diag: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Sparse LU: the last resort when PCG stalls and the banded factor would be too large."""
-    mask = region.mask
-    n = int(mask.sum())
-    rows, cols = [np.arange(n)], [np.arange(n)]
-    vals = [diag[mask]]
-    for pair, a, b in (
-        (mask[:, :-1] & mask[:, 1:], index[:, :-1], index[:, 1:]),
-        (mask[:-1] & mask[1:], index[:-1], index[1:]),
-    ):
-        i, j = a[pair], b[pair]
-        rows += [i, j]
-        cols += [j, i]
-        vals += [-np.ones(i.size), -np.ones(i.size)]
-    matrix = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    x = scipy.sparse.linalg.splu(matrix, permc_spec="MMD_AT_PLUS_A").solve(rhs[mask])
-    out = np.zeros_like(rhs)
-    out[mask] = x.reshape(n, -1)
-    return out
-
-
-# ---- conjugate gradients with a fast-transform preconditioner ----------------------------------
-
-
-class _Transform(NamedTuple):
-    """A 1-D real trig transform diagonalising the path-graph Laplacian with given end conditions."""
-
-    forward: object
-    inverse: object
-    kind: int
-    eigenvalues: np.ndarray
-
-
-def _axis_transform(n: int, neumann_start: bool, neumann_end: bool) -> _Transform:
-    """DST-II (Dirichlet, half-sample), DCT-IV/DST-IV (mixed) or DCT-II (Neumann) of length ``n``."""
-    k = np.arange(n)
-    if neumann_start and neumann_end:
-        return _Transform(scipy.fft.dct, scipy.fft.idct, 2, 2 - 2 * np.cos(np.pi * k / n))
-    if neumann_start:
-        return _Transform(scipy.fft.dct, scipy.fft.idct, 4, 2 - 2 * np.cos(np.pi * (k + 0.5) / n))
-    if neumann_end:
-        return _Transform(scipy.fft.dst, scipy.fft.idst, 4, 2 - 2 * np.cos(np.pi * (k + 0.5) / n))
-    return _Transform(scipy.fft.dst, scipy.fft.idst, 2, 2 - 2 * np.cos(np.pi * (k + 1) / n))
-
-
-def _box_length(n: int, neumann_start: bool, neumann_end: bool) -> tuple[int, int]:
-    """FFT-friendly transform length for ``n`` crop pixels and where the crop starts in it.
-
-    The extra pixels go on a Dirichlet side (a Neumann side must stay on the image border); a crop
-    with both ends on the border keeps its exact length.
-    """
-    if neumann_start and neumann_end:
-        return n, 0
-    size = scipy.fft.next_fast_len(n, real=True)
-    return size, (size - n if neumann_end else 0)
-
-
-class _BoxSolver:
-    """Fast Poisson solve on the crop's box (grown to FFT-friendly sides): one trig transform per
-    axis chosen by its boundary conditions, in float32 (it is only a preconditioner)."""
-
-    def __init__(self, shape: tuple[int, int], neumann: tuple[bool, bool, bool, bool]):
-        (h, w), (top, bottom, left, right) = shape, neumann
-        (bh, oy), (bw, ox) = _box_length(h, top, bottom), _box_length(w, left, right)
-        self.ty, self.tx = _axis_transform(bh, top, bottom), _axis_transform(bw, left, right)
-        eig = self.ty.eigenvalues[:, None] + self.tx.eigenvalues[None, :]
-        if eig[0, 0] <= 0:  # all four sides on the image border: the constant mode is free
-            eig[0, 0] = eig[1:, 0].min(initial=1.0) if bh > 1 else eig[0, 1:].min(initial=1.0)
-        self.inverse = (1.0 / eig).astype(np.float32)
-        self.buffer = np.zeros((bh, bw), np.float32)
-        self.window = (slice(oy, oy + h), slice(ox, ox + w))
-
-    def __call__(self, residual: np.ndarray) -> np.ndarray:
-        buf = self.buffer
-        buf[self.window] = residual
-        ty, tx = self.ty, self.tx
-        z = ty.forward(buf, type=ty.kind, axis=0)
-        z = tx.forward(z, type=tx.kind, axis=1, overwrite_x=True)
-        z *= self.inverse
-        z = tx.inverse(z, type=tx.kind, axis=1, overwrite_x=True)
-        z = ty.inverse(z, type=ty.kind, axis=0, overwrite_x=True)
-        return z[self.window].astype(np.float64)
-
-
-_CROSS = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], np.float64)
-
-
-class _MaskedLaplacian:
-    """``A x`` on a 2-D grid for ``x`` that is zero outside the mask (cv2 does the neighbour sum)."""
-
-    def __init__(self, mask: np.ndarray, diag: np.ndarray):
-        self.maskf = mask.astype(np.float64)
-        self.diag = diag * self.maskf
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        nsum = cv2.filter2D(x, -1, _CROSS, borderType=cv2.BORDER_CONSTANT)
-        nsum *= self.maskf
-        y = self.diag * x
-        y -= nsum
-        return y
-
-
-#: Block side of the coarse level of the preconditioner.
-_COARSE_BLOCK = 4
-
-
-class _CoarseSolver:
-    """Exact solve of the Galerkin coarse problem on k x k blocks of the region (banded Cholesky).
-
-    With piecewise-constant aggregation R, the coarse matrix R A R^T holds minus the number of
-    fine edges between two blocks off the diagonal, and on it the edges leaving the block plus
-    its pixels' Dirichlet neighbours. The grid is a multiple of k in both directions.
-    """
-
-    def __init__(self, mask: np.ndarray, diag: np.ndarray, k: int):
-        height, width = mask.shape
-        hb, wb = height // k, width // k
-        self.k, self.fine_size, self.coarse_size = k, (width, height), (wb, hb)
-        self.maskf = mask.astype(np.float64)
-        self.present = mask.reshape(hb, k, wb, k).any(axis=(1, 3))
-        dirichlet = (diag - _neighbour_sum(self.maskf)) * self.maskf
-        diag_c = dirichlet.reshape(hb, k, wb, k).sum(axis=(1, 3))
-        right = (mask[:, k - 1 : -1 : k] & mask[:, k::k]).reshape(hb, k, wb - 1).sum(axis=1).astype(np.float64)
-        down = (mask[k - 1 : -1 : k] & mask[k::k]).reshape(hb - 1, wb, k).sum(axis=2).astype(np.float64)
-        diag_c[:, :-1] += right
-        diag_c[:, 1:] += right
-        diag_c[:-1] += down
-        diag_c[1:] += down
-        index, below, band = _bandwidth(self.present)
-        n = int(self.present.sum())
-        ab = np.zeros((band + 1, n))
-        ab[band] = diag_c[self.present]
-        pair = self.present[:, :-1] & self.present[:, 1:]
-        ab[band - 1, index[:, 1:][pair]] = -right[pair]
-        lower = index[1:][below]
-        ab[band - (lower - index[:-1][below]), lower] = -down[below]
-        self.factor, info = lapack.dpbtrf(ab, lower=0, overwrite_ab=1)
-        self.ok = info == 0
-        self.grid = np.zeros((hb, wb))
-
-    def __call__(self, residual: np.ndarray) -> np.ndarray:
-        sums = cv2.resize(residual, self.coarse_size, interpolation=cv2.INTER_AREA)  # block means, exact
-        solved, _ = lapack.dpbtrs(self.factor, sums[self.present] * float(self.k * self.k), lower=0, overwrite_b=1)
-        self.grid[self.present] = solved
-        fine = cv2.resize(self.grid, self.fine_size, interpolation=cv2.INTER_NEAREST)  # exact replication
-        fine *= self.maskf
-        return fine
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product without BLAS (numpy's threaded ddot is 100x slower on busy cores)."""
-    return float(np.einsum("ij,ij->", a, b))
-
-
-def _solve_pcg(region: _Region, rhs: np.ndarray, diag: np.ndarray, tol: float, max_iter: int):
-    """Deflated conjugate gradients on the masked grid, channel by channel; ``None`` if it stalls.
-
-    Two-level preconditioner: the fast box solve, then a coarse correction (``(I - Q A) B`` with
-    ``Q`` the exact coarse solve), started from ``x0 = Q b`` so that every residual stays orthogonal
-    to the coarse space (the "A-DEF2" variant of Tang, Nabben and Vuik, 2009, which then equals the
-    symmetric coarse-box-coarse preconditioner at one coarse solve and one product per iteration).
-    The box solve alone needs 25-40 iterations on large Magnetic Tile regions, because its solution
-    leaks into the box pixels outside the mask; the coarse level removes those smooth modes and
-    brings it to about 10. The set-up is shared by all channels.
-    """
-    h, w = region.mask.shape
-    k = _COARSE_BLOCK
-    grid = (-(-h // k) * k, -(-w // k) * k)  # padded to whole coarse blocks
-    mask = np.zeros(grid, bool)
-    mask[:h, :w] = region.mask
-    diag_g = np.zeros(grid)
-    diag_g[:h, :w] = diag
-    apply_a = _MaskedLaplacian(mask, diag_g)
-    box = _BoxSolver((h, w), region.neumann)
-    coarse = _CoarseSolver(mask, diag_g, k)
-    if not coarse.ok:  # pragma: no cover - R A R^T is SPD whenever A is
-        return None
-    box_mask = apply_a.maskf[:h, :w]
-
-    def precondition(res: np.ndarray) -> np.ndarray:
-        y = np.zeros(grid)
-        y[:h, :w] = box(res[:h, :w])
-        y[:h, :w] *= box_mask
-        y -= coarse(apply_a(y))
-        return y
-
-    out = np.zeros_like(rhs)
-    for channel in range(rhs.shape[2]):
-        b = np.zeros(grid)
-        b[:h, :w] = rhs[:, :, channel]
-        b *= apply_a.maskf
-        goal = tol * tol * _dot(b, b)
-        x = coarse(b)
-        r = b - apply_a(x)
-        z = precondition(r)
-        p = z.copy()
-        rz = _dot(r, z)
-        for _ in range(max_iter):
-            if _dot(r, r) <= goal:
-                break
-            ap = apply_a(p)
-            pap = _dot(p, ap)
-            alpha = rz / pap if pap > 0 else 0.0
-            x += alpha * p
-            r -= alpha * ap
-            z = precondition(r)
-            rz_new = _dot(r, z)
-            beta = rz_new / rz if rz > 0 else 0.0
-            p *= beta
-            p += z
-            rz = rz_new
-        else:
-            return None
-        out[:, :, channel] = x[:h, :w]
-    return out
-
-
-def _solve_whole_image(region: _Region, rhs: np.ndarray) -> np.ndarray:
-    """The mask covers the whole target: no Dirichlet pixel, a pure Neumann problem, solved exactly
-    by a DCT-II. Its solution is unique up to a constant: the mean is pinned to the target's mean."""
-    h, w = region.mask.shape
-    eig = _axis_transform(h, True, True).eigenvalues[:, None] + _axis_transform(w, True, True).eigenvalues[None, :]
-    eig[0, 0] = 1.0
-    coeffs = scipy.fft.dctn(rhs, type=2, axes=(0, 1))
-    coeffs /= eig[:, :, None]
-    coeffs[0, 0] = 0.0
-    x = scipy.fft.idctn(coeffs, type=2, axes=(0, 1))
-    return x - x.mean(axis=(0, 1)) + region.target.mean(axis=(0, 1))
-
-
-# Solver choice, calibrated on Magnetic Tile regions (2 cores, single-threaded LAPACK): banded
-# Cholesky costs about 0.1 + 8e-5 n + n band^2 / 7e6 ms; the deflated PCG about
-# 0.5 + 3.5e-4 (box pixels) ms (10-12 iterations). Both are exact to RESIDUAL_BOUND; the cheaper
-# one runs. The banded factor holds (band + 1) n doubles, capped at _BANDED_MAX_ENTRIES.
-_BANDED_MAX_ENTRIES = 5_000_000
-
-
-def _prefer_banded(n: int, band: int, box_pixels: int) -> bool:
-    if (band + 1) * n > _BANDED_MAX_ENTRIES:
-        return False
-    banded_ms = 0.1 + 8e-5 * n + n * band * band / 7e6
-    pcg_ms = 0.5 + 3.5e-4 * box_pixels
-    return banded_ms <= pcg_ms
+    # On a masked pixel the Laplacian of ``outside`` is minus the sum of its unmasked neighbours.
+    return _guidance_divergence(region, mode) - laplacian(outside, [])
 
 
 def _solve_region(region: _Region, mode: Mode, solver: str = "auto") -> np.ndarray:
     """Solve the Perez system on ``region``; the float64 solution on the crop grid (h, w, C).
 
     ``solver`` ("auto", "banded", "pcg" or "splu") is for tests; "auto" picks the cheaper exact one.
-    A PCG that stalls or misses the residual bound falls back to a direct solve.
     """
-    mask = region.mask
     rhs = _rhs_grid(region, mode)
-    diag = _diag_grid(mask.shape)
-    if mask.all() and all(region.neumann):
-        return _solve_whole_image(region, rhs)
-    index, down, band = _bandwidth(mask)
-    n = int(mask.sum())
-    if solver == "auto":
-        solver = "banded" if _prefer_banded(n, band, mask.size) else "pcg"
-    if solver == "pcg":
-        with _single_threaded_blas():
-            x = _solve_pcg(region, rhs, diag, tol=RESIDUAL_BOUND / 10, max_iter=200)
-        if x is not None and _relative_residual(x, rhs, diag, mask) <= RESIDUAL_BOUND:
-            return x
-        solver = "banded" if (band + 1) * n <= _BANDED_MAX_ENTRIES else "splu"
-    if solver == "banded":
-        x = _solve_banded(region, rhs, diag, index, down, band)
-        if x is not None:
-            return x
-    return _solve_splu(region, rhs, diag, index)
+    mean = region.target.mean(axis=(0, 1)) if region.mask.all() else None  # pins a pure Neumann solve
+    return solve(region.mask, region.neumann, rhs, mean=mean, solver=solver)
 
 
 def _exact_crop(inputs: BlendInputs, mode: Mode, solver: str = "auto") -> tuple[_Region, np.ndarray]:
@@ -610,7 +246,7 @@ def _write_masked(out: np.ndarray, region: _Region, values: np.ndarray) -> None:
     mask = _untranspose(region, region.mask[:, :, None])[:, :, 0]
     vals = _untranspose(region, values)
     view = _as_hwc(out)[region.crop]
-    view[mask] = vals[mask].astype(out.dtype, copy=False)
+    np.copyto(view, vals, casting="unsafe", where=mask[:, :, None])  # faster than boolean indexing
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +267,7 @@ def _opencv_unusable(inputs: BlendInputs) -> str | None:
             f"cv2.seamlessClone only handles uint8 images (it returns garbage for {inputs.target.dtype}); "
             "use method='exact' or 'auto'"
         )
-    y0, x0, y1, x1 = mask_bbox(inputs.mask)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(inputs.mask)  # type: ignore[misc]
     if y1 - y0 < 3 or x1 - x0 < 3:
         return (
             f"cv2.seamlessClone crashes on masks whose bounding box is under 3 px on a side "
@@ -659,7 +295,7 @@ def _opencv_blend(inputs: BlendInputs, mode: Mode) -> np.ndarray:
     target = _as_hwc(inputs.target)
     height, width, channels = target.shape
     wy, wx = inputs.window
-    by0, bx0, by1, bx1 = mask_bbox(inputs.mask)  # type: ignore[misc]
+    bx0, by0, bx1, by1 = mask_bbox(inputs.mask)  # type: ignore[misc]
     bh, bw = by1 - by0, bx1 - bx0
     # Source and mask get a 1-px margin (cv2 zeroes the mask's outer frame); the mask is our own
     # uint8 0/255 copy (cv2 writes into it, and reads a 0/1 mask as 1/255).
@@ -728,7 +364,7 @@ def _auto_uses_opencv(inputs: BlendInputs, mode: Mode) -> bool:
         return False
     height, width = inputs.target.shape[:2]
     wy, wx = inputs.window
-    y0, x0, y1, x1 = mask_bbox(inputs.mask)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(inputs.mask)  # type: ignore[misc]
     if wy.start + y0 < 1 or wx.start + x0 < 1 or wy.start + y1 > height - 1 or wx.start + x1 > width - 1:
         return False  # Perez has a natural condition on the image border; cv2 pins the box frame
     n = int(inputs.mask.sum())
@@ -741,7 +377,7 @@ def _auto_uses_opencv(inputs: BlendInputs, mode: Mode) -> bool:
 def _opencv_kept_contrast(inputs: BlendInputs, result: np.ndarray) -> bool:
     """The dynamic half of the auto rule: did cv2 keep the source's contrast between the mask's
     eroded core and the band around it (where its erosion replaces source gradients)?"""
-    y0, x0, y1, x1 = mask_bbox(inputs.mask)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(inputs.mask)  # type: ignore[misc]
     mask = inputs.mask[y0:y1, x0:x1]
     core = _opencv_erosion(mask)
     band = mask & ~core

@@ -33,10 +33,8 @@ __all__ = [
     "connected_components",
     "dilate_mask",
     "grow_box",
-    "grow_extent_rc",
     "image_box",
     "mask_bbox",
-    "mask_extent_rc",
     "placement_overlap",
     "random_top_left",
     "translate_box",
@@ -155,20 +153,3 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> tuple[int, 
     """Label the nonzero blobs of ``mask``: ``(count, labels)`` with labels 1..count, 0 = background."""
     count, labels = cv2.connectedComponents((np.asarray(mask) != 0).astype(np.uint8), connectivity=connectivity)
     return int(count) - 1, labels.astype(np.int32, copy=False)
-
-
-# ---- (row, col)-ordered extents ------------------------------------------------------------------
-# Only for blending/poisson.py, which is being reworked in parallel (issue 14) and imports these two
-# under its old names; it moves to boxes and box_slices when it is split. Nothing else uses them.
-
-
-def mask_extent_rc(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """:func:`mask_bbox` in array order: ``(row_min, col_min, row_max, col_max)``, or ``None`` if empty."""
-    box = mask_bbox(mask)
-    return None if box is None else (box[1], box[0], box[3], box[2])
-
-
-def grow_extent_rc(extent: tuple[int, int, int, int], margin: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """:func:`grow_box` of a ``(row_min, col_min, row_max, col_max)`` extent, in the same order."""
-    x_min, y_min, x_max, y_max = grow_box((extent[1], extent[0], extent[3], extent[2]), margin, hw)
-    return y_min, x_min, y_max, x_max

@@ -12,9 +12,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from tqdm.auto import tqdm
+__all__ = ["cached_per_object", "ordered_map", "progress_bar"]
 
-__all__ = ["cached_per_object", "ordered_map"]
+
+def progress_bar(*args: Any, **kwargs: Any) -> Any:
+    """``tqdm.auto.tqdm(*args, **kwargs)``; tqdm is imported here, on first use (its import takes ~0.1 s,
+    which the command line's bank commands do not spend unless they show a bar)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(*args, **kwargs)
 
 
 def ordered_map(work: Callable[[int], Any], count: int, workers: int, desc: str, progress: bool) -> Iterator[Any]:
@@ -23,7 +29,7 @@ def ordered_map(work: Callable[[int], Any], count: int, workers: int, desc: str,
     A tqdm bar (``desc``, unit "img") counts the results. Threads suit image work: OpenCV decoding
     and numpy release the GIL. Used by the bank builder and Guided-Crop's offline synthesis.
     """
-    with tqdm(total=count, desc=desc, unit="img", disable=not progress) as bar:
+    with progress_bar(total=count, desc=desc, unit="img", disable=not progress) as bar:
         if workers == 1:
             for i in range(count):
                 yield work(i)

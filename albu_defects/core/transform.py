@@ -15,6 +15,7 @@ Only one of the two methods is defined, chosen when this module is imported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import albumentations as A
@@ -124,6 +125,47 @@ class DefectTransform(A.DualTransform):
         """
         params = getattr(self.get_processor(key), "params", None)
         return list(getattr(params, "label_fields", None) or [])
+
+    def partner_annotations(self, partner: Mapping[str, Any], key: str, name: str, host: np.ndarray) -> np.ndarray:
+        """A partner sample's ``key`` ("bboxes" or "keypoints") in albumentations' internal format, like ``host``.
+
+        For transforms that take extra samples through a metadata key (ContextMix's partners,
+        PoissonPaste's donors): the rows are given in the calling Compose's format with its label
+        fields, and converted by its processor (outside a Compose they are already internal). Raises
+        ``ValueError`` when they are missing, lack label fields, or have other columns than ``host``.
+        """
+        if partner.get(key) is None:
+            raise ValueError(f"the host has {key} but {name} has none: pass its {key} (an empty list if it has none)")
+        processor = self.get_processor(key)
+        if processor is None:  # standalone call: annotations are already in the internal format
+            converted = np.asarray(partner[key], dtype=np.float64)
+        else:
+            label_fields = self.processor_label_fields(key)
+            missing = [field for field in label_fields if field not in partner]
+            if missing:
+                raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
+            temp = {"image": partner["image"], key: partner[key], **{field: partner[field] for field in label_fields}}
+            # A 2.0's preprocess() records whether the input was a list; keep the host's record intact.
+            record = getattr(processor, "is_sequence_input", None)  # AlbumentationsX keeps no such record
+            saved = dict(record) if record is not None else None
+            try:
+                processor.preprocess(temp)
+            finally:
+                if record is not None:
+                    record.clear()
+                    record.update(saved)
+            converted = np.asarray(temp[key], dtype=np.float64)
+        columns = host.shape[1] if host.ndim == 2 and host.size else None
+        if converted.size == 0:
+            return converted.reshape(0, columns or (4 if key == "bboxes" else 2))
+        if converted.ndim != 2:
+            raise ValueError(f"{name}['{key}'] must be a list of rows, got shape {converted.shape}")
+        if columns is not None and converted.shape[1] != columns:
+            raise ValueError(
+                f"{name}['{key}'] has {converted.shape[1]} columns after conversion but the host's have {columns}: "
+                "give partners the same extra columns and label fields as the host"
+            )
+        return converted
 
     # ----------------------------------------------------------------- the bridge
     def _draw_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

@@ -17,7 +17,7 @@ __all__ = ["main"]
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo
 
-    out = write_demo(args.out, seed=args.seed)
+    out = write_demo(args.out, seed=args.seed, only=args.only)
     print(f"wrote {out}")
     return 0
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="write a picture of every augmentation on the bundled samples")
     demo.add_argument("--out", default="demo.png", help="output picture (default: demo.png)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--only", metavar="PANEL", help="one row only, e.g. poisson_paste, contextmix (default: all)")
     demo.set_defaults(handler=_cmd_demo)
 
     bank = commands.add_parser("bank", help="build a defect bank from image+mask folders, or show its statistics")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from albu_defects.data import Sample, load_samples
+from albu_defects.data import MAGNETIC_TILE_CLASSES, Sample, load_samples
 
 from .visualize import (
     draw_bboxes,
@@ -23,9 +23,11 @@ from .visualize import (
     write_picture,
 )
 
-__all__ = ["PANELS", "build_demo", "write_demo"]
+__all__ = ["PANELS", "build_demo", "panel_names", "write_demo"]
 
 TILE_HEIGHT = 180
+#: Tile height of the PoissonPaste row.
+SMALL = 140
 
 Panel = Callable[[list[Sample], np.random.Generator], tuple[str, list[np.ndarray]]]
 
@@ -34,9 +36,11 @@ def _samples_of(samples: list[Sample], class_name: str) -> list[Sample]:
     return [s for s in samples if s.class_name == class_name]
 
 
-def tile(image: np.ndarray, text: str, mask: np.ndarray | None = None, class_mask: bool = False) -> np.ndarray:
+def tile(
+    image: np.ndarray, text: str, mask: np.ndarray | None = None, class_mask: bool = False, height: int = TILE_HEIGHT
+) -> np.ndarray:
     """A labelled display tile of ``image`` with ``mask`` outlined (or tinted by class)."""
-    shown = to_display(image, TILE_HEIGHT)
+    shown = to_display(image, height)
     if mask is not None:
         shown = overlay_class_mask(shown, mask) if class_mask else draw_mask_outline(shown, mask)
     return label_tile(shown, text)
@@ -224,6 +228,45 @@ def panel_contextmix(samples: list[Sample], rng: np.random.Generator) -> tuple[s
     return "ContextMix: whole partner image resized into a box, class mask mixed (nearest), label by area", tiles
 
 
+def panel_poisson_paste(samples: list[Sample], rng: np.random.Generator) -> tuple[str, list[np.ndarray]]:
+    """PoissonPaste: real defects (user-supplied donors) pasted into a defect-free tile, cut-paste vs exact Poisson."""
+    import albumentations as A
+
+    from albu_defects.core.geometry import box_slices, grow_box, mask_bbox
+    from albu_defects.core.transform import IS_ALBUMENTATIONS_X
+    from albu_defects.methods.poisson_paste.transform import PoissonPaste
+
+    free = sorted(_samples_of(samples, "Free"), key=lambda s: -s.image.size)[0].image
+    # smaller tiles than the other rows: examples/demo.png stays under 1 MB
+    host = free[: free.shape[0] // 2, : free.shape[1] // 2]  # a quarter of the tile: the objects show larger
+    donors = []
+    for name in ("Blowhole", "Break", "Crack"):
+        donor = _samples_of(samples, name)[0]
+        window = box_slices(grow_box(mask_bbox(donor.mask), 4, donor.mask.shape))  # type: ignore[arg-type]
+        donors.append({"image": donor.image[window], "mask": donor.mask[window], "class_id": donor.class_id})
+    box_format = {"coord_format" if IS_ALBUMENTATIONS_X else "format": "pascal_voc"}
+    seed = int(rng.integers(2**31))
+    mask = np.zeros(host.shape, np.uint8)
+    tiles = [
+        tile(d["image"], f"donor: {MAGNETIC_TILE_CLASSES[d['class_id'] - 1]}", d["mask"], height=SMALL)
+        for d in donors[1:]
+    ]
+    outputs = {}
+    for blend in ("paste", "poisson"):
+        transform = PoissonPaste(n=3, blend=blend, scale_range=(0.8, 1.2), hflip_p=0.5, p=1.0)
+        pipeline = A.Compose([transform], bbox_params=A.BboxParams(**box_format), seed=seed)
+        out = pipeline(image=host, mask=mask, bboxes=[], paste_metadata=donors)
+        outputs[blend] = out
+    shown = overlay_class_mask(to_display(outputs["poisson"]["image"], SMALL), outputs["poisson"]["mask"])
+    draw_bboxes(shown, outputs["poisson"]["bboxes"], scale=SMALL / host.shape[0])
+    tiles.append(label_tile(shown, "Poisson: mask, boxes"))
+    first = np.asarray(outputs["poisson"]["bboxes"][0]).astype(int)
+    zoom = box_slices(grow_box(tuple(first[:4]), 12, host.shape))  # type: ignore[arg-type]
+    for blend, text in (("paste", "cut-paste: close-up"), ("poisson", "Poisson: close-up")):
+        tiles.append(tile(outputs[blend]["image"][zoom], text, outputs[blend]["mask"][zoom] > 0, height=SMALL))
+    return "PoissonPaste: defects pasted, exact Poisson vs cut-paste", tiles
+
+
 #: Rows of the demo picture, top to bottom.
 PANELS: list[Panel] = [
     panel_samples,
@@ -234,14 +277,24 @@ PANELS: list[Panel] = [
     panel_cropliq,
     panel_cutpaste,
     panel_contextmix,
+    panel_poisson_paste,
 ]
 
 
-def build_demo(seed: int = 0) -> np.ndarray:
-    """Render every panel in :data:`PANELS` (each with its title) into one BGR picture."""
+def panel_names() -> list[str]:
+    """The short names of the panels, for ``albu-defects demo --only NAME``: ``poisson_paste`` etc."""
+    return [panel.__name__.removeprefix("panel_") for panel in PANELS]
+
+
+def build_demo(seed: int = 0, only: str | None = None) -> np.ndarray:
+    """Render every panel in :data:`PANELS` (or the one named ``only``) into one BGR picture."""
+    if only is not None and only not in panel_names():
+        raise ValueError(f"no demo panel {only!r}; choose one of {panel_names()}")
     samples = load_samples()
     blocks = []
     for panel in PANELS:
+        if only is not None and panel.__name__ != f"panel_{only}":
+            continue
         title, tiles = panel(samples, np.random.default_rng(seed))
         blocks.append(make_grid([tiles], title=title))
     width = max(b.shape[1] for b in blocks)
@@ -250,8 +303,8 @@ def build_demo(seed: int = 0) -> np.ndarray:
     return np.vstack([header, *padded])
 
 
-def write_demo(out: str | Path = "demo.png", seed: int = 0) -> Path:
-    """Write the demo picture to ``out`` and return its path."""
+def write_demo(out: str | Path = "demo.png", seed: int = 0, only: str | None = None) -> Path:
+    """Write the demo picture (or its panel ``only``) to ``out`` and return its path."""
     if Path(out).suffix.lower() not in {".png", ".jpg", ".jpeg"}:  # before the work of rendering it
         raise ValueError(f"cannot write {out}: the demo picture must be a .png or .jpg file")
-    return write_picture(out, build_demo(seed))
+    return write_picture(out, build_demo(seed, only))

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from albu_defects import local_contrast, paste, poisson_blend
-from albu_defects.blending import RESIDUAL_BOUND, poisson_solve
+from albu_defects.blending import RESIDUAL_BOUND, grid, pcg, poisson_solve
 from albu_defects.blending import poisson as bl
+from albu_defects.blending import solver as ps
 from albu_defects.core.geometry import connected_components, dilate_mask, mask_bbox
 
 DTYPES = (np.uint8, np.uint16, np.float32)
@@ -272,8 +273,8 @@ def test_residual_bound_on_large_regions(channels, touch_border, mode):
 def test_solver_choice_by_size_and_shape(monkeypatch):
     """Large compact regions take the deflated PCG, small or thin ones the banded Cholesky."""
     used = []
-    original = bl._solve_pcg
-    monkeypatch.setattr(bl, "_solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
+    original = ps.solve_pcg
+    monkeypatch.setattr(ps, "solve_pcg", lambda *a, **k: used.append("pcg") or original(*a, **k))
     target, source, mask = _disk_case()
     poisson_blend(target, source, mask, (0, 0), method="exact")
     assert used == ["pcg"]
@@ -289,8 +290,144 @@ def test_solver_choice_by_size_and_shape(monkeypatch):
 
 
 def test_pcg_that_stalls_falls_back_to_a_direct_solve(monkeypatch):
-    monkeypatch.setattr(bl, "_solve_pcg", lambda *a, **k: None)
+    monkeypatch.setattr(ps, "solve_pcg", lambda *a, **k: None)
     target, source, mask = _disk_case(size=60, radius=25)
+    f = poisson_solve(target, source, mask, (0, 0))
+    assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND
+
+
+# ---------------------------------------------------------------------------------------------
+# The solver paths of issue 14: each against the other solvers and the independent residual
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape_mask(name: str, size=(140, 150)) -> np.ndarray:
+    """Large regions of several kinds (the PCG path's territory, and the shapes that defeat it)."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    cy, cx = size[0] / 2, size[1] / 2
+    disk = (yy - cy) ** 2 + (xx - cx) ** 2 < 55**2
+    if name == "disk":
+        return disk
+    if name == "ring":  # a Dirichlet hole in the middle
+        return disk & ((yy - cy) ** 2 + (xx - cx) ** 2 >= 20**2)
+    if name == "touching every border":  # natural condition on all four sides, Dirichlet inside
+        return ~((yy - cy) ** 2 + (xx - cx) ** 2 < 15**2)
+    if name == "two blobs":
+        return ((yy - 40) ** 2 + (xx - 40) ** 2 < 30**2) | ((yy - 100) ** 2 + (xx - 110) ** 2 < 35**2)
+    if name == "L":
+        return ((yy > 10) & (yy < 130) & (xx > 10) & (xx < 50)) | ((yy > 90) & (yy < 130) & (xx > 10) & (xx < 140))
+    if name == "blob with specks":  # coarse nodes touching single pixels: possibly dependent hats
+        rng = np.random.default_rng(5)
+        return disk | (rng.random(size) < 0.01)
+    raise ValueError(name)
+
+
+SHAPES = ("disk", "ring", "touching every border", "two blobs", "L", "blob with specks")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("channels", "mode"), [(None, "normal"), (3, "mixed"), (5, "normal"), (None, "mixed")])
+def test_pcg_agrees_with_the_direct_solvers_on_large_regions(shape, channels, mode):
+    mask = _shape_mask(shape)
+    rng = np.random.default_rng(SHAPES.index(shape) * 10 + (channels or 1))
+    layout = mask.shape if channels is None else (*mask.shape, channels)
+    target = rng.uniform(0, 1, layout).astype(np.float32)
+    source = rng.uniform(0, 1, layout).astype(np.float32)
+    inputs = bl.check_blend_inputs(target, source, mask, (0, 0))
+    solutions = {}
+    for solver in ("pcg", "banded", "splu"):
+        region, grid = bl._exact_crop(inputs, mode, solver)
+        solutions[solver] = target.astype(np.float64)
+        bl._write_masked(solutions[solver], region, grid)
+        assert perez_residual(solutions[solver], target, source, mask, (0, 0), mode) <= RESIDUAL_BOUND, solver
+    np.testing.assert_allclose(solutions["pcg"], solutions["banded"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(solutions["splu"], solutions["banded"], atol=1e-5, rtol=0)
+
+
+def test_pcg_solves_every_channel_as_if_alone():
+    mask = _shape_mask("ring")
+    rng = np.random.default_rng(3)
+    target = rng.uniform(0, 1, (*mask.shape, 3)).astype(np.float32)
+    source = rng.uniform(0, 1, (*mask.shape, 3)).astype(np.float32)
+    together = poisson_solve(target, source, mask, (0, 0), mode="mixed")
+    for c in range(3):
+        alone = poisson_solve(target[:, :, c], source[:, :, c], mask, (0, 0), mode="mixed")
+        np.testing.assert_allclose(together[:, :, c], alone, atol=1e-5, rtol=0)
+
+
+def test_scattered_regions_take_the_banded_solver_in_reverse_cuthill_mckee_order(monkeypatch):
+    """A thin cross (a branched crack): in row-major order, along either axis, the rows through one
+    arm hold the whole arm, so the band is as long as the arm (slow); in reverse Cuthill-McKee
+    order it is a few arm widths. Same result."""
+    mask = np.zeros((220, 230), bool)
+    mask[105:109, 10:220] = True  # horizontal arm, 4 px thick
+    mask[10:210, 120:124] = True  # vertical arm
+    mask[40:44, 30:200] = True  # a second branch
+    rng = np.random.default_rng(8)
+    target = rng.integers(0, 255, mask.shape, dtype=np.uint8)
+    source = rng.integers(0, 255, mask.shape, dtype=np.uint8)
+    inputs = bl.check_blend_inputs(target, source, mask, (0, 0))
+    region = bl._region(inputs)
+    system = ps._MaskedSystem(region.mask, region.neumann)
+    row_major = int((system.second - system.first).max())
+    ordering = system.ordering()
+    assert ordering.position is not None and ordering.band * 5 < row_major
+    used = []
+    original = ps._solve_banded
+    monkeypatch.setattr(ps, "_solve_banded", lambda *a, **k: used.append(a[1].band) or original(*a, **k))
+    f = poisson_solve(target, source, mask, (0, 0), mode="mixed")
+    assert used == [ordering.band]
+    assert perez_residual(f, target, source, mask, (0, 0), "mixed") <= RESIDUAL_BOUND
+    region, grid = bl._exact_crop(inputs, "mixed", "splu")
+    reference = target.astype(np.float64)
+    bl._write_masked(reference, region, grid)
+    np.testing.assert_allclose(f, reference, atol=1e-6 * 255, rtol=0)
+
+
+def test_thin_diagonal_band_is_exact_on_every_path():
+    mask = np.zeros((200, 200), bool)
+    for i in range(5, 195):
+        mask[i, max(i - 3, 0) : i + 3] = True  # a long diagonal band, 6 px wide, from border to border
+    rng = np.random.default_rng(4)
+    target = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    source = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    inputs = bl.check_blend_inputs(target, source, mask, (0, 0))
+    for solver in ("auto", "pcg", "banded"):
+        region, grid = bl._exact_crop(inputs, "normal", solver)
+        f = target.astype(np.float64)
+        bl._write_masked(f, region, grid)
+        assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND, solver
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [None, 3])
+def test_large_region_blend_is_the_rounded_exact_solution_in_every_dtype(dtype, channels):
+    mask = _shape_mask("touching every border")
+    rng = np.random.default_rng(6)
+    top = 1.0 if dtype == np.float32 else float(np.iinfo(dtype).max)
+    layout = mask.shape if channels is None else (*mask.shape, channels)
+    target = (rng.uniform(0.2, 0.8, layout) * top).astype(dtype)
+    source = (rng.uniform(0, 1, layout) * top).astype(dtype)
+    for mode in ("normal", "mixed"):
+        out = poisson_blend(target, source, mask, (0, 0), mode=mode, method="exact")
+        f = poisson_solve(target, source, mask, (0, 0), mode=mode)
+        assert out.dtype == target.dtype and out.shape == target.shape
+        np.testing.assert_array_equal(out[~mask], target[~mask])
+        if dtype == np.float32:
+            np.testing.assert_allclose(out, f, atol=1e-6 * 8)
+        else:
+            expected = np.clip(np.rint(f), 0, top)
+            assert np.abs(out.astype(np.float64) - expected).max() <= 1  # the solvers differ by ~1e-5
+
+
+def test_coarse_space_without_independent_nodes_falls_back(monkeypatch):
+    """A coarse matrix that LAPACK cannot factor makes the PCG give up; a direct solver answers."""
+    monkeypatch.setattr(pcg._CoarseSolver, "_factor", lambda self, *a: False)
+    mask = _shape_mask("disk")
+    rng = np.random.default_rng(9)
+    target = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    source = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    assert pcg.solve_pcg(mask, (False,) * 4, np.ones((*mask.shape, 1))) is None
     f = poisson_solve(target, source, mask, (0, 0))
     assert perez_residual(f, target, source, mask, (0, 0)) <= RESIDUAL_BOUND
 
@@ -660,7 +797,7 @@ def test_blas_threads_are_limited_then_restored():
 
     with threadpool_limits(limits=2, user_api="blas"):
         assert blas_threads() == {2}
-        with bl._single_threaded_blas(), bl._single_threaded_blas():  # nested: restored by the last one out
+        with grid.single_threaded_blas(), grid.single_threaded_blas():  # nested: restored by the last one out
             assert blas_threads() == {1}
         assert blas_threads() == {2}
 

@@ -42,10 +42,12 @@ from .data import (
     check_injection_pixels,
     classes_in,
     classes_of_label,
+    dilate,
     image_kinds,
     keypoints,
     plane,
     rectangles_mask,
+    to_dtype,
     white,
 )
 
@@ -911,6 +913,205 @@ DLI = bank_spec(
 )
 
 
+# ============================================================================================ PoissonPaste
+#: Donor objects carry classes 4..5 (host masks hold 0..3), so the final mask tells pasted pixels apart.
+DONOR_CLASSES = (4, 5)
+PASTE_KEY = "paste_metadata"
+
+
+@st.composite
+def poisson_paste_cases(draw: Any, active: bool = False) -> Case:
+    kind = draw(image_kinds(min_side=16 if active else 4, max_side=40))
+    options: dict[str, Any] = {
+        "n": draw(st.sampled_from([1, [1, 3]] if active else [1, [1, 3], [0, 2]])),
+        "blend": draw(st.sampled_from(["poisson", "paste", "random"])),
+        "poisson_mode": draw(st.sampled_from(["normal", "mixed"])),
+        "poisson_method": draw(st.sampled_from(["exact", "auto"])),
+        "blend_margin": draw(st.sampled_from([0, 2])),
+        "scale_range": draw(st.sampled_from([(1.0, 1.0), (0.5, 1.5)])),
+        "hflip_p": draw(st.sampled_from([0.0, 0.5])),
+        "num_classes": draw(st.sampled_from([None, 6])),
+    }
+    # Host pixels stay below half white, donors' objects above 3/4: a pasted pixel is told from the image.
+    kwargs: dict[str, Any] = {"image": kind.image(0.0, 0.5)}
+    rng = kind.rng(1)
+    if draw(st.booleans()):
+        kwargs["mask"] = kind.mask(rectangles_mask(kind.rng(2), kind.hw, draw(st.integers(0, 2))))
+        if draw(st.booleans()):
+            kwargs["class_vector"] = np.zeros(6, np.float32)
+            kwargs["class_vector"][sorted(c - 1 for c in classes_in(kwargs["mask"]))] = 1
+    if draw(st.booleans()):
+        kwargs["masks"] = [kind.mask(rng.integers(0, 2, kind.hw)) for _ in range(2)]
+    kwargs.update(_annotations(draw, kind))
+    regions = ["image"] if active else ["image", "mask"] + (["bbox"] if "bboxes" in kwargs else [])
+    options["region"] = draw(st.sampled_from(regions))
+    if options["region"] == "mask":
+        kwargs["object_mask"] = rectangles_mask(kind.rng(3), kind.hw, 2, classes=1).astype(bool)
+    donors = []
+    for d in range(draw(st.integers(1, 3))):
+        limit = max(1, min(kind.hw) // 2) if active else 24
+        hw = (draw(st.integers(1, limit)), draw(st.integers(1, limit)))
+        gray = kind.channels is not None and draw(st.booleans())  # a one-channel donor into a colour host
+        shape = hw if kind.channels is None or gray else (*hw, kind.channels)
+        drng = np.random.default_rng([kind.seed, 10 + d])
+        donor: dict[str, Any] = {"image": to_dtype(drng.uniform(0.75, 1.0, shape), kind.dtype)}
+        mask = rectangles_mask(drng, hw, draw(st.integers(1, 2)), classes=1)
+        donor["mask"] = mask.astype(draw(st.sampled_from([bool, np.uint8])))
+        donor["class_id"] = draw(st.sampled_from(DONOR_CLASSES))
+        if "masks" in kwargs:
+            donor["masks"] = [np.full(hw, PARTNER_CLASS, kind.mask_dtype)] * 2
+        if "bboxes" in kwargs and draw(st.booleans()):
+            donor[LABEL_FIELD] = donor["class_id"]  # else the class id fills it
+        donors.append(donor)
+    kwargs[PASTE_KEY] = donors
+    return Case(kwargs, options, kind)
+
+
+def _new_and_host_boxes(case: Case, out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    found, labels = _box_rows(out)
+    new = labels < HOST_BOX_LABEL
+    return found[new], labels[new], found[~new]
+
+
+def poisson_paste_invariant(case: Case, out: dict[str, Any]) -> None:
+    """Pasted pixels carry their labels: mask class, masks values, one tight box each; nothing else changes."""
+    kind, options = case.kind, case.options
+    h, w = kind.hw
+    image = np.asarray(out["image"], np.float64).reshape(h, w, -1)
+    from_donor = image.min(axis=2) >= 0.625 * white(kind.dtype)  # host <= 1/2, donors >= 3/4 white
+    changed_pixels = changed(out["image"], case.kwargs["image"])
+    pasted = None  # the visible object pixels, where the labels tell them
+    if "masks" in case.kwargs:
+        pasted = plane(out["masks"][0]) == PARTNER_CLASS
+        for k, host in enumerate(case.kwargs["masks"]):
+            expected = np.where(pasted, PARTNER_CLASS, plane(host)).astype(kind.mask_dtype)
+            assert_same(plane(out["masks"][k]), expected, f"masks[{k}] (donor values exactly on the object pixels)")
+    if "mask" in case.kwargs:
+        mask_in, mask_out = plane(case.kwargs["mask"]), plane(out["mask"])
+        by_mask = np.isin(mask_out, DONOR_CLASSES)
+        pasted = by_mask if pasted is None else pasted
+        assert_same(by_mask, pasted, "mask: donor classes exactly on the object pixels")
+        assert_same(mask_out[~pasted], mask_in[~pasted], "mask away from the objects")
+    if pasted is not None:
+        allowed = dilate(pasted, options["blend_margin"]) if options["blend"] != "paste" else pasted
+        outside = changed_pixels & ~allowed
+        assert not outside.any(), f"{int(outside.sum())} image pixels changed away from the pasted objects"
+        if options["blend"] == "paste":
+            assert_same(from_donor, pasted, "cut-paste: the donor's pixels are exactly the labelled ones")
+    if options["region"] == "mask":
+        on_region = case.kwargs["object_mask"]
+        assert not (from_donor & ~on_region).any() or options["blend"] != "paste", "a pasted pixel is off the region"
+        if pasted is not None:
+            assert not (pasted & ~on_region).any(), "an object landed off its region"
+        assert_same(out["object_mask"], on_region, "object_mask (read only)")
+    if options["num_classes"] is not None or "class_vector" in case.kwargs:
+        vector = out["class_vector"]
+        _check_type(vector, np.float32, (6,), "class_vector")
+        if "mask" in case.kwargs:
+            expected = np.zeros(6, np.float32)
+            expected[sorted(c - 1 for c in classes_in(out["mask"]))] = 1
+            assert_same(vector, expected, "class_vector (the classes of the final mask)")
+    if "keypoints" in case.kwargs:
+        assert_same(rows(out["keypoints"], 2), rows(case.kwargs["keypoints"], 2), "keypoints", approx=True)
+    if "bboxes" in case.kwargs:
+        new, labels, kept = _new_and_host_boxes(case, out)
+        assert set(labels.astype(int).tolist()) <= set(DONOR_CLASSES), f"new boxes labelled {labels.tolist()}"
+        footprint = pasted if pasted is not None else (from_donor if options["blend"] == "paste" else None)
+        if footprint is not None:
+            covered = np.zeros((h, w), bool)
+            for box in np.rint(new).astype(int):
+                x0, y0, x1, y1 = box
+                inside = footprint[y0:y1, x0:x1]
+                assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any(), (
+                    f"new box {box.tolist()} is not tight around pasted pixels"
+                )
+                covered[y0:y1, x0:x1] = True
+            assert not (footprint & ~covered).any(), "pasted pixels outside every new box"
+        given = rows(case.kwargs["bboxes"], 4)
+        dropped = [b for b in given if not any(np.allclose(b, k, atol=1e-3) for k in kept)]
+        for box in dropped:  # only an input box the objects cover entirely may go
+            x0, y0, x1, y1 = np.rint(box).astype(int)
+            assert pasted is None or pasted[y0:y1, x0:x1].all(), f"input box {box.tolist()} dropped while visible"
+
+
+def poisson_paste_defaults(case: Case) -> dict[str, Any]:
+    if case.options["num_classes"] is None or "class_vector" in case.kwargs:
+        return {}
+    vector = np.zeros(6, np.float32)
+    if "mask" in case.kwargs:
+        vector[sorted(c - 1 for c in classes_in(case.kwargs["mask"]))] = 1
+    return {"class_vector": vector}
+
+
+def _donor_change(case: Case, **changes: Any) -> Case:
+    return with_inputs(case, **{PASTE_KEY: [{**d, **changes} for d in case.kwargs[PASTE_KEY]]})
+
+
+def _donors_without(case: Case, key: str) -> Case:
+    return with_inputs(case, **{PASTE_KEY: [{k: v for k, v in d.items() if k != key} for d in case.kwargs[PASTE_KEY]]})
+
+
+POISSON_PASTE = Spec(
+    cls=ad.PoissonPaste,
+    build=lambda case, p, banks: ad.PoissonPaste(p=p, **case.options),
+    cases=lambda active: poisson_paste_cases(active),
+    invariant=poisson_paste_invariant,
+    defaults=poisson_paste_defaults,
+    construct=lambda banks, **kw: ad.PoissonPaste(**kw),
+    mask_slot=lambda case, mask: _without(with_inputs(case, mask=mask), "class_vector"),
+    bad_calls=(
+        BadCall("no donors", lambda c: _without(c, PASTE_KEY), PASTE_KEY, on_any_input=True),
+        BadCall(
+            "donor of another dtype",
+            lambda c: _donor_change(c, image=_other_dtype(c.kwargs[PASTE_KEY][0]["image"])),
+            r"paste_metadata\[\d\]\['image'\]",
+            on_any_input=True,
+        ),
+        BadCall(
+            "donor mask of another size",
+            lambda c: _donor_change(c, mask=np.ones((50, 50), bool)),
+            r"paste_metadata\[\d\]\['mask'\]",
+            on_any_input=True,
+        ),
+        BadCall(
+            "donor without a class id for a host mask",
+            lambda c: _donors_without(with_inputs(c, mask=np.zeros(c.kind.hw, np.uint8)), "class_id"),
+            "class_id",
+            on_any_input=True,
+        ),
+        BadCall(
+            "class id beyond num_classes",
+            lambda c: _replace(_donor_change(c, class_id=7), num_classes=6),
+            "class_id",
+            on_any_input=True,
+        ),
+        BadCall(
+            "host masks without donor masks",
+            lambda c: _donors_without(with_inputs(c, masks=[np.zeros(c.kind.hw, np.uint8)]), "masks"),
+            "masks",
+            on_any_input=True,
+        ),
+        BadCall(
+            "region='mask' without the region mask",
+            lambda c: _replace(_without(c, "object_mask"), region="mask"),
+            "object_mask",
+            on_any_input=True,
+        ),
+    ),
+    bad_inits=(
+        BadInit("n", {"n": -1}, "n"),
+        BadInit("blend", {"blend": "blur"}, "blend"),
+        BadInit("poisson_p", {"poisson_p": 1.5}, "poisson_p"),
+        BadInit("poisson_method", {"poisson_method": "opencv"}, "poisson_method"),
+        BadInit("scale_range", {"scale_range": (0.0, 1.0)}, "scale_range"),
+        BadInit("blend_margin", {"blend_margin": -1}, "blend_margin"),
+        BadInit("region", {"region": "nowhere"}, "region"),
+        BadInit("num_classes", {"num_classes": 0}, "num_classes"),
+        BadInit("p", {"p": 2.0}, "p"),
+    ),
+)
+
+
 # ============================================================================================ BatchCompose
 @st.composite
 def batch_cases(draw: Any, active: bool = False) -> Case:
@@ -1016,7 +1217,17 @@ BATCH_COMPOSE = Spec(
 #: Every exported transform and compose, by class name.
 SPECS: dict[str, Spec] = {
     spec.name: spec
-    for spec in (CONTEXTMIX, INJECT_DEFECT, GUIDED_CROP, CROPLIQ, CUTPASTE, ANOMALY_SYNTHESIS, DLI, BATCH_COMPOSE)
+    for spec in (
+        CONTEXTMIX,
+        INJECT_DEFECT,
+        GUIDED_CROP,
+        CROPLIQ,
+        CUTPASTE,
+        ANOMALY_SYNTHESIS,
+        DLI,
+        BATCH_COMPOSE,
+        POISSON_PASTE,
+    )
 }
 
 #: Exported bases that are not transforms themselves (each must have an exported subclass with a spec).

@@ -13,10 +13,8 @@ from albu_defects.core.geometry import (
     connected_components,
     dilate_mask,
     grow_box,
-    grow_extent_rc,
     image_box,
     mask_bbox,
-    mask_extent_rc,
     placement_overlap,
     random_top_left,
     translate_box,
@@ -86,11 +84,3 @@ def test_random_top_left_keeps_the_mask_box_inside(h, w, seed):
     x0, y0, x1, y1 = mask_bbox(mask)
     row, col = random_top_left(mask, (12, 14), rng)  # (row, col)
     assert row + y0 >= 0 and row + y1 <= 12 and col + x0 >= 0 and col + x1 <= 14
-
-
-def test_row_col_extents_are_boxes_in_array_order():
-    # only for blending/poisson.py until issue 14 moves it to boxes
-    mask = np.zeros((6, 8), bool)
-    mask[1:4, 2:7] = True
-    assert mask_extent_rc(mask) == (1, 2, 4, 7) and mask_extent_rc(np.zeros((2, 2))) is None
-    assert grow_extent_rc((1, 2, 4, 7), 1, (6, 8)) == (0, 1, 5, 8)

@@ -170,10 +170,10 @@ class ContextMix(DefectTransform):
         if data.get("masks") is not None and len(data["masks"]) > 0:
             out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
         if data.get("bboxes") is not None:
-            raw = self._partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
+            raw = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
             out["partner_bboxes"] = bboxes_into_box(raw, out["box"], hw)
         if data.get("keypoints") is not None:
-            raw = self._partner_annotations(partner, "keypoints", name, np.asarray(data["keypoints"]))
+            raw = self.partner_annotations(partner, "keypoints", name, np.asarray(data["keypoints"]))
             out["partner_keypoints"] = keypoints_into_box(raw, out["box"], partner_hw)
         if self.num_classes is not None:
             if partner.get("label") is None:
@@ -207,41 +207,6 @@ class ContextMix(DefectTransform):
         return [
             self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]") for k, mask in enumerate(masks)
         ]
-
-    def _partner_annotations(self, partner: Mapping[str, Any], key: str, name: str, host: np.ndarray) -> np.ndarray:
-        """The partner's bboxes/keypoints in albumentations' internal format (via the Compose's processor)."""
-        if partner.get(key) is None:
-            raise ValueError(f"the host has {key} but {name} has none: pass its {key} (an empty list if it has none)")
-        processor = self.get_processor(key)
-        if processor is None:  # standalone call: annotations are already in the internal format
-            converted = np.asarray(partner[key], dtype=np.float64)
-        else:
-            label_fields = self.processor_label_fields(key)
-            missing = [field for field in label_fields if field not in partner]
-            if missing:
-                raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
-            temp = {"image": partner["image"], key: partner[key], **{field: partner[field] for field in label_fields}}
-            # A 2.0's preprocess() records whether the input was a list; keep the host's record intact.
-            record = getattr(processor, "is_sequence_input", None)  # AlbumentationsX keeps no such record
-            saved = dict(record) if record is not None else None
-            try:
-                processor.preprocess(temp)
-            finally:
-                if record is not None:
-                    record.clear()
-                    record.update(saved)
-            converted = np.asarray(temp[key], dtype=np.float64)
-        columns = host.shape[1] if host.ndim == 2 and host.size else None
-        if converted.size == 0:
-            return converted.reshape(0, columns or (4 if key == "bboxes" else 2))
-        if converted.ndim != 2:
-            raise ValueError(f"{name}['{key}'] must be a list of rows, got shape {converted.shape}")
-        if columns is not None and converted.shape[1] != columns:
-            raise ValueError(
-                f"{name}['{key}'] has {converted.shape[1]} columns after conversion but the host's have {columns}: "
-                "give partners the same extra columns and label fields as the host"
-            )
-        return converted
 
     # ------------------------------------------------------------------ targets
     def apply(self, img: np.ndarray, box: tuple[int, int, int, int], partner_image: np.ndarray, **params: Any):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
 from albu_defects.bank import DefectBank, check_bank_arg, resolve_bank
+from albu_defects.core.geometry import Box
 from albu_defects.core.transform import DefectTransform
 from albu_defects.core.validation import image_hw
 
@@ -28,6 +29,9 @@ from .plan import InjectionPlan, apply_plan, plan_injection
 
 __all__ = [
     "InjectDefect",
+    "NewBox",
+    "append_boxes",
+    "encoded_box_label",
 ]
 
 
@@ -200,8 +204,10 @@ class InjectDefect(DefectTransform):
     def apply_to_bboxes(self, bboxes: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
         if not plans:
             return bboxes
-        h, w = params["shape"][:2]
-        return _append_boxes(self, bboxes, plans, (int(h), int(w)))
+        hw = (int(params["shape"][0]), int(params["shape"][1]))
+        placed = ((plan, placed_bbox(plan.mask, plan.top_left, hw)) for plan in plans)
+        new = [NewBox(box, plan.class_id, plan.entry.class_name) for plan, box in placed if box is not None]
+        return append_boxes(self, bboxes, new, hw)
 
     def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
         return keypoints
@@ -246,42 +252,65 @@ def _label_classes(label: Any, k: int, name: str) -> frozenset[int]:
     return frozenset(int(c) + 1 for c in np.flatnonzero(vector))
 
 
-def _append_boxes(
-    transform: InjectDefect, bboxes: np.ndarray, plans: list[InjectionPlan], hw: tuple[int, int]
+class NewBox(NamedTuple):
+    """A box a transform adds for an object it pasted: where, its class, and the labels of its box.
+
+    ``box`` is ``(x_min, y_min, x_max, y_max)`` in pixels. A bbox label field gets ``labels[field]``
+    when given (a value in the field's own type: a number, or a string for string fields), else the
+    class id for numeric fields and ``class_name`` (or the id) for string fields.
+    """
+
+    box: Box
+    class_id: int
+    class_name: str | None = None
+    labels: Mapping[str, Any] = {}
+
+
+def append_boxes(
+    transform: DefectTransform, bboxes: np.ndarray, new: Sequence[NewBox], hw: tuple[int, int]
 ) -> np.ndarray:
-    """``bboxes`` (normalized albumentations rows) with one row per injected defect appended."""
+    """``bboxes`` (albumentations' normalized rows, as ``apply_to_bboxes`` gets them) with a row per new box appended.
+
+    The one place where the transforms that paste objects (InjectDefect, PoissonPaste) write their
+    boxes: extra columns that are not label fields get the class id, label fields their encoded
+    label (see :class:`NewBox`), through the calling Compose's label encoder.
+    """
+    if not new:
+        return bboxes
     h, w = hw
     processor = transform.get_processor("bboxes")
     label_fields = transform.processor_label_fields("bboxes")
     columns = bboxes.shape[1] if bboxes.ndim == 2 and bboxes.size else 4 + len(label_fields)
-    rows = []
-    for plan in plans:
-        box = placed_bbox(plan.mask, plan.top_left, hw)
-        if box is None:
-            continue
-        x0, y0, x1, y1 = box
-        row = np.full(columns, float(plan.class_id))
+    first_label = columns - len(label_fields)
+    rows = np.zeros((len(new), columns), np.float64)
+    for row, item in zip(rows, new, strict=True):
+        x0, y0, x1, y1 = item.box
         row[:4] = (x0 / w, y0 / h, x1 / w, y1 / h)
-        first_label = columns - len(label_fields)
+        row[4:first_label] = item.class_id
         for j, field in enumerate(label_fields):
-            row[first_label + j] = _encoded_label(processor, field, plan)
-        rows.append(row)
-    if not rows:
-        return bboxes
-    added = np.asarray(rows, dtype=bboxes.dtype if bboxes.dtype.kind == "f" else np.float32)
-    if bboxes.size == 0:
-        return added
-    return np.concatenate([bboxes, added], axis=0)
+            row[first_label + j] = encoded_box_label(processor, field, item)
+    added = rows.astype(bboxes.dtype if bboxes.dtype.kind == "f" else np.float32)
+    return added if bboxes.size == 0 else np.concatenate([bboxes, added], axis=0)
 
 
-def _encoded_label(processor: Any, field: str, plan: InjectionPlan) -> float:
-    """The encoded value of the injected class in a bbox label field (its name for string fields)."""
+def encoded_box_label(processor: Any, field: str, item: NewBox) -> float:
+    """The encoded value of a new box's label in the bbox label field ``field`` (see :class:`NewBox`)."""
     manager = getattr(processor, "label_manager", None)
-    if manager is None:
-        return float(plan.class_id)
+    given = field in item.labels
+    if manager is None:  # an albumentations without label encoders: labels are numbers
+        return float(item.labels[field]) if given else float(item.class_id)
     metadata = manager.metadata.get("bboxes", {}).get(field)
-    if metadata is None:
-        return float(manager.process_field("bboxes", field, [plan.class_id]).ravel()[0])
-    if metadata.is_numerical:
-        return float(plan.class_id)
-    return float(manager.process_field("bboxes", field, [plan.entry.class_name]).ravel()[0])
+    if given:
+        label = item.labels[field]
+        if metadata is not None and metadata.is_numerical:
+            if isinstance(label, (str, bytes)):
+                raise ValueError(
+                    f"bbox label field {field!r} holds numbers in this call, so a new box cannot be labelled "
+                    f"{label!r}: give a number"
+                )
+            return float(label)
+    elif metadata is None or metadata.is_numerical:
+        label = item.class_id
+    else:
+        label = item.class_name if item.class_name is not None else item.class_id
+    return float(manager.process_field("bboxes", field, [label]).ravel()[0])
