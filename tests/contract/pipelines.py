@@ -119,6 +119,7 @@ class State:
     moved: bool = False  # a step so far moves pixels or boxes
     boxes_added: bool = False  # a step so far may add (possibly tiny) boxes
     partners: bool = False  # ContextMix is drawn: partners are built at the end
+    donors: bool = False  # PoissonPaste is drawn: donors are built at the end
     creates_mask: bool = False  # a step so far creates a mask when none is passed (GuidedCropPaste)
     partner_masks: bool = False  # partners carry a mask even though the inputs have none
     independence: bool = False  # the independence property: every decision has p=0.5
@@ -253,6 +254,32 @@ def recipe_cutpaste(draw: Any, state: State) -> Step | None:
     )
 
 
+def recipe_poisson_paste(draw: Any, state: State) -> Step | None:
+    if state.batch:
+        return None  # its donors carry a class id, which batch-mates (what BatchCompose hands over) do not
+    options: dict[str, Any] = {
+        "n": draw(st.sampled_from([1, [1, 2]])),
+        "blend": draw(st.sampled_from(["poisson", "paste", "random"])),
+        "scale_range": draw(st.sampled_from([(1.0, 1.0), (0.5, 1.5)])),
+        "hflip_p": draw(st.sampled_from([0.0, 0.5])),
+    }
+    if draw(st.booleans()):
+        options["num_classes"] = K
+    if not state.moved and draw(st.booleans()):
+        options["region"] = "mask"
+        _object_mask(draw, state)
+    state.donors = True
+    state.boxes_added = True
+    p = state.p(draw)
+    return Step(
+        f"PoissonPaste({options}, p={p})",
+        lambda banks: ad.PoissonPaste(p=p, **options),
+        ours=True,
+        writes=frozenset(range(1, K + 1)),
+        p=p,
+    )
+
+
 def recipe_synthesis(draw: Any, state: State) -> Step | None:
     scar = min(state.hw) >= 34 and draw(st.booleans())
     normal_p = draw(st.sampled_from([None, 0.0, 0.5]))
@@ -273,6 +300,7 @@ RECIPES: dict[str, Callable[[Any, State], Step | None]] = {
     "CropLiq": recipe_cropliq,
     "CutPaste": recipe_cutpaste,
     "AnomalySynthesis": recipe_synthesis,
+    "PoissonPaste": recipe_poisson_paste,
 }
 
 
@@ -401,6 +429,25 @@ def _partners(draw: Any, case: PipelineCase, count: int, with_mask: bool) -> lis
     return partners
 
 
+def _donors(draw: Any, case: PipelineCase, count: int) -> list[dict[str, Any]]:
+    """PoissonPaste donors: bright objects (class ids 1..K) of the host's dtype, gray or the host's channels."""
+    kind, inputs = case.kind, case.inputs
+    donors = []
+    for i in range(count):
+        hw = (draw(st.integers(2, 16)), draw(st.integers(2, 16)))
+        gray = kind.channels is not None and draw(st.booleans())  # a one-channel donor into a colour host
+        rng = np.random.default_rng([kind.seed, 200 + i])
+        donor: dict[str, Any] = {"image": kind.image(0.75, 1.0, salt=200 + i, hw=hw)}
+        if gray:
+            donor["image"] = np.ascontiguousarray(np.asarray(donor["image"])[..., 0])
+        donor["mask"] = rectangles_mask(rng, hw, int(rng.integers(1, 3)), classes=1).astype(bool)
+        donor["class_id"] = draw(st.integers(1, K))
+        if "masks" in inputs:
+            donor["masks"] = np.stack([np.ones(hw, kind.mask_dtype)] * len(inputs["masks"]))
+        donors.append(donor)
+    return donors
+
+
 @st.composite
 def pipeline_cases(
     draw: Any,
@@ -510,6 +557,8 @@ def pipeline_cases(
     case = PipelineCase(kind, steps, inputs, mask_format, state.hw, tail, additional)
     if state.partners:
         case = case.with_inputs(contextmix_metadata=_partners(draw, case, draw(st.integers(1, 2)), state.partner_masks))
+    if state.donors:
+        case = case.with_inputs(paste_metadata=_donors(draw, case, draw(st.integers(1, 3))))
     return case
 
 
@@ -675,4 +724,6 @@ def incoming_anomaly_cases(draw: Any) -> PipelineCase:
         case = case.with_inputs(
             contextmix_metadata=[{**p, "image": np.full_like(p["image"], white(kind.dtype))} for p in partners]
         )
+    if state.donors:
+        case = case.with_inputs(paste_metadata=_donors(draw, case, draw(st.integers(1, 2))))
     return case
