@@ -36,12 +36,14 @@ _EXPORTS: dict[str, str] = {
     "seed_pipeline": "albu_defects.core.seeds",
     **dict.fromkeys(["IS_ALBUMENTATIONS_X", "DefectTransform"], "albu_defects.core.transform"),
     **dict.fromkeys(["MAGNETIC_TILE_CLASSES", "Sample", "load_samples"], "albu_defects.data"),
-    **dict.fromkeys(["ANOMALY_LABEL_KEY", "ANOMALY_MASK_KEY", "AnomalySynthesis"], "albu_defects.methods.anomaly"),
+    **dict.fromkeys(["ANOMALY_LABEL_KEY", "ANOMALY_MASK_KEY", "CLASS_VECTOR_KEY"], "albu_defects.core.labels"),
+    "SyncLabels": "albu_defects.core.sync_labels",
+    "AnomalySynthesis": "albu_defects.methods.anomaly",
     "ContextMix": "albu_defects.methods.contextmix",
     "CropLiq": "albu_defects.methods.cropliq",
     "CutPaste": "albu_defects.methods.cutpaste",
     **dict.fromkeys(
-        ["CLASS_VECTOR_KEY", "GuidedCropPaste", "synthesize", "synthesize_to_folder"],
+        ["GuidedCropPaste", "synthesize", "synthesize_to_folder"],
         "albu_defects.methods.guided_crop",
     ),
     **dict.fromkeys(["DynamicLabelInjection", "InjectDefect"], "albu_defects.methods.injection"),
@@ -84,6 +86,7 @@ __all__ = [
     "seed_pipeline",
     "synthesize",
     "synthesize_to_folder",
+    "SyncLabels",
 ]
 
 
@@ -110,13 +113,15 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs, which do not run __ge
     from .core.batch import BatchCompose
     from .core.class_weights import ClassWeights, losses_to_probabilities
     from .core.color import color_jitter, sample_color_jitter
+    from .core.labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY
     from .core.seeds import seed_pipeline
+    from .core.sync_labels import SyncLabels
     from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
     from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples
-    from .methods.anomaly import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, AnomalySynthesis
+    from .methods.anomaly import AnomalySynthesis
     from .methods.contextmix import ContextMix
     from .methods.cropliq import CropLiq
     from .methods.cutpaste import CutPaste
-    from .methods.guided_crop import CLASS_VECTOR_KEY, GuidedCropPaste, synthesize, synthesize_to_folder
+    from .methods.guided_crop import GuidedCropPaste, synthesize, synthesize_to_folder
     from .methods.injection import DynamicLabelInjection, InjectDefect
     from .methods.poisson_paste import PoissonPaste

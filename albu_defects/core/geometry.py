@@ -33,10 +33,13 @@ __all__ = [
     "connected_components",
     "dilate_mask",
     "grow_box",
+    "NEAREST_FLAGS",
     "image_box",
     "mask_bbox",
+    "nearest_source_index",
     "placement_overlap",
     "random_top_left",
+    "resize_image",
     "translate_box",
 ]
 
@@ -153,3 +156,40 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> tuple[int, 
     """Label the nonzero blobs of ``mask``: ``(count, labels)`` with labels 1..count, 0 = background."""
     count, labels = cv2.connectedComponents((np.asarray(mask) != 0).astype(np.uint8), connectivity=connectivity)
     return int(count) - 1, labels.astype(np.int32, copy=False)
+
+
+# ---- resizing -----------------------------------------------------------------------------------
+#: Interpolations that use the exact integer nearest rule of :func:`nearest_source_index`.
+NEAREST_FLAGS = (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT)
+
+
+def nearest_source_index(dst_index: np.ndarray, src_len: int | np.ndarray, dst_len: int | np.ndarray) -> np.ndarray:
+    """Source index of destination pixel(s) ``dst_index`` when resizing ``src_len`` to ``dst_len``.
+
+    ``floor((i + 0.5) * src / dst)`` in integer arithmetic (exact, always in ``[0, src_len)``);
+    broadcasts, so per-sample lengths may be arrays.
+    """
+    dst_index = np.asarray(dst_index, dtype=np.int64)
+    return ((2 * dst_index + 1) * np.asarray(src_len, dtype=np.int64)) // (2 * np.asarray(dst_len, dtype=np.int64))
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
+    """``image`` resized to ``hw``, keeping its dtype and layout ((H, W), (H, W, 1), (H, W, C>4)).
+
+    Nearest flags use :func:`nearest_source_index` (any dtype, class ids exact); other OpenCV flags
+    call ``cv2.resize`` (in chunks of 4 channels, which every OpenCV interpolation supports).
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot resize to {h}x{w}: both sides must be >= 1")
+    if interpolation in NEAREST_FLAGS:
+        rows = nearest_source_index(np.arange(h), image.shape[0], h)
+        cols = nearest_source_index(np.arange(w), image.shape[1], w)
+        return image[rows[:, None], cols[None, :]]
+    if image.ndim == 2:
+        return cv2.resize(image, (w, h), interpolation=interpolation)
+    chunks = [
+        cv2.resize(image[..., start : start + 4], (w, h), interpolation=interpolation).reshape(h, w, -1)
+        for start in range(0, image.shape[2], 4)
+    ]
+    return np.concatenate(chunks, axis=2) if len(chunks) > 1 else chunks[0]

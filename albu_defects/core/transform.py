@@ -22,8 +22,9 @@ import albumentations as A
 import numpy as np
 from albumentations.core.type_definitions import Targets
 
+from .labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY, check_label_mask, relabel_from_mask
 from .seeds import seed_children
-from .validation import check_image, check_mask_shape, image_hw
+from .validation import check_image, check_mask_shape, check_unit_range, clip_unit_range, image_hw
 
 __all__ = [
     "IS_ALBUMENTATIONS_X",
@@ -50,14 +51,41 @@ def input_image(data: dict[str, Any]) -> np.ndarray | None:
 
 
 def check_sample_inputs(data: dict[str, Any]) -> None:
-    """Reject an unsupported image, and a ``mask`` or ``masks`` of another size, of one sample's call."""
-    image = check_image(input_image(data), "image")
-    hw = image_hw(image)
+    """Reject what one sample's call cannot be augmented with, with a ``ValueError`` naming it.
+
+    An unsupported image (every frame of ``images``), a float32 image outside [0, 1], a ``mask``
+    (class-index or multi-hot, :func:`~albu_defects.core.labels.check_label_mask`), ``masks`` or
+    ``anomaly_mask`` of another size than the image.
+    """
+    if data.get("image") is None and data.get("images") is not None:
+        frames = [(image, f"images[{index}]") for index, image in enumerate(data["images"])]
+    else:
+        frames = [(input_image(data), "image")]
+    for image, name in frames:
+        check_unit_range(check_image(image, name), name)
+    hw = image_hw(frames[0][0])
     if data.get("mask") is not None:
-        check_mask_shape(data["mask"], hw, "mask")
+        check_label_mask(data["mask"], hw, "mask")
     masks = data.get("masks")
     for index, mask in enumerate(() if masks is None else masks):  # a list, or an (N, H, W) array
         check_mask_shape(mask, hw, f"masks[{index}]")
+    anomaly = data.get(ANOMALY_MASK_KEY)
+    if anomaly is None:
+        return
+    if not isinstance(anomaly, np.ndarray) or tuple(anomaly.shape[:2]) != hw:
+        got = getattr(anomaly, "shape", type(anomaly).__name__)
+        raise ValueError(
+            f"{ANOMALY_MASK_KEY} has shape {got} but the image is {hw[0]}x{hw[1]}: when albumentations transforms "
+            f"that move pixels run before this one, declare it a mask target "
+            f"(A.Compose(..., additional_targets={{'{ANOMALY_MASK_KEY}': 'mask'}}))"
+        )
+    check_mask_shape(anomaly, hw, ANOMALY_MASK_KEY)
+
+
+def _as_anomaly_mask(value: np.ndarray) -> np.ndarray:
+    """An incoming ``anomaly_mask`` as a bool (H, W) array (nonzero = anomaly)."""
+    plane = value[..., 0] if value.ndim == 3 else value
+    return plane if plane.dtype == bool else plane != 0
 
 
 def public_class_fullname(cls: type) -> str:
@@ -75,15 +103,36 @@ class DefectTransform(A.DualTransform):
     - declare every ``__init__`` argument in ``InitSchema`` and store it as ``self.<same name>``
       (albumentations serializes by reading attributes of the same name);
     - implement ``draw_params(params, data, rng)``: draw parameters from ``rng`` only (inputs are
-      checked before, by :meth:`check_inputs`); render outputs in ``apply_*``, not here;
-    - optionally implement ``extra_outputs(params, data)`` to add keys (labels, weights) to the
-      result of an applied call, and ``default_outputs(data)`` for the same keys when the
+      checked before, by :meth:`check_inputs`); render outputs in ``apply_*`` from the argument each
+      gets (so extra targets and ``ReplayCompose.replay`` on another sample render correctly);
+    - optionally implement ``extra_outputs(params, data, result)`` to add keys (labels, weights) to
+      the result of an applied call, and ``default_outputs(data)`` for the same keys when the
       transform is skipped (``p``), so a DataLoader always sees the same keys.
+
+    The label model (:mod:`albu_defects.core.labels`) is applied here, once for every transform,
+    after ``apply_*`` and ``extra_outputs`` of an applied call:
+
+    - the keys of :meth:`label_keys` present in the output (``class_vector``, ...) are re-derived
+      from the output ``mask`` when :meth:`rewrites_mask` says the call changed it;
+    - an incoming ``anomaly_mask`` is moved by :meth:`apply_to_anomaly_mask` (never by the mask
+      target functions, even when a Compose declares it a mask target); when the move empties it,
+      ``anomaly_label`` becomes 0;
+    - float32 images are clipped to [0, 1] (inputs outside it are refused by :meth:`check_inputs`).
+
+    Keys read besides the targets (:meth:`read_keys`) are declared in :attr:`available_keys`, so
+    ``A.Compose(strict=True)`` accepts them.
     """
 
-    # AlbumentationsX applies only declared targets (2.0.x has no Targets.MASKS and applies masks anyway)
-    _targets: ClassVar[tuple[Targets, ...]] = (Targets.IMAGE, Targets.MASK, Targets.BBOXES, Targets.KEYPOINTS) + (
-        (Targets.MASKS,) if hasattr(Targets, "MASKS") else ()
+    #: Whether apply_* renders images (their float32 outputs are then clipped to [0, 1]).
+    renders_images: ClassVar[bool] = True
+
+    # AlbumentationsX applies only declared targets (2.0.x has no Targets.IMAGES / MASKS and applies them anyway)
+    _targets: ClassVar[tuple[Targets, ...]] = (
+        Targets.IMAGE,
+        Targets.MASK,
+        Targets.BBOXES,
+        Targets.KEYPOINTS,
+        *(getattr(Targets, name) for name in ("IMAGES", "MASKS") if hasattr(Targets, name)),
     )
 
     @classmethod
@@ -104,8 +153,8 @@ class DefectTransform(A.DualTransform):
         """Draw this call's parameters from ``rng``. ``params`` holds ``shape``; ``data`` the inputs."""
         return {}
 
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        """Keys to add to the output of an applied call (default: none)."""
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """Keys to add to the output of an applied call; ``result`` holds the rendered targets (default: none)."""
         return {}
 
     def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +164,38 @@ class DefectTransform(A.DualTransform):
     def check_inputs(self, data: dict[str, Any]) -> None:
         """Reject unsupported images and masks of the wrong size before drawing parameters."""
         check_sample_inputs(data)
+
+    def label_keys(self) -> tuple[str, ...]:
+        """Image-level label keys re-derived from the output ``mask`` when a call rewrites it."""
+        return (CLASS_VECTOR_KEY,)
+
+    def read_keys(self) -> tuple[str, ...]:
+        """Data keys this transform reads besides its targets (declared for ``A.Compose(strict=True)``)."""
+        return (*self.label_keys(), ANOMALY_MASK_KEY, ANOMALY_LABEL_KEY)
+
+    def own_keys(self) -> tuple[str, ...]:
+        """Data keys never handed to a target function, even when a Compose declares them targets.
+
+        Their output is what :meth:`extra_outputs` (or the ``anomaly_mask`` step) makes of them, else
+        the input unchanged.
+        """
+        return (ANOMALY_MASK_KEY,)
+
+    def known_num_classes(self, data: dict[str, Any]) -> int | None:
+        """K when the transform knows it (e.g. its bank's classes); ``None`` otherwise."""
+        return None
+
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        """Whether an applied call with ``params`` may change the mask's content or geometry."""
+        return True
+
+    def apply_to_anomaly_mask(self, anomaly_mask: np.ndarray, **params: Any) -> np.ndarray:
+        """Move a bool (H, W) ``anomaly_mask`` as this call moves pixels (default: unchanged)."""
+        return anomaly_mask
+
+    @property
+    def available_keys(self) -> set[str]:
+        return set(super().available_keys) | set(self.read_keys())
 
     # ----------------------------------------------------------------- helpers for subclasses
     def processor_label_fields(self, key: str = "bboxes") -> list[str]:
@@ -167,6 +248,39 @@ class DefectTransform(A.DualTransform):
             )
         return converted
 
+    def target_keys(self, target: str) -> list[str]:
+        """The data keys processed as ``target`` ("image", "images", "mask"): itself plus declared additional targets."""
+        return [target] + [key for key, kind in self._additional_targets.items() if kind == target]
+
+    # ----------------------------------------------------------------- the label model, after apply_*
+    def _finish(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        previous = data.get(ANOMALY_MASK_KEY)
+        if isinstance(previous, np.ndarray):
+            before = _as_anomaly_mask(previous)
+            moved = self.apply_to_anomaly_mask(before, **params)
+            result[ANOMALY_MASK_KEY] = moved
+            if before.any() and not moved.any() and result.get(ANOMALY_LABEL_KEY) is not None:
+                result[ANOMALY_LABEL_KEY] = 0
+        result.update(self.extra_outputs(params, data, result))
+        if result.get("mask") is not None and result["mask"] is not data.get("mask") and self.rewrites_mask(params):
+            k = self.known_num_classes(data)
+            for key in self.label_keys():
+                if result.get(key) is not None:
+                    result[key] = relabel_from_mask(result[key], result["mask"], k, key)
+        for key in self.target_keys("image") + self.target_keys("images") if self.renders_images else ():
+            value = result.get(key)
+            if isinstance(value, np.ndarray):
+                result[key] = clip_unit_range(value)
+            elif isinstance(value, (list, tuple)):
+                result[key] = type(value)(clip_unit_range(np.asarray(frame)) for frame in value)
+        return result
+
+    def _apply_targets(self, apply: Any, params: Any, args: Any, data: dict[str, Any]) -> dict[str, Any]:
+        own = {key: data[key] for key in self.own_keys() if key in data}
+        result = apply(params, *args, **{key: value for key, value in data.items() if key not in own})
+        result.update(own)
+        return result
+
     # ----------------------------------------------------------------- the bridge
     def _draw_checked(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         self.check_inputs(data)
@@ -192,9 +306,8 @@ class DefectTransform(A.DualTransform):
             return self._with_defaults(result, kwargs)
 
         def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            result = super().apply_with_params(sampled_params, *args, **kwargs)
-            result.update(self.extra_outputs(dict(sampled_params.params), kwargs))
-            return result
+            result = self._apply_targets(super().apply_with_params, sampled_params, args, kwargs)
+            return self._finish(dict(sampled_params.params), kwargs, result)
 
     else:
 
@@ -205,9 +318,8 @@ class DefectTransform(A.DualTransform):
             return self._draw_checked(params, data, self.random_generator)
 
         def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-            result = super().apply_with_params(params, *args, **kwargs)
-            result.update(self.extra_outputs(params, kwargs))
-            return result
+            result = self._apply_targets(super().apply_with_params, params, args, kwargs)
+            return self._finish(params, kwargs, result)
 
 
 class DefectCompose(A.BaseCompose):
@@ -222,6 +334,14 @@ class DefectCompose(A.BaseCompose):
     @classmethod
     def get_class_fullname(cls) -> str:
         return public_class_fullname(cls)
+
+    def get_dict_with_id(self) -> dict[str, Any]:
+        """What ``ReplayCompose`` records (and rebuilds the compose from): every init argument, as in YAML."""
+        dictionary = self.to_dict_private()
+        dictionary.update({"id": id(self), "params": None})
+        if "transforms" in dictionary:
+            dictionary["transforms"] = [t.get_dict_with_id() for t in self.transforms]
+        return dictionary
 
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         """Apply the compose to ``data`` (the named inputs); draw randomness from ``self.random_generator``/``py_random``."""

@@ -21,7 +21,9 @@ __all__ = [
     "check_matching_images",
     "check_probability",
     "check_range",
+    "check_unit_range",
     "clip_to_dtype",
+    "clip_unit_range",
     "dtype_max",
     "image_hw",
     "num_channels",
@@ -53,6 +55,35 @@ def check_image(image: Any, name: str = "image", *, min_side: int = 1) -> np.nda
         raise ValueError(f"{name} is {image.shape[0]}x{image.shape[1]} pixels; at least {min_side}x{min_side} needed")
     if image.dtype == np.float32 and not np.isfinite(image).all():
         raise ValueError(f"{name} holds NaN or infinite values; clean it before augmenting")
+    return image
+
+
+#: float32 images hold values in [0, 1] (albumentations' convention); inputs may overshoot it by this much
+#: (rounding of upstream float arithmetic) and are still accepted.
+UNIT_RANGE_TOLERANCE = 1e-4
+
+
+def check_unit_range(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Return ``image`` unless it is float32 with values outside [0, 1], the range of albumentations' float images.
+
+    Pixel values outside it are not an image our transforms can blend, jitter or clip consistently:
+    typically the data were normalised (``A.Normalize``) before an albu-defects transform.
+    """
+    if image.dtype == np.float32 and image.size:
+        low, high = float(image.min()), float(image.max())
+        if low < -UNIT_RANGE_TOLERANCE or high > 1.0 + UNIT_RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name} is float32 with values in [{low:.4g}, {high:.4g}], but float32 images must lie in [0, 1] "
+                "(albumentations' convention): put A.Normalize (and any step that leaves [0, 1]) after the "
+                "albu-defects transforms, or scale the image to [0, 1]"
+            )
+    return image
+
+
+def clip_unit_range(image: np.ndarray) -> np.ndarray:
+    """A float32 ``image`` clipped to [0, 1] (a new array only when a value lies outside); other dtypes as they are."""
+    if image.dtype == np.float32 and image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
+        return np.clip(image, 0.0, 1.0)
     return image
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from albu_defects.core.labels import CLASS_VECTOR_KEY, relabel
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
 from .contextmix import TensorContextMix
@@ -186,6 +187,12 @@ class DLICollate:
             new[self.mask_key] = mask
             if label is not None:
                 new[self.label_key] = label
+            vector = sample.get(CLASS_VECTOR_KEY)
+            if injection is not None and vector is not None and self.label_key != CLASS_VECTOR_KEY:
+                # the label model: an injected (formerly defect-free) sample now holds the injected class only
+                present = np.zeros(np.shape(vector)[0], bool)
+                present[int(injection["class_id"]) - 1] = True
+                new[CLASS_VECTOR_KEY] = _relabel(vector, relabel(_to_numpy(vector)[0], present))
             if self.log_key is not None:
                 new[self.log_key] = _log_record(injection)
             return new

@@ -53,7 +53,6 @@ class ImageKind:
     seed: int
     content: str
     view: str = "contiguous"  # or "strided" / "reversed": a non-contiguous view of the same values
-    hdr: bool = False  # float32 images span [-2, 3] (normalised or HDR data), not [0, 1]
     mask_dtype: Any = np.uint8
     mask_3d: bool = False  # masks as (H, W, 1)
 
@@ -82,9 +81,7 @@ class ImageKind:
     def image(
         self, low: float = 0.0, high: float = 1.0, salt: int = 0, hw: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """An image of this kind with values in [low, high] x white ([-2, 3] for full-range HDR float32)."""
-        if self.hdr and np.dtype(self.dtype) == np.float32 and (low, high) == (0.0, 1.0):
-            low, high = -2.0, 3.0
+        """An image of this kind with values in [low, high] x white (float32: [0, 1], albumentations' range)."""
         rng = self.rng(salt)
         h, w = hw or self.hw
         shape = (h, w) if self.channels is None else (h, w, self.channels)
@@ -106,15 +103,15 @@ def image_kinds(
     max_side: int = 48,
     dtypes: Sequence[Any] = DTYPES,
     layouts: Sequence[int | None] = LAYOUTS,
+    contents: Sequence[str] = CONTENT_KINDS,
 ) -> ImageKind:
     return ImageKind(
         dtype=draw(st.sampled_from(dtypes)),
         channels=draw(st.sampled_from(layouts)),
         hw=(draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))),
         seed=draw(st.integers(0, 2**32 - 1)),
-        content=draw(st.sampled_from(CONTENT_KINDS)),
+        content=draw(st.sampled_from(contents)),
         view=draw(st.sampled_from(VIEWS)),
-        hdr=draw(st.booleans()),
         mask_dtype=draw(st.sampled_from(MASK_DTYPES)),
         mask_3d=draw(st.booleans()),
     )
@@ -207,8 +204,46 @@ def plane(mask: np.ndarray) -> np.ndarray:
     return mask[..., 0] if mask.ndim == 3 else mask
 
 
+def is_multi_hot(mask: np.ndarray) -> bool:
+    """An (H, W, K > 1) mask: one channel per class (channel k - 1 = class k)."""
+    return np.ndim(mask) == 3 and np.shape(mask)[2] > 1
+
+
 def classes_in(mask: np.ndarray) -> set[int]:
+    """Class ids of a class-index ((H, W), (H, W, 1)) or multi-hot ((H, W, K)) mask."""
+    if is_multi_hot(mask):
+        mask = np.asarray(mask)
+        return {int(c) + 1 for c in np.flatnonzero(mask.reshape(-1, mask.shape[2]).any(axis=0))}
     return {int(v) for v in np.unique(plane(mask)) if v != 0}
+
+
+def labelled(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels holding any class."""
+    mask = np.asarray(mask)
+    return mask.any(axis=2) if is_multi_hot(mask) else plane(mask) != 0
+
+
+def holds_class(mask: np.ndarray, class_id: int) -> np.ndarray:
+    """(H, W) bool: pixels holding class ``class_id``."""
+    mask = np.asarray(mask)
+    return mask[..., class_id - 1] != 0 if is_multi_hot(mask) else plane(mask) == class_id
+
+
+def to_multi_hot(index_mask: np.ndarray, num_classes: int, dtype: Any = np.uint8) -> np.ndarray:
+    """A class-index mask as a multi-hot (H, W, K) mask of ``dtype``."""
+    index = plane(index_mask)
+    return np.stack([index == c for c in range(1, num_classes + 1)], axis=2).astype(dtype)
+
+
+def written(mask: np.ndarray, region: np.ndarray, class_id: int) -> np.ndarray:
+    """``mask`` with ``class_id`` written on the bool (H, W) ``region`` (a multi-hot pixel keeps that class only)."""
+    out = np.array(mask, copy=True)
+    if is_multi_hot(out):
+        out[region] = 0
+        out[region, class_id - 1] = 1
+    else:
+        plane(out)[region] = class_id
+    return out
 
 
 def classes_of_label(label: Any, num_classes: int) -> set[int]:
@@ -247,12 +282,12 @@ def check_injection_pixels(
       blending the whole labelled region is blended, which the outputs cannot show pixel by pixel.)
     """
     image_changed = changed(image_after, image_before)
-    labelled = plane(mask_after) != plane(mask_before)
-    allowed = dilate(labelled, blend_margin) if poisson else labelled
+    relabelled = changed(mask_after, mask_before)
+    allowed = dilate(relabelled, blend_margin) if poisson else relabelled
     outside = image_changed & ~allowed
     assert not outside.any(), f"{what}: {int(outside.sum())} image pixels changed away from the new labels"
     if not poisson and disjoint:
-        ghost = labelled & ~image_changed
+        ghost = relabelled & ~image_changed
         assert not ghost.any(), f"{what}: {int(ghost.sum())} newly labelled pixels show no change in the image"
 
 

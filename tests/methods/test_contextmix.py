@@ -163,8 +163,9 @@ def test_output_pixels_come_from_host_outside_and_resized_partner_inside(host_hw
 @pytest.mark.parametrize("interpolation", [cv2.INTER_NEAREST, cv2.INTER_LINEAR])
 def test_dtype_and_shape_are_kept(dtype, shape, interpolation):
     rng = np.random.default_rng(1)
-    host = (rng.random(shape) * 200).astype(dtype)
-    partner = (rng.random((17, 45, *shape[2:])) * 200).astype(dtype)
+    scale = 1.0 if dtype == np.float32 else 200.0  # float32 images hold values in [0, 1]
+    host = (rng.random(shape) * scale).astype(dtype)
+    partner = (rng.random((17, 45, *shape[2:])) * scale).astype(dtype)
     out = run(
         ContextMix(p=1.0, interpolation=interpolation, min_box_side=1), 3, image=host, **{KEY: [{"image": partner}]}
     )

@@ -218,13 +218,17 @@ def test_cropliq_auto_region_stays_on_the_object():
     for seed in range(8):
         out = run(CropLiq(region="auto", p=1.0), seed, image=image)
         assert out["anomaly_mask"].any() and not (out["anomaly_mask"] & ~disc).any()
-    flat = np.full((40, 40), 90, np.uint8)  # no object found: the whole image is used
-    assert run(CropLiq(region="auto", p=1.0), 0, image=flat)["anomaly_mask"].any()
+    flat = np.full((40, 40), 90, np.uint8)  # no object found: the whole image is used, and a warp moves
+    out = run(CropLiq(region="auto", p=1.0), 0, image=flat)  # only equal pixels: no anomaly to label
+    assert out["anomaly_label"] == 0 and not out["anomaly_mask"].any()
+    np.testing.assert_array_equal(out["image"], flat)
     speck = np.full((60, 60), 20, np.uint8)
     speck[30:34, 30:34] = 250  # an "object" too small for an 8x8 patch: the whole image is used
     for seed in range(5):
         out = run(CropLiq(region="auto", p=1.0), seed, image=speck)
-        assert out["anomaly_mask"].any() and not (changed(out["image"], speck) & ~out["anomaly_mask"]).any()
+        moved = changed(out["image"], speck)
+        assert not (moved & ~out["anomaly_mask"]).any()
+        assert (out["anomaly_label"] != 0) == bool(out["anomaly_mask"].any()) == bool(moved.any())
 
 
 def test_cropliq_on_the_bundled_samples(samples):
@@ -232,7 +236,7 @@ def test_cropliq_on_the_bundled_samples(samples):
         out = run(CropLiq(p=1.0), 1, image=s.image, mask=s.class_mask)
         assert out["anomaly_mask"].any()
         assert not (changed(out["image"], s.image) & ~out["anomaly_mask"]).any()
-        assert (out["mask"][out["anomaly_mask"]] == 1).all()
+        np.testing.assert_array_equal(out["mask"], s.class_mask)  # no mask_class_id: the mask is untouched
 
 
 def test_cropliq_bbox_choice_first_and_largest():
@@ -270,7 +274,9 @@ def test_cropliq_skipped_by_p_still_writes_the_anomaly_keys():
 def test_cropliq_merges_into_a_bool_mask_and_keeps_a_declared_object_mask():
     image = random_image((64, 64), np.float32)
     object_mask = np.ones((64, 64), bool)
-    compose = A.Compose([CropLiq(region="mask", p=1.0)], seed=2, additional_targets={"object_mask": "mask"})
+    compose = A.Compose(
+        [CropLiq(region="mask", mask_class_id=1, p=1.0)], seed=2, additional_targets={"object_mask": "mask"}
+    )
     out = compose(image=image, mask=np.zeros((64, 64), bool), object_mask=object_mask)
     np.testing.assert_array_equal(out["mask"], out["anomaly_mask"])
     np.testing.assert_array_equal(out["object_mask"], object_mask)  # read, never written

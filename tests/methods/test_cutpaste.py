@@ -180,15 +180,17 @@ def test_cutpaste_on_grayscale_and_normalised_float():
         out = A.Compose([CutPaste(variant=variant, p=1.0)], seed=1)(image=gray)
         assert out["image"].shape == (64, 64) and out["anomaly_mask"].any()
     normalised = (random_image((64, 64, 3), np.float32) - 0.5) / 0.25  # values about -2..2
-    out = A.Compose([CutPaste(p=1.0)], seed=2)(image=normalised)
-    pasted = out["image"][out["anomaly_mask"]]
-    assert np.isfinite(pasted).all() and pasted.min() < -1 and pasted.max() > 1  # not clipped to [0, 1]
+    with pytest.raises(ValueError, match=r"A\.Normalize"):  # float32 images hold [0, 1]: normalise afterwards
+        A.Compose([CutPaste(p=1.0)], seed=2)(image=normalised)
+    bright = 0.9 + 0.1 * random_image((64, 64, 3), np.float32)
+    out = A.Compose([CutPaste(brightness=(1.5, 1.5), p=1.0)], seed=2)(image=bright)
+    assert out["image"].max() == 1.0 and out["image"].min() >= 0.0  # the jitter's overshoot is clipped
 
 
 def test_cutpaste_bool_mask_geometry_and_skip():
     image = random_image((50, 60, 3), np.uint8)
     compose = A.Compose(
-        [CutPaste(p=1.0)],
+        [CutPaste(mask_class_id=1, p=1.0)],
         seed=4,
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=[]),
         keypoint_params=A.KeypointParams(format="xy"),

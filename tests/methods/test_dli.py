@@ -9,7 +9,6 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -436,9 +435,9 @@ def test_yaml_round_trip_with_bank_path_and_nested_transform(sample_bank, sample
     unsaved = DefectBank.from_folder(sample_root(), progress=False)
     pipe = A.Compose([DynamicLabelInjection(unsaved), InjectDefect(unsaved)])
     assert (
-        "DynamicLabelInjection(" in repr(pipe) and "never saved" in repr(pipe) and "InjectDefect(" in repr(pipe)
+        "DynamicLabelInjection(" in repr(pipe) and "<unsaved DefectBank" in repr(pipe) and "InjectDefect(" in repr(pipe)
     )  # printing works
-    with pytest.raises(yaml.YAMLError, match=r"was never saved.*call bank\.save"):
+    with pytest.raises(ValueError, match=r"was never saved.*call bank\.save"):
         A.save(pipe, str(tmp_path / "x.yaml"), data_format="yaml")
 
 
@@ -459,7 +458,7 @@ def test_inject_defect_per_sample(sample_bank, samples, tmp_path):
     for x0, y0, x1, y1 in np.rint(np.asarray(out["bboxes"][1:])).astype(int):
         union[y0:y1, x0:x1] = True
     assert union[out["mask"] != 0].all()  # every injected pixel is inside one of the added boxes
-    assert np.array_equal(out["label"], np.array([0, 0, 1, 0, 0], np.uint8))
+    np.testing.assert_array_equal(out["class_vector"], np.array([0, 0, 1, 0, 0], np.float32))
     # numeric label fields get the class id, also when the image had no box yet
     numeric = A.Compose([t], seed=0, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["ids"]))
     out = numeric(image=image, mask=mask, bboxes=[], ids=[])
@@ -469,16 +468,17 @@ def test_inject_defect_per_sample(sample_bank, samples, tmp_path):
     # Poisson: the label is still the defect's own pixels, nothing beyond the blend margin changes
     blend = InjectDefect(sample_bank, classes=["Break"], n=2, poisson_p=1.0, blend_margin=3, p=1)
     out = A.Compose([blend], seed=1)(image=image, mask=mask)
-    assert held(out["mask"]) == {2} and np.array_equal(out["label"], np.array([0, 1, 0, 0, 0], np.uint8))
+    assert held(out["mask"]) == {2} and np.array_equal(out["class_vector"], np.array([0, 1, 0, 0, 0], np.float32))
     changed = out["image"] != image
     assert changed.any() and not changed[~dilate_mask(out["mask"] != 0, 3)].any()
-    # an int label is updated; images holding defects are skipped
-    out = A.Compose([t], seed=0)(image=image, mask=mask, label=0)
-    assert out["label"] == 3
-    out = A.Compose([t], seed=0)(image=defective.image, mask=defective.class_mask, label=2)
+    # an int label (label_key="label", the 0.1.0 default) is updated; images holding defects are skipped
+    legacy = InjectDefect(**{**t.get_transform_init_args(), "bank": sample_bank, "label_key": "label"})
+    out = A.Compose([legacy], seed=0)(image=image, mask=mask, label=0)
+    assert out["label"] == 3 and "class_vector" not in out
+    out = A.Compose([legacy], seed=0)(image=defective.image, mask=defective.class_mask, label=2)
     assert (out["label"] == 2 and out["image"] is defective.image) or np.array_equal(out["image"], defective.image)
-    keep = InjectDefect(sample_bank, classes=["Crack"], only_defect_free=False, poisson_p=0.0, p=1)
-    with pytest.raises(ValueError, match="one class id and cannot also hold injected class 3"):
+    keep = InjectDefect(sample_bank, classes=["Crack"], only_defect_free=False, poisson_p=0.0, label_key="label", p=1)
+    with pytest.raises(ValueError, match=r"label is one class id but the mask now holds classes \[2, 3\]"):
         A.Compose([keep], seed=0)(image=defective.image, mask=defective.class_mask, label=2)
     out = A.Compose([keep], seed=0)(image=defective.image, mask=defective.class_mask)
     assert held(out["mask"]) >= {3}

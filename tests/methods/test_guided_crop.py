@@ -517,8 +517,10 @@ def test_yaml_round_trip_with_the_bank_by_path(tmp_path, bank_path, bank):
     restored.class_weights = weights  # runtime state is re-attached after loading
     np.testing.assert_allclose(restored.current_probabilities(), [0, 0, 1])
     weights.close()
-    with pytest.raises(ValueError, match="save it first"):
-        A.to_dict(A.Compose([GuidedCropPaste(bank=toy_bank())]))
+    unsaved = A.Compose([GuidedCropPaste(bank=toy_bank())])
+    assert "unsaved DefectBank" in repr(A.to_dict(unsaved))  # printing and ReplayCompose recording work
+    with pytest.raises(ValueError, match=r"never saved.*bank\.save\(path\)"):
+        A.save(unsaved, str(tmp_path / "unsaved.yaml"), data_format="yaml")
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,20 @@
 """Pseudo-anomaly synthesis for self-supervised anomaly detection: the outputs every anomaly transform shares.
 
 Every anomaly transform (:class:`~albu_defects.CropLiq`, :class:`~albu_defects.CutPaste`) shares the
-outputs defined here, so a DataLoader always sees the same keys:
+outputs defined here, so a DataLoader always sees the same keys (the label model:
+:mod:`albu_defects.core.labels`):
 
-- ``anomaly_label`` (int): the transform's ``label`` when applied, ``0`` when skipped by ``p``;
-- ``anomaly_mask`` (bool (H, W)): the pixels the transform changed (a superset: a changed pixel is
-  always in it). When an earlier step already wrote an ``anomaly_mask`` of the same size, the new
-  one is its union with it. Geometric transforms later in a pipeline only move it along when it
-  is declared a mask target (``A.Compose(..., additional_targets={"anomaly_mask": "mask"})``);
-  simplest is to put anomaly synthesis last;
-- ``mask`` (only when one is passed in): the anomaly pixels are set to ``mask_class_id`` (``True``
-  for a bool mask); no ``mask`` is created when none is given. ``masks``, ``bboxes`` and
+- ``anomaly_label`` (int): the transform's ``label`` when applied and at least one pixel of its
+  footprint really changed; otherwise what came in (0 when nothing came in). So a scar whose
+  rotated footprint is empty, or a patch pasted onto identical pixels, is no anomaly;
+- ``anomaly_mask`` (bool (H, W)): the footprint of the anomaly (a superset of the changed pixels: a
+  changed pixel is always in it), united with an incoming ``anomaly_mask``. albu-defects transforms
+  later in a pipeline move it themselves; albumentations' own transforms move it only when it is
+  declared a mask target (``A.Compose(..., additional_targets={"anomaly_mask": "mask"})``, then
+  ``SyncLabels`` at the end re-derives ``anomaly_label``);
+- ``mask``: untouched unless ``mask_class_id`` is given (default ``None``: a pseudo-anomaly is not
+  a defect class); then that class is written on the footprint (into its channel of a multi-hot
+  mask), and ``class_vector`` follows. No ``mask`` is created. ``masks``, ``bboxes`` and
   ``keypoints`` pass through unchanged (the image geometry does not change).
 
 :class:`AnomalySynthesis` applies one of its anomaly transforms, or none ("normal"), and writes the
@@ -25,31 +29,22 @@ from typing import Any
 
 import numpy as np
 
+from albu_defects.core.labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY
 from albu_defects.core.transform import input_image
 from albu_defects.core.validation import image_hw
 
-__all__ = ["ANOMALY_LABEL_KEY", "ANOMALY_MASK_KEY", "merge_anomaly_mask", "normal_outputs"]
-
-#: Output key of the anomaly class (0 = normal).
-ANOMALY_LABEL_KEY = "anomaly_label"
-#: Output key of the boolean mask of synthesized anomaly pixels.
-ANOMALY_MASK_KEY = "anomaly_mask"
+__all__ = ["ANOMALY_LABEL_KEY", "ANOMALY_MASK_KEY", "footprint_changed", "normal_outputs"]
 
 
-def merge_anomaly_mask(mask: np.ndarray, anomaly: np.ndarray, class_id: int) -> np.ndarray:
-    """A copy of ``mask`` with the ``anomaly`` pixels set to ``class_id`` (``True`` for a bool mask).
+def footprint_changed(before: Any, after: Any, footprint: np.ndarray, frames: bool = False) -> bool:
+    """Whether any pixel of the bool (H, W) ``footprint`` differs between two images (any channel).
 
-    ``mask`` may be (H, W) or (H, W, 1); ``anomaly`` is a bool (H, W) array. Raises ``ValueError``
-    when ``class_id`` does not fit the mask's dtype (it would wrap around silently).
+    With ``frames`` the two are sequences (or stacks) of frames, as under the ``images`` target.
     """
-    out = mask.copy()
-    if out.dtype == bool:
-        out[anomaly] = True
-        return out
-    if np.issubdtype(out.dtype, np.integer) and not (np.iinfo(out.dtype).min <= class_id <= np.iinfo(out.dtype).max):
-        raise ValueError(f"mask_class_id={class_id} does not fit the mask dtype {out.dtype}; use a wider mask dtype")
-    out[anomaly] = class_id
-    return out
+    if frames:
+        return any(footprint_changed(b, a, footprint) for b, a in zip(before, after, strict=True))
+    rows, cols = np.nonzero(footprint)
+    return bool((np.asarray(before)[rows, cols] != np.asarray(after)[rows, cols]).any())
 
 
 def normal_outputs(data: dict[str, Any]) -> dict[str, Any]:

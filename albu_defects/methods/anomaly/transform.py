@@ -12,32 +12,61 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
+from albu_defects.core.labels import is_multi_hot, write_class
 from albu_defects.core.transform import DefectCompose, DefectTransform, check_sample_inputs
 from albu_defects.core.validation import check_probability
 
-from .functional import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, merge_anomaly_mask, normal_outputs
+from .functional import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, footprint_changed, normal_outputs
 
-__all__ = ["AnomalyInitSchema", "AnomalySynthesis", "AnomalyTransform"]
+__all__ = ["FOOTPRINT_PARAM", "AnomalyInitSchema", "AnomalySynthesis", "AnomalyTransform"]
+
+#: The parameter every anomaly transform's ``draw_params`` returns: the bool (H, W) footprint of its anomaly.
+FOOTPRINT_PARAM = "anomaly_footprint"
 
 
 class AnomalyInitSchema(BaseTransformInitSchema):
     """Init arguments every anomaly transform shares."""
 
     label: int = Field(ge=1, description="anomaly_label written when applied (0 is reserved for normal)")
-    mask_class_id: int = Field(ge=1, description="value written into `mask` on anomaly pixels")
+    mask_class_id: int | None = Field(
+        ge=1, description="class written into `mask` on the anomaly's pixels; None: the mask is untouched"
+    )
 
 
 class AnomalyTransform(DefectTransform):
     """Base of the anomaly transforms: label and mask outputs, pass-through of unchanged geometry.
 
-    ``draw_params()`` of a subclass must return the full-size boolean ``anomaly_mask`` among its params.
+    ``draw_params()`` of a subclass must return the full-size boolean footprint of its anomaly under
+    :data:`FOOTPRINT_PARAM`. The outputs are described in :mod:`.functional`.
     """
 
     label: int
-    mask_class_id: int
+    mask_class_id: int | None
 
-    def apply_to_mask(self, mask: np.ndarray, anomaly_mask: np.ndarray, **params: Any) -> np.ndarray:
-        return merge_anomaly_mask(mask, anomaly_mask, self.mask_class_id)
+    def check_inputs(self, data: dict[str, Any]) -> None:
+        super().check_inputs(data)
+        mask, class_id = data.get("mask"), self.mask_class_id
+        if mask is None or class_id is None:
+            return
+        if is_multi_hot(mask):
+            if class_id > mask.shape[2]:
+                raise ValueError(
+                    f"mask_class_id={class_id} has no channel in the {mask.shape[2]}-channel multi-hot mask"
+                )
+        elif mask.dtype == bool:
+            if class_id != 1:
+                raise ValueError(
+                    f"mask_class_id={class_id} does not fit a bool mask (class 1 only); use an integer mask"
+                )
+        elif class_id > np.iinfo(mask.dtype).max:
+            raise ValueError(
+                f"mask_class_id={class_id} does not fit the mask dtype {mask.dtype}; use a wider mask dtype"
+            )
+
+    def apply_to_mask(self, mask: np.ndarray, anomaly_footprint: np.ndarray, **params: Any) -> np.ndarray:
+        if self.mask_class_id is None:
+            return mask
+        return write_class(mask, anomaly_footprint, self.mask_class_id)
 
     def apply_to_masks(self, masks: Any, **params: Any) -> Any:
         return masks  # instance masks: an anomaly belongs to none of them
@@ -48,21 +77,28 @@ class AnomalyTransform(DefectTransform):
     def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
         return keypoints
 
-    def read_only_keys(self) -> tuple[str, ...]:
-        """Data keys this transform reads but must hand back untouched (even if declared mask targets)."""
-        return ()
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        return self.mask_class_id is not None
 
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        anomaly = params[ANOMALY_MASK_KEY]
-        previous = data.get(ANOMALY_MASK_KEY)
-        if isinstance(previous, np.ndarray) and previous.shape[:2] == anomaly.shape:
-            anomaly = anomaly | (previous.reshape(anomaly.shape) != 0)
-        outputs = {ANOMALY_LABEL_KEY: int(self.label), ANOMALY_MASK_KEY: anomaly}
-        outputs.update({key: data[key] for key in self.read_only_keys() if key in data})
-        return outputs
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        footprint = params[FOOTPRINT_PARAM]
+        frames = data.get("image") is None
+        key = "images" if frames else "image"
+        if not footprint_changed(data[key], result[key], footprint, frames=frames):
+            # nothing to label: hand every mask target back as it came, keep the incoming anomaly keys
+            restored = {k: data[k] for k in self.target_keys("mask") if data.get(k) is not None}
+            return {**self.default_outputs(data), **restored, **_anomaly_keys(data, result)}
+        previous = result.get(ANOMALY_MASK_KEY)
+        anomaly = footprint if previous is None else footprint | previous.reshape(footprint.shape)
+        return {ANOMALY_LABEL_KEY: int(self.label), ANOMALY_MASK_KEY: anomaly}
 
     def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         return normal_outputs(data)
+
+
+def _anomaly_keys(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The anomaly keys as they came in (the anomaly mask as the shared step left it), when present."""
+    return {key: result[key] for key in (ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY) if key in data}
 
 
 class AnomalySynthesis(DefectCompose):
@@ -80,7 +116,10 @@ class AnomalySynthesis(DefectCompose):
         normal_label: label of a normal sample (default 0).
         p: probability of drawing at all; when not drawn the sample is normal.
 
-    The output always holds ``anomaly_label`` and ``anomaly_mask`` (empty for a normal sample).
+    The output always holds ``anomaly_label`` and ``anomaly_mask`` (empty for a normal sample). A
+    chosen transform that changes no pixel (e.g. a patch pasted onto identical pixels) gives a normal
+    sample too: a label always means an anomaly is there. ``ReplayCompose.replay`` reproduces the
+    labels (the recording holds ``labels``, ``normal_label`` and ``normal_p``).
     Reproducible under ``A.Compose(..., seed=s)``; saved to YAML as ``albu_defects.AnomalySynthesis``
     with its children and arguments.
     """
@@ -132,20 +171,35 @@ class AnomalySynthesis(DefectCompose):
         return int(self.random_generator.choice(len(self.transforms), p=self.transform_weights))
 
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
-        if self.replay_mode:  # ReplayCompose replays the recorded child
-            for transform in self.transforms:
-                data = transform(**data)
-            return data
-        index = self.choose(force_apply)
+        if self.replay_mode:  # ReplayCompose replays the recorded child, or the recorded normal draw
+            applied = [i for i, t in enumerate(self.transforms) if getattr(t, "applied_in_replay", False)]
+            index = applied[0] if applied else None
+        else:
+            index = self.choose(force_apply)
         if index is None:
             check_sample_inputs(data)  # a chosen transform checks them itself; a normal draw must too
-            outputs = normal_outputs(data)
-            data[ANOMALY_LABEL_KEY] = self.normal_label
-            if ANOMALY_MASK_KEY in outputs:
-                data.setdefault(ANOMALY_MASK_KEY, outputs[ANOMALY_MASK_KEY])
-            return data
+            return self._label(data, normal_outputs(data), None)
         transform = self.transforms[index]
-        data = transform(force_apply=True, **data)
-        self._track_transform_params(transform, data)
-        data[ANOMALY_LABEL_KEY] = self.labels[index]
+        # the child labels its output only when it really changed a pixel: call it without the incoming label
+        out = transform(force_apply=not self.replay_mode, **{k: v for k, v in data.items() if k != ANOMALY_LABEL_KEY})
+        if not self.replay_mode:
+            self._track_transform_params(transform, out)
+        changed = out.get(ANOMALY_LABEL_KEY, 0) != 0
+        return self._label(out, {}, index if changed else None, data.get(ANOMALY_LABEL_KEY))
+
+    def _label(
+        self, data: dict[str, Any], defaults: dict[str, Any], index: int | None, incoming: Any = None
+    ) -> dict[str, Any]:
+        """``data`` with ``anomaly_label``: child ``index``'s label, else the incoming one when an anomaly is
+        already there, else ``normal_label``."""
+        for key, value in defaults.items():
+            data.setdefault(key, value)
+        incoming = data.get(ANOMALY_LABEL_KEY) if incoming is None else incoming
+        anomaly = data.get(ANOMALY_MASK_KEY)
+        if index is not None:
+            data[ANOMALY_LABEL_KEY] = self.labels[index]
+        elif incoming is not None and anomaly is not None and np.asarray(anomaly).any():
+            data[ANOMALY_LABEL_KEY] = incoming
+        else:
+            data[ANOMALY_LABEL_KEY] = self.normal_label
         return data

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 from scipy import special
 
+from albu_defects.core.geometry import NEAREST_FLAGS, nearest_source_index, resize_image
 from albu_defects.core.validation import (
     check_choice,
     check_matching_images,
@@ -47,6 +48,7 @@ from albu_defects.core.validation import (
 __all__ = [
     "BOX_KINDS",
     "LABEL_MODES",
+    "NEAREST_FLAGS",
     "bboxes_into_box",
     "box_lambda",
     "check_box_options",
@@ -65,9 +67,6 @@ BOX_KINDS: tuple[str, ...] = ("beta", "square", "fixed")
 LABEL_MODES: tuple[str, ...] = ("area", "one-hot")
 BoxKind = Literal["beta", "square", "fixed"]
 LabelMode = Literal["area", "one-hot"]
-
-#: Interpolations that use the exact integer nearest rule of :func:`nearest_source_index`.
-NEAREST_FLAGS = (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT)
 
 
 # --------------------------------------------------------------------------------------- boxes
@@ -201,38 +200,6 @@ def soft_labels(
 
 
 # -------------------------------------------------------------------------------------- pixels
-def nearest_source_index(dst_index: np.ndarray, src_len: int | np.ndarray, dst_len: int | np.ndarray) -> np.ndarray:
-    """Source index of destination pixel(s) ``dst_index`` when resizing ``src_len`` to ``dst_len``.
-
-    ``floor((i + 0.5) * src / dst)`` in integer arithmetic (exact, always in ``[0, src_len)``);
-    broadcasts, so per-sample lengths may be arrays.
-    """
-    dst_index = np.asarray(dst_index, dtype=np.int64)
-    return ((2 * dst_index + 1) * np.asarray(src_len, dtype=np.int64)) // (2 * np.asarray(dst_len, dtype=np.int64))
-
-
-def resize_image(image: np.ndarray, hw: tuple[int, int], interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
-    """``image`` resized to ``hw``, keeping its dtype and layout ((H, W), (H, W, 1), (H, W, C>4)).
-
-    Nearest flags use :func:`nearest_source_index` (any dtype, class ids exact); other OpenCV flags
-    call ``cv2.resize`` (in chunks of 4 channels, which every OpenCV interpolation supports).
-    """
-    h, w = int(hw[0]), int(hw[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"cannot resize to {h}x{w}: both sides must be >= 1")
-    if interpolation in NEAREST_FLAGS:
-        rows = nearest_source_index(np.arange(h), image.shape[0], h)
-        cols = nearest_source_index(np.arange(w), image.shape[1], w)
-        return image[rows[:, None], cols[None, :]]
-    if image.ndim == 2:
-        return cv2.resize(image, (w, h), interpolation=interpolation)
-    chunks = [
-        cv2.resize(image[..., start : start + 4], (w, h), interpolation=interpolation).reshape(h, w, -1)
-        for start in range(0, image.shape[2], 4)
-    ]
-    return np.concatenate(chunks, axis=2) if len(chunks) > 1 else chunks[0]
-
-
 def paste_resized(
     host: np.ndarray, partner: np.ndarray, box: Sequence[int], interpolation: int = cv2.INTER_NEAREST
 ) -> np.ndarray:

@@ -10,11 +10,14 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
-from albu_defects.core.transform import DefectTransform
+from albu_defects.core.labels import ANOMALY_MASK_KEY, check_label_mask, is_multi_hot
+from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import (
+    as_bool_mask,
     check_image,
     check_mask_shape,
     check_matching_images,
+    check_unit_range,
     image_hw,
 )
 
@@ -125,7 +128,7 @@ class ContextMix(DefectTransform):
 
     # ------------------------------------------------------------------ drawing parameters
     def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        host = data["image"]
+        host = input_image(data)
         hw = image_hw(host)
         partners = data.get(self.metadata_key)
         if not isinstance(partners, Sequence) or isinstance(partners, (str, bytes)) or len(partners) == 0:
@@ -139,7 +142,7 @@ class ContextMix(DefectTransform):
         partner = partners[index]
         if not isinstance(partner, Mapping) or "image" not in partner:
             raise ValueError(f"{name} must be a dict with an 'image' array, got {type(partner).__name__}")
-        partner_image = check_image(partner["image"], f"{name}['image']")
+        partner_image = check_unit_range(check_image(partner["image"], f"{name}['image']"), f"{name}['image']")
         if partner_image.ndim == 2 and host.ndim == 3 and host.shape[2] == 1:
             # AlbumentationsX hands a 2-D host to the transform as (H, W, 1); its gray partners stay 2-D
             partner_image = partner_image[..., None]
@@ -169,6 +172,12 @@ class ContextMix(DefectTransform):
             out["partner_mask"] = self._partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
         if data.get("masks") is not None and len(data["masks"]) > 0:
             out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
+        if data.get(ANOMALY_MASK_KEY) is not None:  # the partner's pseudo-anomalies, if it has any
+            anomaly = partner.get(ANOMALY_MASK_KEY)
+            name_a = f"{name}['{ANOMALY_MASK_KEY}']"
+            out["partner_anomaly"] = (
+                np.zeros(partner_hw, bool) if anomaly is None else as_bool_mask(anomaly, partner_hw, name_a)
+            )
         if data.get("bboxes") is not None:
             raw = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
             out["partner_bboxes"] = bboxes_into_box(raw, out["box"], hw)
@@ -189,14 +198,26 @@ class ContextMix(DefectTransform):
         return data["label"]
 
     @staticmethod
-    def _partner_mask(mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str) -> np.ndarray:
+    def _partner_mask(
+        mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str, instance: bool = False
+    ) -> np.ndarray:
         if mask is None:
             raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
-        check_mask_shape(mask, partner_hw, name)
+        if instance:
+            check_mask_shape(mask, partner_hw, name)
+        else:
+            check_label_mask(mask, partner_hw, name)
+            if is_multi_hot(mask) != is_multi_hot(host_mask) or (
+                is_multi_hot(mask) and mask.shape[2] != host_mask.shape[2]
+            ):
+                raise ValueError(
+                    f"{name} has shape {mask.shape} but the host mask {host_mask.shape}: both class-index, or both "
+                    "multi-hot with the same classes"
+                )
         if mask.dtype != host_mask.dtype:
             raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
-        # Same layout as the host mask ((H, W) or (H, W, 1)) so the paste is a plain copy.
-        return mask.reshape(mask.shape[:2] + host_mask.shape[2:])
+        # Same layout as the host mask ((H, W), (H, W, 1) or (H, W, K)) so the paste is a plain copy.
+        return mask if is_multi_hot(mask) else mask.reshape(mask.shape[:2] + host_mask.shape[2:])
 
     def _partner_masks(
         self, masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
@@ -205,7 +226,8 @@ class ContextMix(DefectTransform):
             got = "none" if masks is None else len(masks)
             raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
         return [
-            self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]") for k, mask in enumerate(masks)
+            self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]", instance=True)
+            for k, mask in enumerate(masks)
         ]
 
     # ------------------------------------------------------------------ targets
@@ -214,6 +236,15 @@ class ContextMix(DefectTransform):
 
     def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int], partner_mask: Any = None, **params: Any):
         return paste_resized(mask, partner_mask, box, cv2.INTER_NEAREST)
+
+    def apply_to_anomaly_mask(
+        self, anomaly_mask: np.ndarray, box: tuple[int, int, int, int], partner_anomaly: Any = None, **params: Any
+    ) -> np.ndarray:
+        return paste_resized(anomaly_mask, partner_anomaly, box, cv2.INTER_NEAREST)
+
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        x_min, y_min, x_max, y_max = params["box"]
+        return x_max > x_min and y_max > y_min
 
     def apply_to_masks(self, masks: Any, box: tuple[int, int, int, int], partner_masks: Any = None, **params: Any):
         pasted = [paste_resized(m, pm, box, cv2.INTER_NEAREST) for m, pm in zip(masks, partner_masks, strict=True)]
@@ -235,7 +266,7 @@ class ContextMix(DefectTransform):
         return _concat_rows(drop_keypoints_in_box(keypoints, box), partner_keypoints, keypoints.dtype)
 
     # ------------------------------------------------------------------ outputs
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         out = {"mix_weights": params["mix_weights"]}
         if "soft_label" in params:
             out["soft_label"] = params["soft_label"]

@@ -10,8 +10,7 @@ from pydantic import Field, field_validator
 from albu_defects.core.geometry import box_hw, box_slices, image_box
 from albu_defects.core.transform import input_image
 from albu_defects.core.validation import as_bool_mask, check_range, image_hw
-from albu_defects.methods.anomaly.functional import ANOMALY_MASK_KEY
-from albu_defects.methods.anomaly.transform import AnomalyInitSchema, AnomalyTransform
+from albu_defects.methods.anomaly.transform import FOOTPRINT_PARAM, AnomalyInitSchema, AnomalyTransform
 
 from .functional import (
     MAX_DRAWS,
@@ -54,10 +53,11 @@ class CropLiq(AnomalyTransform):
             keep their exact values.
         object_mask_key: data key of the object mask for ``region="mask"``.
         bbox_choice: ``"random"``, ``"first"`` or ``"largest"`` box for ``region="bbox"``.
-        label: ``anomaly_label`` when applied (0 when skipped).
-        mask_class_id: value written into ``mask`` on the anomaly pixels.
+        label: ``anomaly_label`` when applied and a pixel really changed (else the incoming one, or 0).
+        mask_class_id: class written into ``mask`` on the anomaly pixels (its channel of a multi-hot
+            mask); ``None`` (default) leaves ``mask`` untouched: a pseudo-anomaly is no defect class.
 
-    Targets: image, mask (anomaly merged in), masks/bboxes/keypoints (unchanged). Outputs
+    Targets: image, mask (anomaly written in under ``mask_class_id`` only), masks/bboxes/keypoints (unchanged). Outputs
     ``anomaly_label`` and ``anomaly_mask`` (see :mod:`albu_defects.methods.anomaly.transform`). Raises ``ValueError`` for
     an image under 8x8 pixels, ``region="bbox"`` without boxes, a missing or empty object mask, or a
     region too small for an 8x8 patch.
@@ -99,7 +99,7 @@ class CropLiq(AnomalyTransform):
         object_mask_key: str = "object_mask",
         bbox_choice: Literal["random", "first", "largest"] = "random",
         label: int = 1,
-        mask_class_id: int = 1,
+        mask_class_id: int | None = None,
         p: float = 0.5,
     ):
         super().__init__(p=p)
@@ -114,8 +114,11 @@ class CropLiq(AnomalyTransform):
         self.label = label
         self.mask_class_id = mask_class_id
 
-    def read_only_keys(self) -> tuple[str, ...]:
-        return (self.object_mask_key,)
+    def read_keys(self) -> tuple[str, ...]:
+        return (*super().read_keys(), self.object_mask_key)
+
+    def own_keys(self) -> tuple[str, ...]:
+        return (*super().own_keys(), self.object_mask_key)  # read, handed back untouched
 
     def object_region(self, image: np.ndarray, data: dict[str, Any], rng: np.random.Generator) -> Region:
         """The region of this call (validated: at least an 8x8 patch fits in it)."""
@@ -176,7 +179,7 @@ class CropLiq(AnomalyTransform):
             )
         anomaly = np.zeros(image_hw(image), bool)
         anomaly[box_slices(patch)] = moved
-        return {"top_left": (patch[1], patch[0]), "displacement": (dx, dy), ANOMALY_MASK_KEY: anomaly}
+        return {"top_left": (patch[1], patch[0]), "displacement": (dx, dy), FOOTPRINT_PARAM: anomaly}
 
     def apply(self, img: np.ndarray, top_left: tuple[int, int], displacement: Field2D, **params: Any) -> np.ndarray:
         return liquify(img, top_left, *displacement, move_threshold=self.move_threshold)

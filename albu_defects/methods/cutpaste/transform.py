@@ -11,8 +11,7 @@ from albu_defects.core.color import ColorJitterFactors, check_jitter, sample_col
 from albu_defects.core.geometry import Box
 from albu_defects.core.transform import input_image
 from albu_defects.core.validation import check_range, image_hw
-from albu_defects.methods.anomaly.functional import ANOMALY_MASK_KEY
-from albu_defects.methods.anomaly.transform import AnomalyInitSchema, AnomalyTransform
+from albu_defects.methods.anomaly.transform import FOOTPRINT_PARAM, AnomalyInitSchema, AnomalyTransform
 
 from .functional import (
     cut_paste,
@@ -24,8 +23,12 @@ from .functional import (
 )
 
 __all__ = [
+    "SCAR_DRAWS",
     "CutPaste",
 ]
+
+#: Scar draws tried for one whose rotated footprint is not empty (then it is taken unrotated).
+SCAR_DRAWS = 20
 
 
 # --------------------------------------------------------------------------- the transform
@@ -41,10 +44,11 @@ class CutPaste(AnomalyTransform):
         rotation_range: ``"scar"`` rotation in degrees.
         brightness, contrast, saturation, hue: colour jitter strengths (a number ``x`` draws a
             factor from ``[1 - x, 1 + x]``, hue a shift from ``[-x, x]`` turns; a pair is a range).
-        label: ``anomaly_label`` when applied (0 when skipped).
-        mask_class_id: value written into ``mask`` on the pasted pixels.
+        label: ``anomaly_label`` when applied and a pixel really changed (else the incoming one, or 0).
+        mask_class_id: class written into ``mask`` on the pasted pixels (its channel of a multi-hot
+            mask); ``None`` (default) leaves ``mask`` untouched: a pseudo-anomaly is no defect class.
 
-    Targets: image, mask (pasted pixels merged in), masks/bboxes/keypoints (unchanged). Outputs
+    Targets: image, mask (pasted pixels written in under ``mask_class_id`` only), masks/bboxes/keypoints (unchanged). Outputs
     ``anomaly_label`` and ``anomaly_mask``. Raises ``ValueError`` when the image is smaller than the
     largest scar the ranges allow.
     """
@@ -101,7 +105,7 @@ class CutPaste(AnomalyTransform):
         saturation: float | tuple[float, float] = 0.1,
         hue: float | tuple[float, float] = 0.1,
         label: int = 1,
-        mask_class_id: int = 1,
+        mask_class_id: int | None = None,
         p: float = 0.5,
     ):
         super().__init__(p=p)
@@ -141,9 +145,7 @@ class CutPaste(AnomalyTransform):
             height, width = cutpaste_patch_size((H, W), ratio, draw_aspect_ratio(self.aspect_ratio_range, rng))
             angle = 0.0
         else:
-            width = int(rng.integers(self.scar_width_range[0], self.scar_width_range[1] + 1))
-            height = int(rng.integers(self.scar_height_range[0], self.scar_height_range[1] + 1))
-            angle = float(rng.uniform(*self.rotation_range))
+            height, width, angle = self._draw_scar(rng)
         rows, cols = scar_extent(height, width, angle)
         y, x = int(rng.integers(0, H - height + 1)), int(rng.integers(0, W - width + 1))
         source = (x, y, x + width, y + height)
@@ -151,7 +153,21 @@ class CutPaste(AnomalyTransform):
         jitter = sample_color_jitter(rng, self.brightness, self.contrast, self.saturation, self.hue)
         anomaly = np.zeros((H, W), bool)
         anomaly[target[0] : target[0] + rows, target[1] : target[1] + cols] = rotated_footprint(height, width, angle)
-        return {"source": source, "target": target, "angle": angle, "jitter": jitter, ANOMALY_MASK_KEY: anomaly}
+        return {"source": source, "target": target, "angle": angle, "jitter": jitter, FOOTPRINT_PARAM: anomaly}
+
+    def _draw_scar(self, rng: np.random.Generator) -> tuple[int, int, float]:
+        """A scar's height, width and angle whose rotated footprint holds a pixel centre.
+
+        A 1-2 px side rotated between pixel centres can cover none; such a draw is redrawn (up to
+        :data:`SCAR_DRAWS` times, then the scar is taken unrotated): an empty scar is no anomaly.
+        """
+        for _ in range(SCAR_DRAWS):
+            width = int(rng.integers(self.scar_width_range[0], self.scar_width_range[1] + 1))
+            height = int(rng.integers(self.scar_height_range[0], self.scar_height_range[1] + 1))
+            angle = float(rng.uniform(*self.rotation_range))
+            if rotated_footprint(height, width, angle).any():
+                return height, width, angle
+        return height, width, 0.0
 
     def apply(
         self,

@@ -25,11 +25,14 @@ One synthetic sample, as in section III.C of the paper:
    would land inside the image), then a colour jitter of the whole image.
 
 Outputs of :class:`GuidedCropPaste`
-    ``image``; ``mask``: the class-index mask (0 background, ``k`` = ``bank.classes[k-1]``), the
-    input mask moved by the global stage with the pasted blob pixels written over it (created as
-    uint8, or uint16 beyond 255 classes, when no ``mask`` is passed); ``class_vector``
-    (:data:`CLASS_VECTOR_KEY`): float32 of length K, 1 for every class present in the output mask
-    (a crop hidden entirely behind another one is not present); ``bboxes``: the input boxes moved
+    ``image``; ``mask``: the class-index mask (0 background, ``k`` = ``bank.classes[k-1]``) or
+    multi-hot (H, W, K) mask, the input mask moved by the global stage with the pasted blob pixels
+    written over it (a pasted pixel shows its blob's class only; the mask is created as uint8, or
+    uint16 beyond 255 classes, when no ``mask`` is passed); every mask target (``mask`` and extra
+    mask targets of ``additional_targets``) is rendered from its own input in ``apply_to_mask``;
+    ``class_vector`` (:data:`CLASS_VECTOR_KEY`): float32 of length K, 1 for every class present in
+    the output mask (a crop hidden entirely behind another one is not present); ``anomaly_mask``
+    (when passed) moved by the global stage, minus the pasted blob pixels; ``bboxes``: the input boxes moved
     by the global stage (a box the scroll wraps around an edge becomes two boxes, its labels copied),
     followed by one box per pasted blob around its visible pixels (two or four when the scroll
     wraps it). ``masks`` and ``keypoints`` follow the global stage.
@@ -76,10 +79,12 @@ from albu_defects.blending import paste_into
 from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.color import JITTER_LIMITS, ColorJitterFactors, check_jitter, color_jitter, sample_color_jitter
 from albu_defects.core.geometry import Box, placement_overlap, random_top_left
+from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector, is_multi_hot, paint_classes
 from albu_defects.core.parallel import cached_per_object
 from albu_defects.core.validation import (
     check_int,
     check_probability,
+    clip_unit_range,
     image_hw,
     num_channels,
 )
@@ -97,6 +102,7 @@ from .stage import (
 
 __all__ = [
     "CLASS_VECTOR_KEY",
+    "BlobLayer",
     "ConfigurationTable",
     "GuidedCropOptions",
     "GuidedCropPlan",
@@ -107,14 +113,12 @@ __all__ = [
     "configuration_table",
     "paste_defects",
     "plan_guided_crop",
-    "present_classes",
+    "render_blob_layer",
     "render_guided_crop",
+    "render_mask",
     "render_labels",
     "draw_configuration",
 ]
-
-#: Output key of the multi-label vector (float32, length K) of the classes present in the output mask.
-CLASS_VECTOR_KEY = "class_vector"
 
 
 # --------------------------------------------------------------------------- options
@@ -366,31 +370,23 @@ def plan_guided_crop(
     return GuidedCropPlan(classes, ordered, stage, tuple(int(i) for i in priority))
 
 
-def mask_class_vector(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """float32 (K,): 1 for every class id 1..K present in a class-index mask."""
-    values = mask.ravel()
-    if not values.any():
-        return np.zeros(num_classes, np.float32)
-    if values.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(values, minlength=num_classes + 1)
-    else:
-        present = np.unique(values)
-        counts = np.zeros(num_classes + 1, np.int64)
-        counts[present[(present >= 1) & (present <= num_classes)]] = 1
-    return (counts[1 : num_classes + 1] > 0).astype(np.float32)
+class BlobLayer(NamedTuple):
+    """Where the plan's visible blobs land after the global stage: what every target is rendered from.
+
+    ``owner`` ((H, W)) holds blob ids (0 = no blob), ``blob_classes[id]`` the class of blob ``id``,
+    ``boxes`` the boxes of the visible pieces of each blob.
+    """
+
+    owner: np.ndarray
+    blob_classes: np.ndarray
+    boxes: BlobBoxes
 
 
-def present_classes(
-    blob_classes: Sequence[int], owner: np.ndarray, base: np.ndarray | None, num_classes: int
-) -> np.ndarray:
-    """The multi-label vector of a composite: the visible blobs' classes plus base classes left uncovered."""
-    vector = np.zeros(num_classes, np.float32)
-    for class_id in blob_classes:
-        vector[class_id - 1] = 1.0
-    if base is not None and base.any():
-        uncovered = np.where(owner == 0, base, 0)
-        vector = np.maximum(vector, mask_class_vector(uncovered, num_classes))
-    return vector
+def render_blob_layer(hw: tuple[int, int], plan: GuidedCropPlan) -> BlobLayer:
+    """The :class:`BlobLayer` of ``plan`` on an image of size ``hw`` (depends on the plan and size only)."""
+    owner, blob_classes, windows = blob_owner_map(hw, plan.defects)
+    owner = stage_geometry(owner, plan.stage)
+    return BlobLayer(owner, blob_classes, blob_boxes(owner, blob_classes, windows, plan.stage))
 
 
 def class_mask_dtype(num_classes: int) -> np.dtype:
@@ -400,40 +396,48 @@ def class_mask_dtype(num_classes: int) -> np.dtype:
 def composite_mask(
     owner: np.ndarray, blob_classes: np.ndarray, base: np.ndarray | None, num_classes: int
 ) -> np.ndarray:
-    """The class-index mask: ``base`` (zeros if ``None``) with each owned pixel set to its blob's class."""
-    dtype = class_mask_dtype(num_classes) if base is None else base.dtype
-    if np.issubdtype(dtype, np.integer) and num_classes > np.iinfo(dtype).max:
-        raise ValueError(f"mask has dtype {dtype}, too small for class ids up to {num_classes}; use a wider dtype")
-    if owner.dtype == np.uint8 and dtype == np.uint8:
+    """``base`` (a class-index or multi-hot mask; zeros if ``None``) with each owned pixel set to its blob's class.
+
+    A pasted pixel shows its blob's class only (see :func:`albu_defects.core.labels.paint_classes`).
+    """
+    index_dtype = base is not None and base.ndim == 2 and base.dtype != bool and np.issubdtype(base.dtype, np.integer)
+    if index_dtype and num_classes > np.iinfo(base.dtype).max:
+        raise ValueError(f"mask has dtype {base.dtype}, too small for class ids up to {num_classes}; use a wider dtype")
+    if owner.dtype == np.uint8 and num_classes <= 255:
         table = np.zeros(256, np.uint8)
         table[: blob_classes.size] = blob_classes
         pasted = cv2.LUT(owner, table)  # a gather over the image, much faster than fancy indexing
     else:
-        pasted = blob_classes.astype(dtype)[owner]
+        pasted = blob_classes[owner]
     if base is None:
-        return pasted
-    out = base.copy()
-    np.copyto(out, pasted, where=owner > 0)
-    return out
+        return pasted.astype(class_mask_dtype(num_classes), copy=False)
+    return paint_classes(base, pasted)
 
 
 def render_labels(
     hw: tuple[int, int], plan: GuidedCropPlan, num_classes: int, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, BlobBoxes, np.ndarray]:
-    """The labels of ``plan`` on an image of size ``hw``: ``(class mask, blob boxes and classes, class vector)``.
+    """The labels of ``plan`` on an image of size ``hw``: ``(mask, blob boxes and classes, class vector)``.
 
-    ``mask`` ((H, W) class indices, or ``None`` for zeros) is moved by the global stage and the
-    visible blob pixels are written over it.
+    ``mask`` (class-index (H, W) / (H, W, 1) or multi-hot (H, W, K), or ``None`` for zeros) is moved
+    by the global stage and the visible blob pixels are written over it.
     """
-    owner, blob_classes, windows = blob_owner_map(hw, plan.defects)
-    owner = stage_geometry(owner, plan.stage)
-    base = None if mask is None else stage_geometry(mask.reshape(hw), plan.stage)
-    boxes = blob_boxes(owner, blob_classes, windows, plan.stage)
-    return (
-        composite_mask(owner, blob_classes, base, num_classes),
-        boxes,
-        present_classes(boxes.classes, owner, base, num_classes),
-    )
+    layer = render_blob_layer(hw, plan)
+    final = render_mask(layer, plan, num_classes, mask, hw)
+    return final, layer.boxes, class_vector(final, num_classes)
+
+
+def render_mask(
+    layer: BlobLayer, plan: GuidedCropPlan, num_classes: int, mask: np.ndarray | None, hw: tuple[int, int]
+) -> np.ndarray:
+    """``mask`` (or zeros when ``None``) moved by the plan's global stage, the layer's blobs written over it.
+
+    Keeps the mask's shape: (H, W), (H, W, 1) or multi-hot (H, W, K).
+    """
+    if mask is None:
+        return composite_mask(layer.owner, layer.blob_classes, None, num_classes)
+    moved = stage_geometry(mask if is_multi_hot(mask) else mask.reshape(hw), plan.stage)
+    return composite_mask(layer.owner, layer.blob_classes, moved, num_classes).reshape(mask.shape)
 
 
 def render_guided_crop(
@@ -441,5 +445,5 @@ def render_guided_crop(
 ) -> GuidedCropResult:
     """Paste ``plan``'s defects on ``image`` and apply its global stage; the mask is ``mask`` (or zeros) updated."""
     final_mask, boxes, vector = render_labels(image_hw(image), plan, num_classes, mask)
-    image = apply_global_stage(paste_defects(image, plan.defects), plan.stage)
+    image = clip_unit_range(apply_global_stage(paste_defects(image, plan.defects), plan.stage))
     return GuidedCropResult(image, final_mask, boxes.boxes, boxes.classes, vector)

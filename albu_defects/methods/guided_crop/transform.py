@@ -10,29 +10,27 @@ from pydantic import field_validator, model_validator
 
 from albu_defects.bank import (
     DefectBank,
-    bank_reference,
-    check_bank_arg,
     resolve_bank,
 )
 from albu_defects.core.class_weights import ClassWeights
+from albu_defects.core.labels import CLASS_VECTOR_KEY, check_label_mask, class_vector, is_multi_hot
 from albu_defects.core.transform import DefectTransform, input_image
-from albu_defects.core.validation import (
-    check_class_mask,
-    image_hw,
-)
+from albu_defects.core.validation import image_hw
+from albu_defects.methods.injection.arguments import bank_argument, serialized_bank
 
 from .functional import (
-    CLASS_VECTOR_KEY,
+    BlobLayer,
     GuidedCropOptions,
     GuidedCropPlan,
     class_mask_dtype,
     class_probabilities,
-    mask_class_vector,
+    composite_mask,
     paste_defects,
     plan_guided_crop,
-    render_labels,
+    render_blob_layer,
+    render_mask,
 )
-from .stage import BlobBoxes, apply_global_stage, stage_bboxes, stage_geometry, stage_keypoints
+from .stage import apply_global_stage, stage_bboxes, stage_geometry, stage_keypoints
 
 __all__ = [
     "GuidedCropPaste",
@@ -59,8 +57,8 @@ class GuidedCropPaste(DefectTransform):
         bbox_label: what the label fields of new boxes hold: ``"id"`` (class id) or ``"name"``.
         p: probability of applying the transform.
 
-    Targets: image, mask, masks, bboxes, keypoints; adds ``class_vector`` (and ``mask`` when not
-    given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
+    Targets: image (or ``images``), mask (class-index or multi-hot; extra mask targets alike), masks,
+    bboxes, keypoints; ``anomaly_mask`` moved; adds ``class_vector`` (and ``mask`` when not given). See :mod:`albu_defects.methods.guided_crop.functional` for every output, label handling and the YAML
     rules.
     """
 
@@ -86,7 +84,7 @@ class GuidedCropPaste(DefectTransform):
         @field_validator("bank")
         @classmethod
         def _bank(cls, value: Any) -> Any:
-            value = check_bank_arg(value)
+            value = bank_argument(value)
             resolve_bank(value)  # a clear ValueError now rather than in a worker
             return value
 
@@ -150,13 +148,12 @@ class GuidedCropPaste(DefectTransform):
     def get_transform_init_args(self) -> dict[str, Any]:
         args = super().get_transform_init_args()
         args.pop("class_weights", None)
-        if isinstance(self.bank, DefectBank) and self.bank.path is not None:
-            args["bank"] = str(self.bank.path)
+        args["bank"] = serialized_bank(self.bank)  # the path, or a placeholder for an unsaved bank
         return args
 
     def to_dict_private(self) -> dict[str, Any]:
         state = super().to_dict_private()
-        state["bank"] = bank_reference(self.bank)  # an unsaved bank cannot be serialized: ValueError
+        state["bank"] = serialized_bank(self.bank)  # an unsaved bank: a marker that prints but never saves
         return state
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -179,27 +176,31 @@ class GuidedCropPaste(DefectTransform):
         bank = self.resolved_bank() if bank is None else bank
         return class_probabilities(self.class_weights if self.class_weights is not None else self.weights, bank)
 
-    @staticmethod
-    def _input_mask(data: dict[str, Any], hw: tuple[int, int], num_classes: int) -> np.ndarray | None:
+    def known_num_classes(self, data: dict[str, Any]) -> int | None:
+        return len(self.resolved_bank().classes)
+
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        return not params.get("skip", True)
+
+    def check_inputs(self, data: dict[str, Any]) -> None:
+        super().check_inputs(data)
         mask = data.get("mask")
         if mask is None:
-            return None
-        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            return
+        if mask.dtype == bool and not is_multi_hot(mask):
             raise ValueError("mask must be an integer class-index mask (0 = background, k = bank class k), not bool")
         # class ids beyond the bank's would silently drop out of class_vector
-        return check_class_mask(mask, hw, "mask", num_classes=num_classes)
+        check_label_mask(mask, image_hw(input_image(data)), "mask", num_classes=self.known_num_classes(data))
 
-    # -- the hook ----------------------------------------------------------------------------------
+    # -- the hook: the plan and where its blobs land; every target is rendered in apply_* -----------
     def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = input_image(data)
-        hw = image_hw(image)
         bank = self.resolved_bank(refresh=True)
-        mask = self._input_mask(data, hw, len(bank.classes))
+        mask = data.get("mask")
         if self.skip_defective and mask is not None and mask.any():
             return {"skip": True}
         plan = plan_guided_crop(bank, image, self.current_probabilities(bank), rng, self.options)
-        final_mask, boxes, vector = render_labels(hw, plan, len(bank.classes), mask)
-        return {"skip": False, "plan": plan, "final_mask": final_mask, "blob_boxes": boxes, CLASS_VECTOR_KEY: vector}
+        return {"skip": False, "plan": plan, "layer": render_blob_layer(image_hw(image), plan)}
 
     def apply(
         self, img: np.ndarray, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any
@@ -209,11 +210,25 @@ class GuidedCropPaste(DefectTransform):
         return apply_global_stage(paste_defects(img, plan.defects), plan.stage)
 
     def apply_to_mask(
-        self, mask: np.ndarray, skip: bool = True, final_mask: np.ndarray | None = None, **params: Any
+        self,
+        mask: np.ndarray,
+        skip: bool = True,
+        plan: GuidedCropPlan | None = None,
+        layer: BlobLayer | None = None,
+        **params: Any,
     ) -> np.ndarray:
-        if skip or final_mask is None:
+        if skip or plan is None or layer is None:
             return mask
-        return final_mask.reshape(mask.shape)
+        return render_mask(layer, plan, len(self.resolved_bank().classes), mask, image_hw(mask))
+
+    def apply_to_anomaly_mask(
+        self, anomaly_mask: np.ndarray, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any
+    ) -> np.ndarray:
+        if skip or plan is None:
+            return anomaly_mask
+        moved = stage_geometry(anomaly_mask, plan.stage)
+        moved[params["layer"].owner != 0] = False  # a pasted real defect hides the anomaly beneath it
+        return moved
 
     def apply_to_masks(self, masks: Any, skip: bool = True, plan: GuidedCropPlan | None = None, **params: Any) -> Any:
         if skip or plan is None:
@@ -233,15 +248,16 @@ class GuidedCropPaste(DefectTransform):
         bboxes: np.ndarray,
         skip: bool = True,
         plan: GuidedCropPlan | None = None,
-        blob_boxes: BlobBoxes | None = None,
+        layer: BlobLayer | None = None,
         **params: Any,
     ) -> np.ndarray:
-        if skip or plan is None:
+        if skip or plan is None or layer is None:
             return bboxes
         h, w = params["shape"][:2]
         existing = np.asarray(bboxes)
         moved = stage_bboxes(existing, plan.stage, (h, w)) if existing.size else None
-        if blob_boxes is None or not blob_boxes.boxes:
+        blob_boxes = layer.boxes
+        if not blob_boxes.boxes:
             return moved if moved is not None else bboxes
         label_fields = self.processor_label_fields("bboxes")
         columns = existing.shape[1] if existing.ndim == 2 and existing.size else 4 + (len(label_fields) or 1)
@@ -292,19 +308,22 @@ class GuidedCropPaste(DefectTransform):
         return float(encoder.classes_[label])
 
     # -- outputs -----------------------------------------------------------------------------------
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         if params.get("skip", True):
             return self.default_outputs(data)
-        outputs: dict[str, Any] = {CLASS_VECTOR_KEY: params[CLASS_VECTOR_KEY]}
-        if data.get("mask") is None:
-            outputs["mask"] = params["final_mask"]
+        num_classes = len(self.resolved_bank().classes)
+        outputs: dict[str, Any] = {}
+        if data.get("mask") is None:  # created: the blobs on an empty class-index mask
+            outputs["mask"] = composite_mask(params["layer"].owner, params["layer"].blob_classes, None, num_classes)
+        if data.get(CLASS_VECTOR_KEY) is None:  # filled from the output mask by DefectTransform
+            outputs[CLASS_VECTOR_KEY] = np.zeros(num_classes, np.float32)
         return outputs
 
     def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         num_classes = len(self.resolved_bank().classes)
         mask = data.get("mask")
-        if isinstance(mask, np.ndarray) and mask.dtype != bool and np.issubdtype(mask.dtype, np.integer):
-            return {CLASS_VECTOR_KEY: mask_class_vector(mask, num_classes)}
+        if isinstance(mask, np.ndarray) and (mask.dtype != bool or is_multi_hot(mask)):
+            return {CLASS_VECTOR_KEY: class_vector(mask, num_classes)}
         outputs: dict[str, Any] = {CLASS_VECTOR_KEY: np.zeros(num_classes, np.float32)}
         image = input_image(data)
         if mask is None and image is not None:

@@ -9,12 +9,14 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+import yaml
 
-from albu_defects.bank import DefectBank, bank_reference
+from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
 
 __all__ = [
     "UnsavedBank",
     "as_defect_transform",
+    "bank_argument",
     "blending_options",
     "class_ids_of",
     "default_defect_transform",
@@ -92,21 +94,45 @@ def class_ids_of(bank: DefectBank, classes: Sequence[str | int] | None, name: st
     return ids
 
 
-class UnsavedBank(str):
-    """Stands for a never-saved bank in ``to_dict``: ``repr`` works, YAML refuses it with this text.
+class UnsavedBank:
+    """Stands for a never-saved bank where a pipeline is printed or recorded (``repr``, ``to_dict``,
+    ``ReplayCompose``): it reads as a placeholder, replays with the bank it holds, and refuses YAML.
 
-    (``yaml.safe_dump`` cannot represent a ``str`` subclass and quotes it in its error.)
+    ``A.save(..., data_format="yaml")`` raises a ``ValueError`` saying to save the bank first; JSON
+    raises ``TypeError`` (it cannot encode the object). Either way no file naming a bank that does
+    not exist is written.
     """
 
+    def __init__(self, bank: DefectBank) -> None:
+        self.bank = bank
 
-def serialized_bank(bank: DefectBank | str) -> str:
-    """The serialized ``bank`` argument: the bank's folder, or an :class:`UnsavedBank` marker."""
+    def __repr__(self) -> str:
+        return f"<unsaved {self.bank!r}: call bank.save(path) before saving the pipeline>"
+
+    __str__ = __repr__
+
+
+def _refuse_unsaved(dumper: Any, marker: UnsavedBank) -> Any:
+    raise ValueError(
+        f"{marker.bank!r} was never saved, so a pipeline holding it cannot be written to YAML: call "
+        "bank.save(path) first, or pass the bank's path"
+    )
+
+
+yaml.SafeDumper.add_representer(UnsavedBank, _refuse_unsaved)
+
+
+def serialized_bank(bank: DefectBank | str) -> str | UnsavedBank:
+    """The serialized ``bank`` argument: the bank's folder, or an :class:`UnsavedBank` placeholder."""
     if isinstance(bank, DefectBank) and bank.path is None:
-        return UnsavedBank(
-            f"{bank!r} was never saved, so a pipeline holding it cannot be serialized: call bank.save(path) "
-            "first, or pass the path"
-        )
+        return UnsavedBank(bank)
     return bank_reference(bank)
+
+
+def bank_argument(bank: Any) -> DefectBank | str:
+    """A transform's ``bank`` argument as kept (:func:`~albu_defects.bank.check_bank_arg`), an
+    :class:`UnsavedBank` placeholder (a replayed recording) unwrapped to its bank."""
+    return check_bank_arg(bank.bank if isinstance(bank, UnsavedBank) else bank)
 
 
 def blending_options(transform: Any) -> dict[str, Any]:

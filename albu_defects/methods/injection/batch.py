@@ -7,11 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from albu_defects.core.validation import check_image, image_hw
-
-from .functional import (
-    write_class,
-)
+from albu_defects.core.labels import classes_present, write_class
+from albu_defects.core.validation import check_image, check_unit_range, image_hw
 
 __all__ = [
     "BatchLabels",
@@ -46,7 +43,7 @@ def parse_images(images: Any) -> tuple[list[np.ndarray], str]:
     else:
         raise ValueError(f"images must be a list of arrays or an (N, H, W[, C]) array, got {type(images).__name__}")
     for i, image in enumerate(items):
-        check_image(image, f"images[{i}]")
+        check_unit_range(check_image(image, f"images[{i}]"), f"images[{i}]")
     return items, _container(images)
 
 
@@ -78,7 +75,8 @@ class BatchMasks:
         if isinstance(masks, np.ndarray):
             if masks.ndim not in (3, 4):
                 raise ValueError(
-                    f"masks as one array must be (N, H, W), (N, H, W, 1) or one-hot (N, K, H, W), got {masks.shape}"
+                    f"masks as one array must be (N, H, W), (N, H, W, 1), multi-hot (N, H, W, K) or one-hot (N, K, H, W), "
+                    f"got {masks.shape}"
                 )
             items: list[Any] = list(masks)
         elif isinstance(masks, (list, tuple)):
@@ -91,7 +89,7 @@ class BatchMasks:
         self.original = masks
         self.items = items
         self.num_classes = num_classes
-        self.formats: list[str] = []  # per image: "index" | "onehot" | "onehot_list"
+        self.formats: list[str] = []  # per image: "index" | "multihot" | "onehot" | "onehot_list"
         self.classes: list[frozenset[int]] = []
         for i, (item, image) in enumerate(zip(items, images, strict=True)):
             fmt, present = self._parse(item, image_hw(image), f"masks[{i}]")
@@ -122,6 +120,13 @@ class BatchMasks:
                     f"{name} is {plane.shape[0]}x{plane.shape[1]} but its image is {hw[0]}x{hw[1]}; they must match"
                 )
             return "index", mask_classes(plane, name, k)
+        if item.ndim == 3 and item.shape[:2] == hw:  # multi-hot (H, W, K), the label model's own layout
+            if item.shape[2] != k:
+                raise ValueError(
+                    f"{name} looks multi-hot with {item.shape[2]} channels but the bank has {k} classes "
+                    "(one channel per class, channel k-1 = class k, no background channel)"
+                )
+            return "multihot", frozenset(int(c) + 1 for c in np.flatnonzero(classes_present(item, k)))
         if item.ndim == 3 and item.shape[1:] == hw:
             if item.shape[0] != k:
                 raise ValueError(
@@ -131,14 +136,14 @@ class BatchMasks:
             return "onehot", frozenset(int(c) + 1 for c in np.flatnonzero(item.reshape(k, -1).any(axis=1)))
         raise ValueError(
             f"{name} has shape {item.shape}, which matches neither a class-index mask of its image's size {hw} "
-            f"nor a one-hot ({k}, {hw[0]}, {hw[1]}) mask"
+            f"nor a multi-hot ({hw[0]}, {hw[1]}, {k}) or one-hot ({k}, {hw[0]}, {hw[1]}) mask"
         )
 
     def injected(self, index: int, label: np.ndarray, class_id: int) -> Any:
         """Image ``index``'s mask with ``class_id`` written on ``label`` (a new object)."""
         item = self.items[index]
         fmt = self.formats[index]
-        if fmt == "index":
+        if fmt in ("index", "multihot"):
             return write_class(item, label, class_id)
         if fmt == "onehot":
             out = item.copy()

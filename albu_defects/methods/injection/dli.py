@@ -29,7 +29,8 @@ Inputs (``dli(images=..., masks=..., labels=None)``)
     ``images``: a list (or tuple) of N arrays, sizes may differ, or an (N, H, W) / (N, H, W, C)
     stack; uint8, uint16 or float32. ``masks``, one per image, either *class-index* masks ((H, W) or
     (H, W, 1) integer; 0 background, ``k`` = bank class ``k``; bool for a one-class bank) given as a
-    list or an (N, H, W[, 1]) stack, or *one-hot* masks as the reference code uses: an
+    list or an (N, H, W[, 1]) stack; *multi-hot* (H, W, K) masks (the label model's, channel ``k - 1``
+    = class ``k``) as a list or an (N, H, W, K) stack; or *one-hot* masks as the reference code uses: an
     (N, K, H, W) array, a list of (K, H, W) arrays, or a list of per-image lists of K (H, W) masks,
     with K the bank's number of classes (channel ``k - 1`` = class ``k``; nonzero = present).
     ``labels`` (optional), one per image: an int class id (0 = defect-free) or a multi-hot vector
@@ -77,13 +78,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from albu_defects.bank import DefectBank, DefectEntry, check_bank_arg, resolve_bank
+from albu_defects.bank import DefectBank, DefectEntry, resolve_bank
 from albu_defects.blending import POISSON_METHODS, POISSON_MODES
 from albu_defects.core.transform import DefectCompose
-from albu_defects.core.validation import check_choice, check_int, check_probability
+from albu_defects.core.validation import check_choice, check_int, check_probability, clip_unit_range
 
 from .arguments import (
     as_defect_transform,
+    bank_argument,
     blending_options,
     class_ids_of,
     defect_transform_fn,
@@ -185,7 +187,7 @@ class DynamicLabelInjection(DefectCompose):
     ) -> None:
         transform = as_defect_transform(defect_transform)
         super().__init__(transforms=[transform], p=check_probability(p, "p"), seed=seed)
-        self.bank = check_bank_arg(bank)
+        self.bank = bank_argument(bank)
         self.classes = yaml_classes(classes)
         self.poisson_p = check_probability(poisson_p, "poisson_p")
         self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
@@ -277,7 +279,7 @@ class DynamicLabelInjection(DefectCompose):
                     target_name=f"images[{index}]",
                 )
                 result = apply_plan(images[index], plan, **blending_options(self), timings=self.timings)
-                new_images[index] = result.image
+                new_images[index] = clip_unit_range(result.image)  # float32: Poisson may overshoot [0, 1]
                 new_masks[index] = masks.injected(index, result.label, class_id)
                 injected[index] = class_id
                 injections[index] = {**plan.log(), "bbox": result.bbox}

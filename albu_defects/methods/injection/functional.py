@@ -65,8 +65,10 @@ from albu_defects.core.geometry import (
     grow_box,
     mask_bbox,
     placement_overlap,
+    resize_image,
     translate_box,
 )
+from albu_defects.core.labels import write_class
 from albu_defects.core.validation import check_choice, check_image, image_hw, num_channels
 
 __all__ = [
@@ -169,13 +171,6 @@ def relative_scale(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> tu
     return float(target_hw[0]) / float(source_hw[0]), float(target_hw[1]) / float(source_hw[1])
 
 
-def _resize(image: np.ndarray, out_hw: tuple[int, int], interpolation: int) -> np.ndarray:
-    out = cv2.resize(image, (int(out_hw[1]), int(out_hw[0])), interpolation=interpolation)
-    if image.ndim == 3 and out.ndim == 2:
-        out = out[..., None]
-    return out
-
-
 def resize_defect(crop: np.ndarray, mask: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Resize a defect to ``out_hw`` (at least 1x1): pixels by area (shrinking) or linear; the mask by coverage.
 
@@ -187,8 +182,8 @@ def resize_defect(crop: np.ndarray, mask: np.ndarray, out_hw: tuple[int, int]) -
         return crop, np.asarray(mask, bool)
     shrinking = out_hw[0] <= crop.shape[0] and out_hw[1] <= crop.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    new_crop = _resize(crop, out_hw, interpolation)
-    coverage = _resize(np.asarray(mask, np.float32), out_hw, interpolation)
+    new_crop = resize_image(crop, out_hw, interpolation)
+    coverage = resize_image(np.asarray(mask, np.float32), out_hw, interpolation)
     new_mask = coverage >= 0.5
     if not new_mask.any() and np.asarray(mask).any():
         new_mask = coverage >= coverage.max()
@@ -343,24 +338,6 @@ def placed_bbox(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]
     if box is None:
         return None
     return translate_box(box, (overlap.target[0].start, overlap.target[1].start))
-
-
-def write_class(class_mask: np.ndarray, label: np.ndarray, class_id: int) -> np.ndarray:
-    """A copy of a class-index mask with ``class_id`` written on ``label`` (bool, same H, W).
-
-    (H, W, 1) masks keep their shape. Raises ``ValueError`` if the id does not fit the dtype.
-    """
-    out = class_mask.copy()
-    plane = out[..., 0] if out.ndim == 3 else out
-    if out.dtype == bool:
-        if class_id != 1:
-            raise ValueError(f"a bool mask can only hold class 1, not class {class_id}; use an integer mask")
-    elif not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(f"a class-index mask must be integer (or bool), got dtype {out.dtype}")
-    elif class_id > np.iinfo(out.dtype).max:
-        raise ValueError(f"class id {class_id} does not fit the mask dtype {out.dtype}; use a wider dtype")
-    plane[label] = class_id
-    return out
 
 
 def inject_defect(

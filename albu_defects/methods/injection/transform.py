@@ -10,21 +10,29 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
-from albu_defects.bank import DefectBank, check_bank_arg, resolve_bank
+from albu_defects.bank import DefectBank, resolve_bank
 from albu_defects.core.geometry import Box
-from albu_defects.core.transform import DefectTransform
+from albu_defects.core.labels import (
+    CLASS_VECTOR_KEY,
+    check_label_mask,
+    class_vector,
+    classes_present,
+    relabel,
+    write_class,
+)
+from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import image_hw
 
 from .arguments import (
     as_defect_transform,
+    bank_argument,
     blending_options,
     class_ids_of,
     defect_transform_fn,
     serialized_bank,
     yaml_classes,
 )
-from .batch import derived_labels, mask_classes
-from .functional import placed_bbox, placed_label, write_class
+from .functional import placed_bbox, placed_label
 from .plan import InjectionPlan, apply_plan, plan_injection
 
 __all__ = [
@@ -39,18 +47,22 @@ __all__ = [
 class InjectDefect(DefectTransform):
     """Inject ``n`` real defects of one class (drawn from ``class_weights``) into a defect-free image.
 
-    The per-sample form of DLI for a Dataset's ``A.Compose``. Targets: ``image``; ``mask`` (a
-    class-index mask: the class id is written on each defect's pixels); ``bboxes`` (each defect's
-    box is appended; label fields get the class id, or its name for string label fields; other
-    extra columns the class id); ``keypoints`` unchanged. The label key ``label_key`` (an int class
-    id, 0 = defect-free, or a multi-hot vector) is updated, or, when absent, output as a multi-hot
-    uint8 vector derived from the mask. ``masks`` (instance masks) are rejected: which instance a
-    new defect is cannot be known.
+    The per-sample form of DLI for a Dataset's ``A.Compose``. Targets: ``image`` (or the frames of
+    ``images``, all injected alike); ``mask`` (a class-index mask, or a multi-hot (H, W, K) mask: the
+    class is written on each defect's pixels, which then show that class only); ``bboxes`` (each
+    defect's box is appended; label fields get the class id, or its name for string label fields;
+    other extra columns the class id); ``keypoints`` unchanged; ``anomaly_mask`` loses the injected
+    pixels. ``masks`` (instance masks) are rejected: which instance a new defect is cannot be known.
+
+    The image-level label under ``label_key`` (default ``class_vector``; the label model of
+    :mod:`albu_defects.core.labels`) is re-derived from the output mask in its own format (a float32
+    or uint8 vector, or an int class id), so a class the injected defect covers leaves it; without a
+    mask it is the input's classes plus the injected one. When absent it is written as a float32
+    ``class_vector`` (K = the bank's classes). An int label cannot hold two classes: a
+    ``ValueError`` says to use a vector.
 
     Images that already hold defects (nonzero mask, or a nonzero label) are left untouched unless
-    ``only_defect_free=False``; then the new defect is pasted on top (its pixels take its class).
-    An int label cannot hold two classes: injecting another class into an image labelled with one
-    raises a ``ValueError`` (use multi-hot labels).
+    ``only_defect_free=False``; then the new defect is pasted on top.
 
     Args:
         bank, poisson_p, poisson_mode, poisson_method, blend_margin, defect_transform, placement,
@@ -59,7 +71,8 @@ class InjectDefect(DefectTransform):
         class_weights: one weight per class of ``classes`` (``None`` = uniform).
         n: number of defects, an int or an inclusive ``(low, high)`` range.
         only_defect_free: skip images that already hold defects.
-        label_key: the data key of the per-image label.
+        label_key: the data key of the per-image label (0.1.0 wrote a uint8 ``label``; its YAML files
+            name ``label_key: label`` and keep working).
     """
 
     class InitSchema(BaseTransformInitSchema):
@@ -106,11 +119,11 @@ class InjectDefect(DefectTransform):
         placement: Literal["random", "source"] = "random",
         size_mode: Literal["relative", "absolute"] = "relative",
         only_defect_free: bool = True,
-        label_key: str = "label",
+        label_key: str = CLASS_VECTOR_KEY,
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
-        self.bank = check_bank_arg(bank)
+        self.bank = bank_argument(bank)
         self.classes = yaml_classes(classes)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.n = n
@@ -127,6 +140,11 @@ class InjectDefect(DefectTransform):
         if self.class_weights is not None and len(self.class_weights) != len(ids):
             raise ValueError(f"class_weights has {len(self.class_weights)} weights for {len(ids)} classes")
 
+    def get_transform_init_args(self) -> dict[str, Any]:
+        args = super().get_transform_init_args()
+        args["bank"] = serialized_bank(self.bank)  # the path, or a placeholder for an unsaved bank
+        return args
+
     def to_dict_private(self) -> dict[str, Any]:
         out = super().to_dict_private()
         out["bank"] = serialized_bank(self.bank)
@@ -139,37 +157,42 @@ class InjectDefect(DefectTransform):
         super().check_inputs(data)
         if data.get("masks") is not None:
             raise ValueError(
-                "InjectDefect updates a class-index `mask`; `masks` (instance masks) cannot be updated "
-                "consistently: pass a class-index mask as mask="
+                "InjectDefect updates a class-index or multi-hot `mask`; `masks` (instance masks) cannot be updated "
+                "consistently: pass the class mask as mask="
             )
+        if data.get("mask") is not None:
+            check_label_mask(data["mask"], image_hw(input_image(data)), "mask", self.known_num_classes(data))
 
-    # ------------------------------------------------------------------ drawing parameters
+    # ------------------------------------------------------------------ the label model
+    def known_num_classes(self, data: dict[str, Any]) -> int | None:
+        return len(resolve_bank(self.bank).classes)
+
+    def label_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.label_key, CLASS_VECTOR_KEY)))
+
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        return bool(params.get("plans"))
+
     def _held_classes(self, data: dict[str, Any], k: int) -> frozenset[int]:
         held: set[int] = set()
         mask = data.get("mask")
         if mask is not None:
-            plane = mask[..., 0] if mask.ndim == 3 else mask
-            held |= mask_classes(plane, "mask", k)
+            held |= {int(c) + 1 for c in np.flatnonzero(classes_present(mask, k))}
         label = data.get(self.label_key)
         if label is not None:
             held |= _label_classes(label, k, self.label_key)
         return frozenset(held)
 
+    # ------------------------------------------------------------------ drawing parameters
     def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         bank = resolve_bank(self.bank)
         ids = class_ids_of(bank, self.classes)
-        image = data["image"]
+        image = input_image(data)
         held = self._held_classes(data, len(bank.classes))
         if held and self.only_defect_free:
             return {"plans": [], "class_id": 0}
         weights = np.asarray(self.class_weights if self.class_weights is not None else [1.0] * len(ids), float)
         class_id = ids[int(rng.choice(len(ids), p=weights / weights.sum()))]
-        label = data.get(self.label_key)
-        if label is not None and np.ndim(label) == 0 and int(label) not in (0, class_id):
-            raise ValueError(
-                f"{self.label_key}={int(label)} is one class id and cannot also hold injected class {class_id}; "
-                "use a multi-hot label or only_defect_free=True"
-            )
         low, high = (self.n, self.n) if isinstance(self.n, int) else self.n
         count = int(rng.integers(low, high + 1))
         py_random = getattr(self, "py_random", None) or random.Random(int(rng.integers(2**31)))
@@ -201,6 +224,12 @@ class InjectDefect(DefectTransform):
             mask = write_class(mask, placed_label(plan.mask, plan.top_left, image_hw(mask)), plan.class_id)
         return mask
 
+    def apply_to_anomaly_mask(self, anomaly_mask: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
+        out = anomaly_mask.copy()
+        for plan in plans:
+            out[placed_label(plan.mask, plan.top_left, image_hw(out))] = False  # the real defect hides it
+        return out
+
     def apply_to_bboxes(self, bboxes: np.ndarray, plans: list[InjectionPlan], **params: Any) -> np.ndarray:
         if not plans:
             return bboxes
@@ -213,20 +242,18 @@ class InjectDefect(DefectTransform):
         return keypoints
 
     # ------------------------------------------------------------------ outputs
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         k = len(resolve_bank(self.bank).classes)
-        class_id = int(params.get("class_id", 0))
         label = data.get(self.label_key)
-        if not params.get("plans"):
+        if not params.get("plans") or result.get("mask") is not None:
+            # untouched, or re-derived from the output mask by DefectTransform (the label model)
             return {self.label_key: self._label_of(data, k)}
-        if label is None:
-            vector = derived_labels([self._held_classes(data, k) | {class_id}], k)[0]
-            return {self.label_key: vector}
-        if np.ndim(label) == 0:
-            return {self.label_key: type(label)(class_id) if isinstance(label, (int, np.integer)) else class_id}
-        vector = np.array(label, copy=True)
-        vector[class_id - 1] = 1
-        return {self.label_key: vector}
+        # no mask: the input's classes plus the injected one, where a defect landed
+        landed = any(placed_bbox(p.mask, p.top_left, params["shape"][:2]) is not None for p in params["plans"])
+        present = np.zeros(k, bool)
+        for c in self._held_classes(data, k) | ({int(params["class_id"])} if landed else set()):
+            present[c - 1] = True
+        return {self.label_key: relabel(np.zeros(k, np.float32) if label is None else label, present, self.label_key)}
 
     def default_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         return {self.label_key: self._label_of(data, len(resolve_bank(self.bank).classes))}
@@ -235,7 +262,8 @@ class InjectDefect(DefectTransform):
         label = data.get(self.label_key)
         if label is not None:
             return label
-        return derived_labels([self._held_classes(data, k)], k)[0]
+        mask = data.get("mask")
+        return np.zeros(k, np.float32) if mask is None else class_vector(mask, k)
 
 
 def _label_classes(label: Any, k: int, name: str) -> frozenset[int]:

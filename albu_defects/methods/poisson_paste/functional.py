@@ -34,12 +34,12 @@ import cv2
 import numpy as np
 
 from albu_defects.core.geometry import Box, box_hw, mask_bbox, placement_overlap, translate_box
+from albu_defects.core.labels import paint_classes
 from albu_defects.core.validation import image_hw
 from albu_defects.methods.injection.functional import crop_to_defect, inject_defect, match_channels, resize_defect
 
 __all__ = [
     "PastedObject",
-    "class_vector",
     "draw_top_left",
     "host_box_visibility",
     "object_map",
@@ -230,30 +230,14 @@ def host_box_visibility(boxes: np.ndarray, owner: np.ndarray) -> np.ndarray:
 
 
 def write_class_mask(mask: np.ndarray, objects: Sequence[PastedObject], owner: np.ndarray) -> np.ndarray:
-    """A copy of the host ``mask`` with each object's class on its visible pixels (see the module docstring).
+    """A copy of the host ``mask`` with each object's class on its visible pixels (the front object wins).
 
-    ``mask``: a class-index mask ((H, W) or (H, W, 1), integer or bool) or a multi-hot (H, W, K).
-    Raises ``ValueError`` for a class id the mask cannot hold.
+    ``mask``: a class-index mask ((H, W) or (H, W, 1), integer or bool) or a multi-hot (H, W, K); the
+    writing rules are the label model's (:func:`~albu_defects.core.labels.paint_classes`). Raises
+    ``ValueError`` for a class id the mask cannot hold.
     """
-    out = mask.copy()
-    multi_hot = out.ndim == 3 and out.shape[2] > 1
-    plane = out if multi_hot or out.ndim == 2 else out[..., 0]
-    for k, obj in enumerate(objects):
-        class_id = int(obj.class_id)  # type: ignore[arg-type]
-        where = owner == k + 1
-        if multi_hot:
-            if not 1 <= class_id <= out.shape[2]:
-                raise ValueError(f"class id {class_id} has no channel in a multi-hot mask of {out.shape[2]} classes")
-            plane[where] = 0
-            plane[where, class_id - 1] = 1
-            continue
-        if out.dtype == bool:
-            if class_id != 1:
-                raise ValueError(f"a bool mask can only hold class 1, not class {class_id}; use an integer mask")
-        elif class_id > np.iinfo(out.dtype).max:
-            raise ValueError(f"class id {class_id} does not fit the mask dtype {out.dtype}; use a wider dtype")
-        plane[where] = class_id
-    return out
+    ids = np.array([0] + [int(obj.class_id) for obj in objects], np.int64)  # type: ignore[arg-type]
+    return paint_classes(mask, ids[owner])
 
 
 def write_masks(masks: Sequence[np.ndarray], objects: Sequence[PastedObject], owner: np.ndarray) -> list[np.ndarray]:
@@ -271,17 +255,3 @@ def write_masks(masks: Sequence[np.ndarray], objects: Sequence[PastedObject], ow
             new[overlap.target][where] = values.reshape(values.shape[:2] + new.shape[2:])[where]
         out.append(new)
     return out
-
-
-def class_vector(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """float32 (K,): 1 for every class present in a class-index mask, or in a channel of a multi-hot (H, W, K) mask."""
-    if mask.ndim == 3 and mask.shape[2] > 1:
-        if mask.shape[2] != num_classes:
-            raise ValueError(f"the multi-hot mask has {mask.shape[2]} channels but there are {num_classes} classes")
-        return mask.reshape(-1, num_classes).any(axis=0).astype(np.float32)
-    values = np.unique(mask)
-    if values.size and (values.min() < 0 or values.max() > num_classes):
-        raise ValueError(f"the mask holds class ids {values.tolist()} outside 0..{num_classes}")
-    vector = np.zeros(num_classes, np.float32)
-    vector[values[values > 0].astype(np.int64) - 1] = 1.0
-    return vector

@@ -10,6 +10,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
 from albu_defects.core.geometry import Box, box_slices
+from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector
 from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import as_bool_mask, check_image, check_mask_shape, check_range, image_hw
 from albu_defects.methods.cropliq.functional import bbox_to_pixels
@@ -18,7 +19,6 @@ from albu_defects.methods.injection.transform import NewBox, append_boxes
 
 from .functional import (
     PastedObject,
-    class_vector,
     draw_top_left,
     host_box_visibility,
     object_map,
@@ -32,9 +32,6 @@ from .functional import (
 __all__ = [
     "PoissonPaste",
 ]
-
-#: The data key of the image-level label the label model re-derives from the final mask.
-CLASS_VECTOR_KEY = "class_vector"
 
 
 class _Candidate(NamedTuple):
@@ -177,18 +174,6 @@ class PoissonPaste(DefectTransform):
             if isinstance(out.get(key), tuple):
                 out[key] = list(out[key])  # YAML has no tuples
         return out
-
-    def check_inputs(self, data: dict[str, Any]) -> None:
-        image = check_image(input_image(data), "image")
-        hw = image_hw(image)
-        mask = data.get("mask")
-        if isinstance(mask, np.ndarray) and mask.ndim == 3 and mask.shape[2] > 1:  # multi-hot (H, W, K)
-            if mask.shape[:2] != hw:
-                raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]} but must match the image size {hw}")
-        elif mask is not None:
-            check_mask_shape(mask, hw, "mask")
-        for index, plane in enumerate(() if data.get("masks") is None else data["masks"]):
-            check_mask_shape(plane, hw, f"masks[{index}]")
 
     # ------------------------------------------------------------------ drawing parameters
     def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -374,16 +359,20 @@ class PoissonPaste(DefectTransform):
         return keypoints
 
     # ------------------------------------------------------------------ outputs
-    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def known_num_classes(self, data: dict[str, Any]) -> int | None:
+        return self._num_classes(data)
+
+    def rewrites_mask(self, params: dict[str, Any]) -> bool:
+        return bool(params.get("objects"))
+
+    def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         k = self._num_classes(data)
         if k is None:
             return {}
-        objects, owner = params.get("objects", ()), params.get("owner")
-        mask = data.get("mask")
-        if mask is not None:
-            final = write_class_mask(mask, objects, owner) if objects else mask
-            return {CLASS_VECTOR_KEY: class_vector(final, k)}
+        if result.get("mask") is not None:  # the label model re-derives it from the final mask
+            return {CLASS_VECTOR_KEY: class_vector(result["mask"], k)}
         vector = self._incoming_vector(data, k)
+        objects, owner = params.get("objects", ()), params.get("owner")
         for obj, box in zip(objects, visible_boxes(objects, owner), strict=True):
             if box is not None and obj.class_id is not None:
                 vector[obj.class_id - 1] = 1.0
