@@ -413,8 +413,10 @@ def _partners(draw: Any, case: PipelineCase, count: int, with_mask: bool) -> lis
         rng = np.random.default_rng([kind.seed, 100 + i])
         partner: dict[str, Any] = {"image": kind.image(0.0, 1.0, salt=100 + i, hw=hw)}
         for key in ("mask", ROI):
-            if key in inputs or (key == "mask" and with_mask):
-                partner[key] = class_mask(kind, rng, hw, case.mask_format if "mask" in inputs else "index")
+            if key in inputs:
+                partner[key] = class_mask(kind, rng, hw, case.mask_format)
+            elif key == "mask" and with_mask:  # the host's mask is the uint8 one GuidedCropPaste creates
+                partner[key] = rectangles_mask(rng, hw, int(rng.integers(0, 3)))
         if "masks" in inputs:
             partner["masks"] = np.stack([kind.mask(rng.integers(0, 2, hw)) for _ in range(len(inputs["masks"]))])
         if "bboxes" in inputs:
@@ -467,7 +469,7 @@ def pipeline_cases(
     a ``BatchCompose`` (a class-index ``mask``, maybe boxes, no per-sample extra inputs).
     """
     kind = draw(image_kinds(min_side=24, max_side=max_side, dtypes=DTYPES, layouts=(None, 1, 3)))
-    kind = replace(kind, hdr=False, mask_dtype=draw(st.sampled_from(MASK_DTYPES)))
+    kind = replace(kind, mask_dtype=draw(st.sampled_from(MASK_DTYPES)))
     formats = ("index",) if batch else MASK_FORMATS[1:] if require_mask else MASK_FORMATS
     mask_format = draw(st.sampled_from(formats))
     targets: set[str] = set()
