@@ -125,6 +125,7 @@ class State:
     independence: bool = False  # the independence property: every decision has p=0.5
     batch: bool = False  # steps of a BatchCompose: no per-sample extra inputs
     bbox_min: int = 1  # smallest input box side (CropLiq region="bbox" needs 8)
+    anomaly_before: bool = False  # an anomaly step is drawn before this point
 
     def p(self, draw: Any, default: float = 0.5) -> float:
         return 0.5 if self.independence else draw(st.sampled_from([default, 1.0]))
@@ -306,7 +307,9 @@ RECIPES: dict[str, Callable[[Any, State], Step | None]] = {
 
 def builtin_step(draw: Any, state: State) -> Step:
     """One albumentations built-in, valid for the state's dtype and size."""
-    names = ["HorizontalFlip", "VerticalFlip", "Affine", "RandomCrop", "PadIfNeeded"]
+    names = ["HorizontalFlip", "VerticalFlip", "RandomCrop", "PadIfNeeded"]
+    if not state.anomaly_before:  # A.Affine cannot warp the bool anomaly mask (KNOWN_FAILURES["affine"])
+        names.append("Affine")
     if np.dtype(state.kind.dtype) != np.uint16:  # ColorJitter supports uint8 and float32 only
         names.append("ColorJitter")
     name = draw(st.sampled_from(names))
@@ -334,6 +337,15 @@ def builtin_step(draw: Any, state: State) -> Step:
         return builtin(f"PadIfNeeded{size}", lambda: A.PadIfNeeded(*size, p=1.0), moves=True, resizes=True)
     p = state.p(draw)
     return builtin(f"ColorJitter(p={p})", lambda: A.ColorJitter(p=p), p=p)
+
+
+#: Library failures the suite found and reports (each reproduced by a strict-xfail test in
+#: test_composition.py or test_generic.py); the random pipelines steer around them until they are fixed.
+KNOWN_FAILURES = {
+    "affine": "A.Affine (any cv2 warp) on the bool anomaly_mask declared a mask target: cv2.error in remap",
+    "keys": "one of ours skipped inside A.OneOf (or a p<1 wrapper) adds no default keys: keys differ between calls",
+    "replay": "ContextMix under albumentations 2.0.8: ReplayCompose.replay with no host boxes raises KeyError",
+}
 
 
 # ============================================================================================ cases
@@ -502,12 +514,15 @@ def pipeline_cases(
             step = builtin_step(draw, state)
         state.creates_mask |= step.label.startswith("GuidedCropPaste")
         state.moved |= step.moves
+        state.anomaly_before |= step.anomaly
         steps.append(step)
 
-    # wrap a run of steps in A.Sequential, or one that does not change the size in A.OneOf
+    # wrap a run of steps in A.Sequential, or a built-in that does not change the size in A.OneOf (one of
+    # ours in a OneOf that skips it returns none of its keys: KNOWN_FAILURES["keys"])
     if len(steps) >= 2 and draw(st.booleans()):
         start = draw(st.integers(0, len(steps) - 1))
-        if draw(st.booleans()) and not steps[start].resizes and not steps[start].children:
+        single = not steps[start].resizes and not steps[start].children and not steps[start].ours
+        if draw(st.booleans()) and single:
             steps[start] = wrap("OneOf", [steps[start]], p=0.5 if independence else draw(st.sampled_from([0.5, 1.0])))
         else:
             stop = draw(st.integers(start + 1, min(len(steps), start + 2)))
@@ -536,7 +551,8 @@ def pipeline_cases(
         if not IS_ALBUMENTATIONS_X and draw(st.booleans()):
             inputs["masks"] = list(inputs["masks"])  # albumentations 2.0.8 also takes a list
     if "bboxes" in targets:
-        n = draw(st.integers(1 if state.bbox_min > 1 else 0, 3))
+        # with ContextMix, at least one host box: its replay of partner boxes onto none is KNOWN_FAILURES["replay"]
+        n = draw(st.integers(1 if state.bbox_min > 1 or state.partners else 0, 3))
         inputs["bboxes"] = boxes(kind.rng(7), kind.hw, n, state.bbox_min)
         inputs[LABEL_FIELD] = [HOST_BOX_LABEL + i for i in range(n)]
     if "keypoints" in targets:
