@@ -405,3 +405,22 @@ def test_known_failure_replay_of_context_mix_onto_no_host_boxes():
     inputs = {"image": np.zeros((24, 24), np.uint8), "bboxes": [], LABEL_FIELD: [], "contextmix_metadata": [partner]}
     recorded = pipeline(**inputs)
     assert_same_outputs(A.ReplayCompose.replay(recorded["replay"], **inputs), recorded, "replay")
+
+
+@pytest.mark.skipif(not IS_ALBUMENTATIONS_X, reason="albumentations 2.0.8 replays it")
+@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["x replay"])
+def test_known_failure_replay_of_a_normal_anomaly_synthesis_draw_in_one_of():
+    image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    for seed in range(6):  # normal draws among them
+        pipeline = A.ReplayCompose([A.OneOf([ad.AnomalySynthesis([ad.CropLiq(region="image"), ad.CutPaste()])], p=1)])
+        ad.seed_pipeline(pipeline, seed)
+        recorded = pipeline(image=image)
+        assert_same_outputs(A.ReplayCompose.replay(recorded["replay"], image=image), recorded, f"replay, seed {seed}")
+
+
+@pytest.mark.skipif(not IS_ALBUMENTATIONS_X, reason="albumentations 2.0.8 takes it")
+@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["x mask"])
+def test_known_failure_incoming_anomaly_mask_declared_a_mask_target_without_a_mask():
+    pipeline = A.Compose([ad.CutPaste(p=1.0), A.HorizontalFlip(p=1.0)], additional_targets={"anomaly_mask": "mask"})
+    image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    pipeline(image=image, anomaly_mask=np.zeros((32, 32), bool))
