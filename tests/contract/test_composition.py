@@ -112,7 +112,13 @@ def test_every_exported_transform_is_drawn():
 
 # ============================================================================================ end to end
 def test_pipelines_end_to_end_under_strict(banks):
+    drawn: Counter = Counter()
+
     def body(case: PipelineCase, seed: int) -> None:
+        drawn.update({leaf.label.split("(")[0] for leaf in case.leaves} | set(case.tail) | {case.kind.dtype.__name__})
+        drawn.update(
+            {f"{case.mask_format} mask", *(f"wrapped in {s.label.split('(')[0]}" for s in case.steps if s.children)}
+        )
         freeze(case.inputs)  # read-only inputs: a transform writing into one raises
         before = inputs_copy(case.inputs)
         out = case.build(banks, seed, strict=True)(**case.inputs)
@@ -120,6 +126,12 @@ def test_pipelines_end_to_end_under_strict(banks):
         check_outputs(case, out)
 
     run("end to end", budget(40, 1.0), st.tuples(pipeline_cases(), SEEDS), body)
+    # what the examples covered: every exported per-sample transform, the built-ins, dtypes, masks, nesting
+    expected = {*RECIPES, SYNC, "HorizontalFlip", "VerticalFlip", "Affine", "RandomCrop", "PadIfNeeded"}
+    expected |= {"ColorJitter", "Normalize", "ToTensorV2", "uint8", "uint16", "float32", "index mask"}
+    expected |= {"multihot mask", "none mask", "wrapped in Sequential", "wrapped in OneOf"}
+    missing = sorted(expected - set(drawn))
+    assert not missing, f"no example drew {missing}: raise the example budget or fix the strategy"
 
 
 def _swap_partner_masks(inputs: dict[str, Any], same: bool) -> dict[str, Any]:
