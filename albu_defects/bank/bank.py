@@ -242,8 +242,8 @@ class DefectBank:
         mask is class 1). With ``labels`` (one class id per image, 0 = defect-free), each mask is
         binary: pixels ``> mask_threshold`` are defects of that image's class. ``class_names`` names
         ids 1..K (default ``class_<k>`` up to the largest id seen). Images with an all-zero mask and
-        no label are the defect-free images, kept by reference as read-only views (:meth:`save`
-        stores them in the bank). Malformed arguments raise ``ValueError``; a labelled image with an
+        no label are the defect-free images (:meth:`save` stores them in the bank). The bank owns
+        copies of every crop and free image: later in-place edits of the caller's arrays never reach it. Malformed arguments raise ``ValueError``; a labelled image with an
         empty mask is skipped with a counted warning (``strict=True``: raises).
         """
         return cls(

@@ -67,7 +67,8 @@ def _cut_defects(image: np.ndarray, label_mask: np.ndarray, values: Iterable[int
             continue
         box = grow_box(box, margin, (h, w))
         window = box_slices(box)
-        cuts.append((int(value), box, np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[window])))
+        # Copies, never views: a crop of whole rows would otherwise share the caller's memory.
+        cuts.append((int(value), box, image[window].copy(), mask[window].copy()))
     return cuts
 
 
@@ -472,7 +473,7 @@ def build_from_arrays(
                 continue
             found = [(int(label), *cut[1:]) for cut in _cut_defects(image, binary, [True] if label else [], margin)]
         if not found:
-            free.append(image)
+            free.append(image.copy())  # owned: a later in-place edit of the caller's array stays out
             continue
         top = max(top, *(cut[0] for cut in found))
         cuts += [(source_id, hw, cut) for cut in found]

@@ -242,6 +242,23 @@ class ClassWeights:
         """Class names; entry ``k - 1`` of the probabilities is class id ``k``."""
         return self._classes
 
+    def probabilities_of(self, classes: Sequence[str]) -> np.ndarray:
+        """The current probabilities of ``classes`` (e.g. ``bank.classes``), read by name, in that order.
+
+        Every name must be one of :attr:`classes` (else a ``ValueError`` names the missing ones:
+        weights are never matched by position). Not renormalised: classes held here that
+        ``classes`` lacks keep their share.
+        """
+        names = [str(c) for c in classes]
+        missing = [c for c in names if c not in self._classes]
+        if missing:
+            raise ValueError(
+                f"class_weights has {self.num_classes} classes {list(self._classes)} but not {missing} of the bank's "
+                f"classes {names}; create it with ClassWeights(bank.classes) (it is read by class name, not position)"
+            )
+        values = self.probabilities
+        return np.array([values[self._classes.index(c)] for c in names], np.float64)
+
     @property
     def num_classes(self) -> int:
         return len(self._classes)

@@ -51,7 +51,24 @@ def _check_images(images: Any) -> torch.Tensor:
         raise ValueError(f"images must have shape (N, C, H, W) with no empty dimension, got {tuple(images.shape)}")
     if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
         raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    if images.dtype.is_floating_point and not _all_finite(images):
+        raise ValueError(
+            "images hold NaN or infinite values; clean the batch before mixing (they would spread to partners)"
+        )
     return images
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite, from one reduction over the batch (no batch-sized temporary).
+
+    float32 / float64: a sum of finite values is finite unless it overflows (then the exact check
+    decides); half types overflow too easily for that, and use ``aminmax`` (NaN and infinities reach
+    the min or max).
+    """
+    if values.element_size() >= 4:
+        return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all())
+    low, high = torch.aminmax(values)
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _index(values: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -119,24 +136,32 @@ def paste_resized_batch(
 
 
 def _flat_rows(images: torch.Tensor) -> torch.Tensor:
-    """``images`` (N, C, H, W) as (N*C*H, W) rows (a view when contiguous)."""
-    return images.reshape(-1, images.shape[-1])
+    """A contiguous (N, C, H, W) tensor as (N*C*H, W) rows (a view)."""
+    return images.view(-1, images.shape[-1])
+
+
+def _dense(images: torch.Tensor) -> torch.Tensor:
+    """``images`` itself when contiguous, else a contiguous copy (strided, sliced or channels-last views)."""
+    return images if images.is_contiguous() else images.contiguous()
 
 
 _WORDS = ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2))
 
 
-def _wide_rows(rows: torch.Tensor) -> torch.Tensor:
-    """(R, W) rows reinterpreted as the widest integer words that tile them (a view, same bytes).
+def _wide_rows(*rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Contiguous (R, W) row tensors reinterpreted as the widest integer words that tile *all* of them.
 
     Row copies (``index_select``, ``index_copy_``) cost per *element*; copying a uint8 row as int64
-    words moves the same bytes with 8x fewer elements. Falls back to ``rows`` when no word fits.
+    words moves the same bytes with 8x fewer elements. The source and destination of one copy are
+    widened together or not at all (a copy needs one word type): a batch sliced at an odd byte
+    falls back to plain elements.
     """
-    element = rows.element_size()
-    row_bytes, offset_bytes = rows.shape[1] * element, rows.storage_offset() * element
+    element = rows[0].element_size()
     for word, size in _WORDS:
-        if size > element and row_bytes % size == 0 and offset_bytes % size == 0 and rows.is_contiguous():
-            return rows.view(word)
+        if size > element and all(
+            r.is_contiguous() and (r.shape[1] * element) % size == 0 and r.data_ptr() % size == 0 for r in rows
+        ):
+            return tuple(r.view(word) for r in rows)
     return rows
 
 
@@ -227,7 +252,8 @@ def _paste_per_sample_nearest(
     groups = [g for g in np.array_split(by_height, min(HEIGHT_GROUPS, len(by_height))) if len(g)]
     group_rows = [len(g) * channels * int((boxes[g, 3] - boxes[g, 1]).max()) for g in groups]
     mixed = buffers.get("pasted", (sum(group_rows), width), images.dtype, device)
-    source = _wide_rows(_flat_rows(images))
+    dense = _dense(images)  # any view: rows are read from a contiguous batch
+    source = _flat_rows(dense)
     destinations, offset = [], 0
     cols = np.arange(width)[None, :]
     for group, rows_in_group in zip(groups, group_rows, strict=True):
@@ -245,7 +271,8 @@ def _paste_per_sample_nearest(
         count, hmax = len(group), box_rows.shape[1]
         pairs = buffers.get("rows", (rows_in_group * 2, width), images.dtype, device)
         pair_rows = _index(np.stack([host_rows, partner_rows], axis=-1).ravel(), device)
-        torch.index_select(source, 0, pair_rows, out=_wide_rows(pairs))
+        wide_source, wide_pairs = _wide_rows(source, pairs)
+        torch.index_select(wide_source, 0, pair_rows, out=wide_pairs)
         torch.gather(
             pairs.view(count, channels, hmax, 2 * width),
             3,
@@ -254,9 +281,11 @@ def _paste_per_sample_nearest(
         )
         destinations.append(host_rows)
         offset += rows_in_group
-    out = images if inplace else images.clone(memory_format=torch.contiguous_format)
-    target = out if out.is_contiguous() else out.contiguous()
-    _wide_rows(_flat_rows(target)).index_copy_(0, _index(np.concatenate(destinations), device), _wide_rows(mixed))
+    # Every row was read: a copy made of a view is written (then copied back when in place).
+    out = images if inplace else dense if dense is not images else images.clone(memory_format=torch.contiguous_format)
+    target = dense if inplace and dense is not images else out
+    wide_target, wide_mixed = _wide_rows(_flat_rows(target), mixed)
+    wide_target.index_copy_(0, _index(np.concatenate(destinations), device), wide_mixed)
     if target is not out:
         out.copy_(target)
     return out
@@ -285,8 +314,10 @@ def _paste_one_box(
         # gathered straight into the box (read fully before the first write).
         rows = buffers.get("rows", (n * channels * h, width), images.dtype, device)
         source_rows = _row_index(partner_index, channels, height, nearest_source_index(np.arange(h), height, h))
-        torch.index_select(_wide_rows(_flat_rows(images)), 0, _index(source_rows, device), out=_wide_rows(rows))
-        out = images if inplace else images.clone()
+        dense = _dense(images)  # any view: rows are read from a contiguous batch
+        wide_source, wide_rows = _wide_rows(_flat_rows(dense), rows)
+        torch.index_select(wide_source, 0, _index(source_rows, device), out=wide_rows)
+        out = images if inplace else dense if dense is not images else images.clone()
         source_cols = _index(nearest_source_index(np.arange(w), width, w), device)
         torch.gather(
             rows.view(n, channels, h, width),
@@ -301,13 +332,18 @@ def _paste_one_box(
     return out
 
 
-def _soft_targets(
-    labels: torch.Tensor, partner: torch.Tensor, weights: torch.Tensor, num_classes: int, smoothing: float
+def _mixed_targets(
+    vectors: torch.Tensor, partner: torch.Tensor, weights: torch.Tensor, smoothing: float
 ) -> torch.Tensor:
-    off = smoothing / num_classes
-    one_hot = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
-    one_hot.scatter_(1, labels.long()[:, None], 1.0 - smoothing + off)
-    return weights[:, :1] * one_hot + weights[:, 1:] * one_hot.index_select(0, partner)
+    """``w_A * y + w_B * y[partner]`` (float32 (N, K)) of label vectors ``y``, each smoothed first.
+
+    Smoothing moves ``s`` of each vector's mass to ``s / K`` per class (timm's rule for one-hot
+    vectors, so class ids and their one-hot vectors give the same targets).
+    """
+    vectors = vectors.to(torch.float32)
+    if smoothing:
+        vectors = vectors * (1.0 - smoothing) + smoothing / vectors.shape[1]
+    return weights[:, :1] * vectors + weights[:, 1:] * vectors.index_select(0, partner)
 
 
 class TensorContextMix:
@@ -322,12 +358,16 @@ class TensorContextMix:
 
     - int class ids (N,) -> soft targets (N, num_classes) float32:
       ``lambda_A * onehot(y) + lambda_B * onehot(y[perm])`` with optional label smoothing;
-    - segmentation masks (N, H, W) (any dtype) -> masks mixed with the same boxes, nearest;
+    - one-hot or multi-hot vectors (N, K) (any real dtype) -> ``lambda_A * y + lambda_B * y[perm]``
+      float32 (smoothed alike);
+    - segmentation masks (N, H, W) (any dtype) -> masks mixed with the same boxes, nearest (other
+      per-pixel tensors: :meth:`apply_to_mask`);
     - ``None`` -> the weights (N, 2) = ``[lambda_A, lambda_B]`` float32.
 
     Modes: ``"batch"`` draws one box for the whole batch (the paper's code) and mixes it with
     probability ``p``; ``"sample"`` draws a box per image and mixes each with probability ``p``.
-    Works on any device and on uint8 or float images (dtype and shape kept); random numbers come
+    Works on any device, on uint8 or float images (dtype and shape kept; float images must be
+    finite) and on any view of a batch (strided, sliced, channels-last); random numbers come
     from ``generator`` (a CPU ``torch.Generator``), or one seeded with ``seed``, or torch's global
     generator. After a call, ``last_perm``, ``last_boxes`` (N, 4) ``(x_min, y_min, x_max, y_max)`` and ``last_weights`` (N, 2)
     hold what was drawn. On GPU call it in the training loop after ``.to(device)``.
@@ -448,24 +488,51 @@ class TensorContextMix:
         if kind == "none":
             return mixed, torch.from_numpy(self.last_weights).to(images.device)
         if kind == "mask":
-            masks = _paste(labels[:, None], perm.numpy(), paste_boxes, "nearest", self.inplace, self._buffers)
-            return mixed, masks[:, 0]
+            return mixed, self.apply_to_mask(labels, perm, boxes)
         weights_t = torch.from_numpy(self.last_weights).to(labels.device)
-        return mixed, _soft_targets(labels, perm.to(labels.device), weights_t, self.num_classes, self.label_smoothing)
+        if kind == "class":
+            labels = F.one_hot(labels.long(), self.num_classes)
+        return mixed, _mixed_targets(labels, perm.to(labels.device), weights_t, self.label_smoothing)
+
+    def apply_to_mask(self, masks: torch.Tensor, perm: torch.Tensor | np.ndarray, boxes: np.ndarray) -> torch.Tensor:
+        """Mix per-pixel values (masks, weight maps; (N, H, W) or (N, C, H, W), any dtype) like the images.
+
+        Nearest, with the pairing ``perm`` and ``boxes`` of :meth:`draw` / :meth:`apply`, so class
+        ids stay exact and every value lands where its pixel did; any tensor view works.
+        ``inplace`` applies as for images.
+        """
+        if not isinstance(masks, torch.Tensor) or masks.ndim not in (3, 4) or masks.is_complex():
+            got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+            raise ValueError(f"masks must be a real (N, H, W) or (N, C, H, W) tensor, got {got}")
+        values = masks[:, None] if masks.ndim == 3 else masks
+        boxes = np.broadcast_to(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), (values.shape[0], 4))
+        partner = np.asarray(perm.cpu() if isinstance(perm, torch.Tensor) else perm, dtype=np.int64)
+        # One shared box takes the fast path that reads only the box's source rows.
+        paste_boxes = boxes[0] if (boxes == boxes[0]).all() else boxes
+        mixed = _paste(values, partner, paste_boxes, "nearest", self.inplace, self._buffers)
+        return mixed[:, 0] if masks.ndim == 3 else mixed
 
     def _label_kind(self, labels: Any, n: int, height: int, width: int) -> str:
         if labels is None:
             return "none"
         if not isinstance(labels, torch.Tensor):
-            raise ValueError(f"labels must be a torch.Tensor (N,) or (N, H, W), got {type(labels).__name__}")
+            raise ValueError(f"labels must be a torch.Tensor (N,), (N, K) or (N, H, W), got {type(labels).__name__}")
         if labels.shape == (n, height, width):
             if labels.is_complex():
                 raise ValueError(f"masks must be real-valued, got dtype {labels.dtype}")
             return "mask"
+        if labels.ndim == 2 and labels.shape[0] == n and labels.shape[1] >= 1:
+            if labels.is_complex():
+                raise ValueError(f"label vectors must be real-valued, got dtype {labels.dtype}")
+            if self.num_classes is not None and labels.shape[1] != self.num_classes:
+                raise ValueError(f"label vectors have {labels.shape[1]} entries but num_classes is {self.num_classes}")
+            if labels.dtype.is_floating_point and not _all_finite(labels):
+                raise ValueError("label vectors hold NaN or infinite values")
+            return "vector"
         if labels.shape != (n,):
             raise ValueError(
-                f"labels must be class ids of shape ({n},) or masks of shape ({n}, {height}, {width}), "
-                f"got {tuple(labels.shape)}"
+                f"labels must be class ids ({n},), one-hot / multi-hot vectors ({n}, K) or masks "
+                f"({n}, {height}, {width}), got {tuple(labels.shape)}"
             )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
             raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")

@@ -282,7 +282,9 @@ def test_collate_dicts_and_worker_streams():
     # the two workers (batches 0 and 1) draw from different streams
     assert not np.array_equal(first[0] - Squares(16).images[:4].numpy(), first[1] - Squares(16).images[4:8].numpy())
     with pytest.raises(ValueError, match="collated batch"):
-        ContextMixCollate(collate_fn=lambda samples: 3)([1])
+        ContextMixCollate(collate_fn=lambda samples: 3)([(Squares().images[0],)])
+    with pytest.raises(ValueError, match="must be a dict or an"):
+        ContextMixCollate()([1])
     with pytest.raises(ValueError, match="collate_fn"):
         ContextMixCollate(collate_fn=5)
 

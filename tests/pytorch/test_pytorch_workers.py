@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -200,7 +199,6 @@ def test_ddp_two_gloo_ranks_mix_their_own_batches(tmp_path):
     import torch.multiprocessing as mp
     from _ddp_rank import run_rank
 
-    start = time.perf_counter()
     mp.spawn(run_rank, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for result in ranks:
@@ -215,4 +213,3 @@ def test_ddp_two_gloo_ranks_mix_their_own_batches(tmp_path):
     # DataLoader workers read the rank from the process group: identical loader seeds, different streams
     assert ranks[0]["stream"] != ranks[1]["stream"]
     assert len(set(ranks[0]["stream"])) == len(ranks[0]["stream"])
-    assert time.perf_counter() - start < 60

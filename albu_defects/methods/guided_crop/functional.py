@@ -207,7 +207,8 @@ def class_probabilities(
 
     ``None`` or ``"uniform"``: equal over the classes that have entries; ``"inverse_frequency"``:
     proportional to 1 / (images of the class); K non-negative numbers (normalized); or a
-    :class:`ClassWeights` (its current probabilities). Classes without entries get 0.
+    :class:`ClassWeights` (its current probabilities, read by class name: every bank class must be one
+    of its classes). Classes without entries get 0.
     """
     k = len(bank.classes)
     table = configuration_table(bank)
@@ -220,12 +221,7 @@ def class_probabilities(
             f"weights must be 'uniform', 'inverse_frequency', K numbers or a ClassWeights, got {weights!r}"
         )
     elif isinstance(weights, ClassWeights):
-        if weights.num_classes != k:
-            raise ValueError(
-                f"class_weights has {weights.num_classes} classes but the bank has {k} {list(bank.classes)}; "
-                "create it with ClassWeights(bank.classes)"
-            )
-        values = weights.probabilities
+        values = weights.probabilities_of(bank.classes)
     else:
         try:
             values = np.asarray(weights, np.float64)
