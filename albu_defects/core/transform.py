@@ -15,7 +15,7 @@ Only one of the two methods is defined, chosen when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import albumentations as A
@@ -247,6 +247,29 @@ class DefectTransform(A.DualTransform):
                 "give partners the same extra columns and label fields as the host"
             )
         return converted
+
+    def partner_labels(self, partner: Mapping[str, Any], key: str) -> dict[str, list[Any]]:
+        """A partner's raw values of the Compose's ``key`` label fields, for :meth:`encode_partner_labels`."""
+        return {field: list(partner[field]) for field in self.processor_label_fields(key) if field in partner}
+
+    def encode_partner_labels(self, key: str, rows: np.ndarray, labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """``rows`` (from :meth:`partner_annotations`) with their label columns encoded by this call's Compose.
+
+        Called in ``apply_*``, so a ``ReplayCompose.replay`` encodes the recorded partner's labels with
+        its own label encoder (albumentations 2.0.8 knows a label field only after it has encoded a
+        non-empty one: a replay onto a host without rows could not decode the recorded codes).
+        """
+        manager = getattr(self.get_processor(key), "label_manager", None)
+        fields = self.processor_label_fields(key)
+        if manager is None or not fields or rows.size == 0:
+            return rows
+        rows = np.array(rows, copy=True)
+        first = rows.shape[1] - len(fields)
+        for j, field in enumerate(fields):
+            if field in labels:
+                encoded = manager.process_field(key, field, list(labels[field]))
+                rows[:, first + j] = np.asarray(encoded, np.float64).reshape(-1)
+        return rows
 
     def target_keys(self, target: str) -> list[str]:
         """The data keys processed as ``target`` ("image", "images", "mask"): itself plus declared additional targets."""

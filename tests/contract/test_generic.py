@@ -198,8 +198,6 @@ REPLAY_SPECS = [
 @pytest.mark.parametrize("spec", REPLAY_SPECS)
 def test_replay_compose_reproduces_a_recorded_call(spec, banks):
     def body(case: Case, seed: int, nested: bool) -> None:
-        if not IS_ALBUMENTATIONS_X and "contextmix_metadata" in case.kwargs and not len(case.kwargs.get("bboxes", [1])):
-            return  # ContextMix's replay onto no host boxes: a known failure (test_composition.py)
         freeze(case.kwargs)
         params: dict[str, Any] = {}
         if "bboxes" in case.kwargs:
