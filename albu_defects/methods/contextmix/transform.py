@@ -183,7 +183,9 @@ class ContextMix(DefectTransform):
             out["partner_bboxes"] = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
             out["partner_bbox_labels"] = self.partner_labels(partner, "bboxes")
         if data.get("keypoints") is not None:
-            out["partner_keypoints"] = self.partner_annotations(partner, "keypoints", name, np.asarray(data["keypoints"]))
+            out["partner_keypoints"] = self.partner_annotations(
+                partner, "keypoints", name, np.asarray(data["keypoints"])
+            )
             out["partner_keypoint_labels"] = self.partner_labels(partner, "keypoints")
         if self.num_classes is not None:
             if partner.get("label") is None:
