@@ -185,14 +185,7 @@ def test_an_extra_mask_target_is_moved_not_re_rendered_from_mask(spec, banks):
 
 
 # ============================================================================================ replay
-#: DynamicLabelInjection inside ReplayCompose: recording loses the ``replay`` key and replaying rebuilds it
-#: with a ``transforms`` argument it does not take (reported; a strict xfail until fixed).
-DLI_REPLAY = "DynamicLabelInjection in ReplayCompose: KeyError 'replay' / TypeError on replay"
-REPLAY_SPECS = [
-    pytest.param(spec, id=name, marks=[pytest.mark.xfail(strict=True, reason=DLI_REPLAY)] if spec.batch else [])
-    for name, spec in SPECS.items()
-    if not spec.own_compose
-]
+REPLAY_SPECS = [pytest.param(spec, id=name) for name, spec in SPECS.items() if not spec.own_compose]
 
 
 @pytest.mark.parametrize("spec", REPLAY_SPECS)

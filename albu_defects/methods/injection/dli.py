@@ -72,8 +72,10 @@ Reproducibility
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import MutableMapping, Sequence
+import random
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -184,6 +186,8 @@ class DynamicLabelInjection(DefectCompose):
         size_mode: Literal["relative", "absolute"] = "relative",
         p: float = 1.0,
         seed: int | None = None,
+        *,
+        _replayed_draw: Mapping[str, Any] | None = None,
     ) -> None:
         transform = as_defect_transform(defect_transform)
         super().__init__(transforms=[transform], p=check_probability(p, "p"), seed=seed)
@@ -199,6 +203,9 @@ class DynamicLabelInjection(DefectCompose):
         self.placement = check_choice(placement, PLACEMENTS, "placement")
         self.size_mode = check_choice(size_mode, SIZE_MODES, "size_mode")
         self.timings: MutableMapping[str, float] | None = None
+        # ReplayCompose: the last call's draw is recorded (get_dict_with_id) and handed back to replay it
+        self._last_draw: dict[str, Any] | None = None
+        self._replayed_draw = None if _replayed_draw is None else dict(_replayed_draw)
         self._available_keys.update({"images", "masks", "labels"})
         class_ids_of(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
 
@@ -222,6 +229,40 @@ class DynamicLabelInjection(DefectCompose):
             "size_mode": self.size_mode,
             "p": self.p,
         }
+
+    def set_deterministic(self, flag: bool, save_key: str = "replay") -> None:
+        # not handed to the nested defect transform: it runs many times a call, and DLI's own draw
+        # (the call seed, recorded below) replays all of them
+        self.deterministic, self.save_key = flag, save_key
+
+    def get_dict_with_id(self) -> dict[str, Any]:
+        dictionary = super().get_dict_with_id()
+        dictionary["_replayed_draw"] = self._last_draw
+        return dictionary
+
+    def _draw_call(self, force_apply: bool) -> tuple[bool, np.random.Generator, random.Random]:
+        """Whether this call injects, and the generators it draws the rest from.
+
+        Under ``ReplayCompose`` the generators' states are recorded (:meth:`get_dict_with_id`) and a
+        replay draws from copies of them: the same plan, defect transforms included.
+        """
+        if self.replay_mode and self._replayed_draw is not None:
+            draw = self._replayed_draw
+            return bool(draw["applied"]), copy.deepcopy(draw["random_generator"]), copy.deepcopy(draw["py_random"])
+        applied = bool(force_apply) or self.py_random.random() < self.p
+        if getattr(self, "deterministic", False):
+            self._last_draw = {
+                "applied": applied,
+                "random_generator": copy.deepcopy(self.random_generator),
+                "py_random": copy.deepcopy(self.py_random),
+            }
+        return applied, self.random_generator, self.py_random
+
+    def _record_draw(self, data: dict[str, Any]) -> None:
+        """Under ReplayCompose, mark the recorded call applied (its params say so; the draw itself is in the dict)."""
+        record = data.get(getattr(self, "save_key", "replay")) if getattr(self, "deterministic", False) else None
+        if isinstance(record, MutableMapping) and not self.replay_mode and self._last_draw is not None:
+            record[id(self)] = {"applied": self._last_draw["applied"]}
 
     # ------------------------------------------------------------------ the call
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
@@ -250,14 +291,14 @@ class DynamicLabelInjection(DefectCompose):
             held = labels.classes
         before = {bank.classes[c - 1]: sum(c in s for s in held) for c in class_ids}
         free = [i for i, s in enumerate(held) if not s]
-        applied = bool(force_apply) or self.py_random.random() < self.p
+        applied, rng, py_random = self._draw_call(force_apply)
+        self._record_draw(data)
         injections: list[dict[str, Any] | None] = [None] * len(images)
         new_images: dict[int, np.ndarray] = {}
         new_masks: dict[int, Any] = {}
         injected: dict[int, int] = {}
         if applied and free:
-            rng = self.random_generator
-            transform = defect_transform_fn(self.defect_transform, rng, self.py_random)
+            transform = defect_transform_fn(self.defect_transform, rng, py_random)
             available = min(len(free), math.floor(self.max_inject_fraction * len(free) + 1e-9))
             chosen = fill_plan(list(before.values()), available, self.fill, rng)
             targets = [free[int(j)] for j in rng.permutation(len(free))[: len(chosen)]]
