@@ -11,7 +11,8 @@ resize or a dropout after ours moves or drops ``mask`` pixels and leaves the lab
   length, else the channels of a multi-hot mask. An incoming label keeps its format (:func:`relabel`);
   a missing one is written as float32 when K is known.
 - ``anomaly_label`` becomes ``normal_label`` when the final ``anomaly_mask`` is empty (declare
-  ``additional_targets={"anomaly_mask": "mask"}`` so the built-ins move it).
+  ``additional_targets={"anomaly_mask": "mask"}`` so the built-ins move it). Declared so, it travels
+  between steps as uint8 (OpenCV's warps refuse bool arrays); ``SyncLabels`` hands it back as bool.
 
 It never reads or changes the image, so it may follow ``A.Normalize`` and ``ToTensorV2``.
 """
@@ -77,6 +78,7 @@ class SyncLabels(DefectTransform):
         normal_label: int
 
     renders_images: ClassVar[bool] = False
+    final_labels: ClassVar[bool] = True
 
     if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
         # nothing to draw: X's own sampling route also takes torch tensors (after ToTensorV2), whose
@@ -139,4 +141,6 @@ class SyncLabels(DefectTransform):
             )
         if anomaly is not None and not np.asarray(anomaly).any():
             outputs[ANOMALY_LABEL_KEY] = self.normal_label
+        if anomaly is not None and hasattr(anomaly, "bool") and not isinstance(anomaly, np.ndarray):
+            outputs[ANOMALY_MASK_KEY] = anomaly.bool()  # a tensor after ToTensorV2 (numpy: the base made it bool)
         return outputs

@@ -22,7 +22,14 @@ import albumentations as A
 import numpy as np
 from albumentations.core.type_definitions import Targets
 
-from .labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY, check_label_mask, relabel_from_mask
+from .labels import (
+    ANOMALY_LABEL_KEY,
+    ANOMALY_MASK_KEY,
+    CLASS_VECTOR_KEY,
+    carried_anomaly_mask,
+    check_label_mask,
+    relabel_from_mask,
+)
 from .seeds import seed_children
 from .validation import check_image, check_mask_shape, check_unit_range, clip_unit_range, image_hw
 
@@ -125,6 +132,8 @@ class DefectTransform(A.DualTransform):
 
     #: Whether apply_* renders images (their float32 outputs are then clipped to [0, 1]).
     renders_images: ClassVar[bool] = True
+    #: Whether this is the pipeline's last label step (SyncLabels): it hands ``anomaly_mask`` back as bool.
+    final_labels: ClassVar[bool] = False
 
     # AlbumentationsX applies only declared targets (2.0.x has no Targets.IMAGES / MASKS and applies them anyway)
     _targets: ClassVar[tuple[Targets, ...]] = (
@@ -290,6 +299,7 @@ class DefectTransform(A.DualTransform):
             for key in self.label_keys():
                 if result.get(key) is not None:
                     result[key] = relabel_from_mask(result[key], result["mask"], k, key)
+        self._carry_anomaly_mask(result)
         for key in self.target_keys("image") + self.target_keys("images") if self.renders_images else ():
             value = result.get(key)
             if isinstance(value, np.ndarray):
@@ -312,7 +322,13 @@ class DefectTransform(A.DualTransform):
     def _with_defaults(self, result: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         for key, value in self.default_outputs(data).items():
             result.setdefault(key, value)
+        self._carry_anomaly_mask(result)
         return result
+
+    def _carry_anomaly_mask(self, result: dict[str, Any]) -> None:
+        """A bool ``anomaly_mask`` declared a mask target leaves as uint8 (see :func:`.labels.carried_anomaly_mask`)."""
+        if not self.final_labels and ANOMALY_MASK_KEY in result and ANOMALY_MASK_KEY in self.target_keys("mask"):
+            result[ANOMALY_MASK_KEY] = carried_anomaly_mask(result[ANOMALY_MASK_KEY])
 
     if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
 

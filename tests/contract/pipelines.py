@@ -308,8 +308,7 @@ RECIPES: dict[str, Callable[[Any, State], Step | None]] = {
 def builtin_step(draw: Any, state: State) -> Step:
     """One albumentations built-in, valid for the state's dtype and size."""
     names = ["HorizontalFlip", "VerticalFlip", "RandomCrop", "PadIfNeeded"]
-    if not state.anomaly_before:  # A.Affine cannot warp the bool anomaly mask (KNOWN_FAILURES["affine"])
-        names.append("Affine")
+    names.append("Affine")
     if np.dtype(state.kind.dtype) != np.uint16:  # ColorJitter supports uint8 and float32 only
         names.append("ColorJitter")
     name = draw(st.sampled_from(names))
@@ -342,10 +341,7 @@ def builtin_step(draw: Any, state: State) -> Step:
 #: Library failures the suite found and reports (each reproduced by a strict-xfail test in
 #: test_composition.py or test_generic.py); the random pipelines steer around them until they are fixed.
 KNOWN_FAILURES = {
-    "affine": "A.Affine (any cv2 warp) on the bool anomaly_mask declared a mask target: cv2.error in remap",
     "keys": "one of ours skipped inside A.OneOf (or a p<1 wrapper) adds no default keys: keys differ between calls",
-    "x replay": "AnomalySynthesis in A.OneOf under AlbumentationsX: the replay of a normal draw loses the anomaly keys",
-    "x mask": "AlbumentationsX refuses an incoming anomaly_mask declared a mask target when no mask is passed",
 }
 
 
@@ -531,7 +527,11 @@ def pipeline_cases(
 
     flat = [leaf for step in steps for leaf in step.leaves()]
     first = next(i for i, s in enumerate(flat) if s.ours)
-    needs_sync = any(s.drops for s in flat[first + 1 :])
+    first_anomaly = next((i for i, s in enumerate(flat) if s.anomaly), None)
+    # the label model: built-ins move the anomaly mask only when it is declared a mask target (then it
+    # travels as uint8 and SyncLabels, last, hands it back as bool)
+    declare_anomaly = first_anomaly is not None and any(s.moves and not s.ours for s in flat[first_anomaly + 1 :])
+    needs_sync = declare_anomaly or any(s.drops for s in flat[first + 1 :])
     if SYNC in ad.__all__ and (needs_sync or draw(st.booleans())):
         steps.append(Step(SYNC, lambda banks: ad.SyncLabels(), ours=True))
     tail: tuple[str, ...] = draw(st.sampled_from([(), ("Normalize",), ("Normalize", "ToTensorV2"), ("ToTensorV2",)]))
@@ -560,7 +560,6 @@ def pipeline_cases(
     inputs.update(state.inputs)
     if not batch and any(s.ours for s in flat) and "mask" in inputs and draw(st.booleans()):
         inputs["class_vector"] = multi_hot(classes_of_mask(inputs["mask"]))  # an incoming image-level label
-    first_anomaly = next((i for i, s in enumerate(flat) if s.anomaly), None)
     if (
         first_anomaly is not None
         and not batch
@@ -568,12 +567,10 @@ def pipeline_cases(
         and draw(st.booleans())
     ):
         inputs["anomaly_mask"] = np.zeros(kind.hw, bool)  # an incoming (empty) anomaly mask
-    moved_after = [i for i, s in enumerate(flat) if s.moves and not s.ours]
-    if first_anomaly is not None and any(i > first_anomaly for i in moved_after):
-        # the label model: built-ins move the anomaly mask only when it is declared a mask target
+    if declare_anomaly:
         additional["anomaly_mask"] = "mask"
         if IS_ALBUMENTATIONS_X and "mask" not in inputs:
-            inputs.pop("anomaly_mask", None)  # KNOWN_FAILURES["x mask"]
+            inputs.pop("anomaly_mask", None)  # X's rule: an extra mask target needs `mask` (README, Labels)
     case = PipelineCase(kind, steps, inputs, mask_format, state.hw, tail, additional)
     if state.partners:
         case = case.with_inputs(contextmix_metadata=_partners(draw, case, draw(st.integers(1, 2)), state.partner_masks))

@@ -382,16 +382,20 @@ def test_batch_compose_keeps_every_samples_labels(banks):
 # Library failures this suite found (reported; see pipelines.KNOWN_FAILURES). Each is reproduced here as a
 # strict xfail, so the day it is fixed the test passes, strict xfail fails, and the marker (and the
 # random pipelines' detour around it) must go.
-@pytest.mark.xfail(strict=True, raises=cv2.error, reason=KNOWN_FAILURES["affine"])
-def test_known_failure_affine_after_an_anomaly_transform_with_the_anomaly_mask_declared():
+@pytest.mark.parametrize("synthesis", [False, True])
+def test_built_in_warps_move_a_declared_anomaly_mask(synthesis):
+    # once a known failure: OpenCV's warps refuse the bool anomaly mask; declared a mask target it now
+    # travels as uint8 and SyncLabels hands it back as bool
+    anomaly = ad.AnomalySynthesis([ad.CutPaste()], normal_p=0.0) if synthesis else ad.CutPaste(p=1.0)
     pipeline = A.Compose(
-        [ad.CutPaste(p=1.0), A.Affine(rotate=(-30, 30), p=1.0), ad.SyncLabels()],
+        [anomaly, A.Affine(rotate=(-30, 30), p=1.0), A.Resize(40, 36), A.PadIfNeeded(48, 48), ad.SyncLabels()],
         additional_targets={"anomaly_mask": "mask"},  # as the README's label section says
     )
     ad.seed_pipeline(pipeline, 0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
     out = pipeline(image=image, mask=np.zeros((32, 32), np.uint8))
-    assert out["anomaly_mask"].shape == (32, 32)
+    assert out["anomaly_mask"].dtype == bool and out["anomaly_mask"].shape == (48, 48)
+    assert out["anomaly_mask"].any() and out["anomaly_label"] == 1
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["keys"])
@@ -420,20 +424,37 @@ def test_replay_of_context_mix_onto_no_host_boxes(label):
     assert_same_outputs(A.ReplayCompose.replay(recorded["replay"], **inputs), recorded, "replay")
 
 
-@pytest.mark.skipif(not IS_ALBUMENTATIONS_X, reason="albumentations 2.0.8 replays it")
-@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["x replay"])
-def test_known_failure_replay_of_a_normal_anomaly_synthesis_draw_in_one_of():
+@pytest.mark.parametrize("wrapper", ["OneOf", "Sequential", "SomeOf"])
+def test_replay_of_a_normal_anomaly_synthesis_draw_in_a_container(wrapper):
+    # once a known failure under AlbumentationsX: a replay skips a container whose children did not run
     image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
-    for seed in range(6):  # normal draws among them
-        pipeline = A.ReplayCompose([A.OneOf([ad.AnomalySynthesis([ad.CropLiq(region="image"), ad.CutPaste()])], p=1)])
+    labels = set()
+    for seed in range(8):  # normal draws among them
+        synthesis = ad.AnomalySynthesis([ad.CropLiq(region="image"), ad.CutPaste()])
+        container = A.SomeOf([synthesis], n=1, p=1) if wrapper == "SomeOf" else getattr(A, wrapper)([synthesis], p=1)
+        pipeline = A.ReplayCompose([container])
         ad.seed_pipeline(pipeline, seed)
         recorded = pipeline(image=image)
+        labels.add(recorded["anomaly_label"])
         assert_same_outputs(A.ReplayCompose.replay(recorded["replay"], image=image), recorded, f"replay, seed {seed}")
+    assert 0 in labels and len(labels) > 1, f"the seeds drew labels {labels}: no normal draw among them"
 
 
-@pytest.mark.skipif(not IS_ALBUMENTATIONS_X, reason="albumentations 2.0.8 takes it")
-@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["x mask"])
-def test_known_failure_incoming_anomaly_mask_declared_a_mask_target_without_a_mask():
-    pipeline = A.Compose([ad.CutPaste(p=1.0), A.HorizontalFlip(p=1.0)], additional_targets={"anomaly_mask": "mask"})
+def test_incoming_anomaly_mask_declared_a_mask_target_without_a_mask():
+    # AlbumentationsX's own rule, checked before any transform runs: an additional mask target needs
+    # `mask` in the call (README, Labels: pass an all-zero mask); albumentations 2.0.8 takes it alone
+    pipeline = A.Compose(
+        [ad.CutPaste(p=1.0), A.HorizontalFlip(p=1.0), ad.SyncLabels()], additional_targets={"anomaly_mask": "mask"}
+    )
+    ad.seed_pipeline(pipeline, 0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
-    pipeline(image=image, anomaly_mask=np.zeros((32, 32), bool))
+    incoming = np.zeros((32, 32), bool)
+    incoming[:4, :4] = True
+    if IS_ALBUMENTATIONS_X:
+        with pytest.raises(ValueError, match="requires canonical target 'mask'"):
+            pipeline(image=image, anomaly_mask=incoming)
+        out = pipeline(image=image, anomaly_mask=incoming, mask=np.zeros((32, 32), np.uint8))
+    else:
+        out = pipeline(image=image, anomaly_mask=incoming)
+    assert out["anomaly_mask"].dtype == bool and out["anomaly_mask"][:4, -4:].all()  # moved by the flip
+    assert out["anomaly_label"] == 1

@@ -198,8 +198,6 @@ def test_replay_compose_reproduces_a_recorded_call(spec, banks):
         if "keypoints" in case.kwargs:
             params["keypoint_params"] = keypoint_params()
         transform = spec.build(case, 1.0, banks)
-        if IS_ALBUMENTATIONS_X and spec.name == "AnomalySynthesis":
-            nested = False  # its normal draws replayed in a OneOf: a known failure (test_composition.py)
         if nested and not spec.batch:  # albumentations' test_deterministic_oneof, with ours always chosen
             # (a OneOf that picks another child skips ours and its keys: test_composition's known failure)
             transform = A.OneOf([transform], p=1.0)
