@@ -38,7 +38,6 @@ from dataclasses import replace
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
