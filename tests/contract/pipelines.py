@@ -338,13 +338,6 @@ def builtin_step(draw: Any, state: State) -> Step:
     return builtin(f"ColorJitter(p={p})", lambda: A.ColorJitter(p=p), p=p)
 
 
-#: Library failures the suite found and reports (each reproduced by a strict-xfail test in
-#: test_composition.py or test_generic.py); the random pipelines steer around them until they are fixed.
-KNOWN_FAILURES = {
-    "keys": "one of ours skipped inside A.OneOf (or a p<1 wrapper) adds no default keys: keys differ between calls",
-}
-
-
 # ============================================================================================ cases
 @dataclass
 class PipelineCase:
@@ -514,12 +507,15 @@ def pipeline_cases(
         state.anomaly_before |= step.anomaly
         steps.append(step)
 
-    # wrap a run of steps in A.Sequential, or a built-in that does not change the size in A.OneOf (one of
-    # ours in a OneOf that skips it returns none of its keys: KNOWN_FAILURES["keys"])
+    # wrap a run of steps in A.Sequential, or a step that does not change the size in A.OneOf: a built-in,
+    # or an anomaly step of ours (a OneOf that skips it skips its keys: SyncLabels(anomaly_keys=True) writes them)
+    skipped_anomaly = False
     if len(steps) >= 2 and draw(st.booleans()):
         start = draw(st.integers(0, len(steps) - 1))
-        single = not steps[start].resizes and not steps[start].children and not steps[start].ours
+        step = steps[start]
+        single = not step.resizes and not step.children and (not step.ours or step.anomaly)
         if draw(st.booleans()) and single:
+            skipped_anomaly = step.anomaly
             steps[start] = wrap("OneOf", [steps[start]], p=0.5 if independence else draw(st.sampled_from([0.5, 1.0])))
         else:
             stop = draw(st.integers(start + 1, min(len(steps), start + 2)))
@@ -531,9 +527,10 @@ def pipeline_cases(
     # the label model: built-ins move the anomaly mask only when it is declared a mask target (then it
     # travels as uint8 and SyncLabels, last, hands it back as bool)
     declare_anomaly = first_anomaly is not None and any(s.moves and not s.ours for s in flat[first_anomaly + 1 :])
-    needs_sync = declare_anomaly or any(s.drops for s in flat[first + 1 :])
+    needs_sync = declare_anomaly or skipped_anomaly or any(s.drops for s in flat[first + 1 :])
     if SYNC in ad.__all__ and (needs_sync or draw(st.booleans())):
-        steps.append(Step(SYNC, lambda banks: ad.SyncLabels(), ours=True))
+        sync = f"{SYNC}(anomaly_keys=True)" if skipped_anomaly else SYNC
+        steps.append(Step(sync, lambda banks: ad.SyncLabels(anomaly_keys=skipped_anomaly), ours=True))
     tail: tuple[str, ...] = draw(st.sampled_from([(), ("Normalize",), ("Normalize", "ToTensorV2"), ("ToTensorV2",)]))
     if not tails:
         tail = ()

@@ -50,7 +50,6 @@ from .compat import bbox_params
 from .data import LABEL_FIELD, assert_same, changed, freeze
 from .pipelines import (
     BATCH_TRANSFORMS,
-    KNOWN_FAILURES,
     RECIPES,
     ROI,
     SYNC,
@@ -377,10 +376,9 @@ def test_batch_compose_keeps_every_samples_labels(banks):
     run("BatchCompose", budget(15, 0.2), st.tuples(cases, st.integers(1, 4), SEEDS), body)
 
 
-# ============================================================================================ known failures
-# Library failures this suite found (reported; see pipelines.KNOWN_FAILURES). Each is reproduced here as a
-# strict xfail, so the day it is fixed the test passes, strict xfail fails, and the marker (and the
-# random pipelines' detour around it) must go.
+# ============================================================================================ once known failures
+# Library failures this suite found, now fixed; each keeps its reproduction as a passing test, and the
+# random pipelines no longer steer around it.
 @pytest.mark.parametrize("synthesis", [False, True])
 def test_built_in_warps_move_a_declared_anomaly_mask(synthesis):
     # once a known failure: OpenCV's warps refuse the bool anomaly mask; declared a mask target it now
@@ -397,16 +395,29 @@ def test_built_in_warps_move_a_declared_anomaly_mask(synthesis):
     assert out["anomaly_mask"].any() and out["anomaly_label"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["keys"])
-def test_known_failure_every_call_returns_the_same_keys_with_ours_inside_one_of():
-    pipeline = A.ReplayCompose([A.OneOf([ad.CutPaste(p=1.0), A.NoOp(p=1.0)], p=1.0)])
+@pytest.mark.parametrize("container", ["OneOf", "SomeOf", "Sequential"])
+def test_every_call_returns_the_same_keys_with_ours_inside_a_container(container):
+    # once a known failure. An albumentations container that skips a child skips its keys (it never calls
+    # it); SyncLabels(anomaly_keys=True, num_classes=K), last, writes the label keys on every sample
+    cut = ad.CutPaste(p=1.0, mask_class_id=2)
+    if container == "OneOf":
+        wrapped = A.OneOf([cut, A.NoOp(p=1.0)], p=1.0)
+    elif container == "SomeOf":
+        wrapped = A.SomeOf([cut, A.NoOp(p=1.0)], n=1, p=1.0)
+    else:
+        wrapped = A.Sequential([cut], p=0.5)
+    pipeline = A.ReplayCompose([wrapped, A.HorizontalFlip(p=0.5), ad.SyncLabels(num_classes=K, anomaly_keys=True)])
     ad.seed_pipeline(pipeline, 0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
-    outputs = [pipeline(image=image) for _ in range(16)]
+    mask = np.zeros((32, 32), np.uint8)
+    outputs = [pipeline(image=image, mask=mask) for _ in range(16)]
     key_sets = {frozenset(k for k in out if k != "replay") for out in outputs}
     assert len(key_sets) == 1, f"calls returned different keys: {sorted(map(sorted, key_sets))}"
-    for out in outputs:  # and a replay returns what its recorded call returned
-        assert_same_outputs(A.ReplayCompose.replay(out["replay"], image=image), out, "replay")
+    assert {"anomaly_label", "anomaly_mask", "class_vector"} <= next(iter(key_sets))
+    assert {int(out["anomaly_label"]) for out in outputs} == {0, 1}, "the container never (or always) skipped ours"
+    for out in outputs:  # labels agree with the masks, and a replay returns what its recorded call returned
+        assert (out["anomaly_label"] == 1) == bool(out["anomaly_mask"].any()) == bool(out["class_vector"][1])
+        assert_same_outputs(A.ReplayCompose.replay(out["replay"], image=image, mask=mask), out, "replay")
 
 
 @pytest.mark.parametrize("label", [150, "scratch"])
