@@ -359,7 +359,9 @@ def test_batch_compose_keeps_every_samples_labels(banks):
         before = inputs_copy(batch)
         mix = Step("ContextMix(p=1.0)", lambda banks: ad.ContextMix(p=1.0, min_box_side=1), ours=True, moves=True)
         mix = replace(mix, writes=frozenset(range(1, K + 1)))  # partners are other samples: any class
-        case = replace(case, steps=[*case.steps, mix])
+        steps = list(case.steps)
+        at = len(steps) - 1 if steps and steps[-1].label.startswith(SYNC) else len(steps)  # SyncLabels stays last
+        case = replace(case, steps=[*steps[:at], mix, *steps[at:]])
         compose = ad.BatchCompose([step.make(banks) for step in case.steps], **params)
         compose.add_targets(case.additional_targets)  # the anomaly mask, when built-ins move pixels after it
         ad.seed_pipeline(compose, seed)
