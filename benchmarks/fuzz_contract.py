@@ -1,6 +1,6 @@
 """Run the contract suite under the bounded fuzz profile; count examples and failures per transform.
 
-    python benchmarks/fuzz_contract.py [--write]
+    python benchmarks/fuzz_contract.py [--examples N] [--write]
 
 Runs ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract`` (same interpreter; run it with the
 AlbumentationsX venv's python to fuzz under X) with ``ALBU_DEFECTS_CONTRACT_REPORT`` set, then
@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PROPERTIES = ("applied call", "seeds", "yaml", "p=0", "bad inputs")
 
 
-def run_suite() -> tuple[dict, float, int]:
+def run_suite(examples: int) -> tuple[dict, float, int]:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.json"
         env = {
             **os.environ,
             "HYPOTHESIS_PROFILE": "fuzz",
+            "ALBU_DEFECTS_FUZZ_EXAMPLES": str(examples),
             "ALBU_DEFECTS_CONTRACT_REPORT": str(report),
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
@@ -85,8 +86,9 @@ def composition_table(report: dict) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
+    parser.add_argument("--examples", type=int, default=2000, help="the fuzz profile's max_examples (default 2000)")
     args = parser.parse_args()
-    report, seconds, status = run_suite()
+    report, seconds, status = run_suite(args.examples)
     per_transform, failed_a = transform_table(report, "examples", "test_contract")
     generic, failed_b = transform_table(report, "generic", "test_generic")
     composition, failed_c = composition_table(report)
@@ -103,7 +105,7 @@ def main() -> None:
     summary = (
         f"{tests} tests, {failed} failed ({failed_a} per-transform, {failed_b} generic, {failed_c} composition), "
         f"pytest exit status {status}, {seconds:.0f} s wall. Examples per property (the fuzz profile: "
-        "`max_examples=2000` scaled per property; 'bad inputs' sums every bad-input test of the transform; each "
+        f"`max_examples={args.examples}` scaled per property; 'bad inputs' sums every bad-input test of the transform; each "
         "'seeds' example makes up to six calls, each 'yaml' example four; an 'independence' example makes 48 calls)."
     )
     print(body + "\n\n" + summary)
@@ -113,7 +115,10 @@ def main() -> None:
             "fuzz_contract_x" if IS_ALBUMENTATIONS_X else "fuzz_contract",
             f"Contract suite, bounded fuzz profile ({distribution})",
             body + "\n\n" + summary,
-            command=f"HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract  (via: python benchmarks/{Path(__file__).name} --write)",
+            command=(
+                f"HYPOTHESIS_PROFILE=fuzz ALBU_DEFECTS_FUZZ_EXAMPLES={args.examples} python -m pytest tests/contract  "
+                f"(via: nice -n 10 python benchmarks/{Path(__file__).name} --examples {args.examples} --write)"
+            ),
         )
     sys.exit(0 if status in (0, 1) else status)
 

@@ -24,7 +24,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "fuzz",
-    max_examples=2000,
+    # ALBU_DEFECTS_FUZZ_EXAMPLES: a smaller bounded run on a busy machine (benchmarks/fuzz_contract.py --examples)
+    max_examples=int(os.environ.get("ALBU_DEFECTS_FUZZ_EXAMPLES", "2000")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

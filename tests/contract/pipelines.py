@@ -563,7 +563,9 @@ def pipeline_cases(
         and not any(s.moves for s in flat[:first_anomaly])
         and draw(st.booleans())
     ):
-        inputs["anomaly_mask"] = np.zeros(kind.hw, bool)  # an incoming (empty) anomaly mask
+        # an incoming (empty) anomaly mask; declared a mask target it is uint8, as the README says (a OneOf may
+        # skip every step of ours before a built-in warp, and OpenCV refuses bool)
+        inputs["anomaly_mask"] = np.zeros(kind.hw, np.uint8 if declare_anomaly else bool)
     if declare_anomaly:
         additional["anomaly_mask"] = "mask"
         if IS_ALBUMENTATIONS_X and "mask" not in inputs:
@@ -695,7 +697,9 @@ def check_annotations(case: PipelineCase, out: dict[str, Any]) -> None:
                     assert (plane[y0:y1, x0:x1] == int(cls)).any(), f"box {box.tolist()} holds no pixel of class {cls}"
     if "keypoints" in case.inputs:
         points = rows(out["keypoints"], 2)
-        inside = (points[:, 0] >= 0) & (points[:, 1] >= 0) & (points[:, 0] <= w) & (points[:, 1] <= h)
+        # AlbumentationsX's built-ins keep a point within half a pixel outside (its pixel-centre convention)
+        slack = 0.5 if IS_ALBUMENTATIONS_X else 0.0
+        inside = (points[:, :2] >= -slack).all(axis=1) & (points[:, 0] <= w + slack) & (points[:, 1] <= h + slack)
         assert inside.all(), f"keypoints {points[~inside].tolist()} leave the {w}x{h} image"
 
 

@@ -182,7 +182,7 @@ def test_a_step_keeps_the_incoming_anomaly_it_does_not_paste_over(banks):
         check_labels(case, to_numpy(out))
         untouched = ~changed(np.asarray(out["image"]), case.inputs["image"])
         kept = np.asarray(out["anomaly_mask"])
-        lost = case.inputs["anomaly_mask"] & untouched & ~kept
+        lost = case.inputs["anomaly_mask"].astype(bool) & untouched & ~kept
         assert not lost.any(), f"{int(lost.sum())} anomaly pixels the step did not touch left the anomaly mask"
 
     run("incoming anomaly kept", budget(20, 0.25), st.tuples(incoming_anomaly_cases(), SEEDS), body)
