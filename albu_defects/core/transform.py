@@ -89,6 +89,14 @@ def check_sample_inputs(data: dict[str, Any]) -> None:
     check_mask_shape(anomaly, hw, ANOMALY_MASK_KEY)
 
 
+#: The params a transform records under ReplayCompose for a call its ``p`` skipped (AlbumentationsX only).
+SKIPPED_CALL = "albu_defects_skipped_call"
+
+
+def _is_skip_record(params: Any) -> bool:
+    return isinstance(params, dict) and params.get(SKIPPED_CALL) is True
+
+
 def _as_anomaly_mask(value: np.ndarray) -> np.ndarray:
     """An incoming ``anomaly_mask`` as a bool (H, W) array (nonzero = anomaly)."""
     plane = value[..., 0] if value.ndim == 3 else value
@@ -337,12 +345,26 @@ class DefectTransform(A.DualTransform):
 
         def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **kwargs: Any) -> Any:
             # X's Compose calls leaves here (not through __call__), also when ``p`` skips them.
+            if self.replay_mode and _is_skip_record(getattr(self, "_replay_params", None)):
+                return self._with_defaults(dict(kwargs), kwargs)  # the recorded call skipped it: its defaults
             try:
                 result = super().apply_in_invocation(invocation, *args, force_apply=force_apply, **kwargs)
             except SampledParamsError:  # X rejects e.g. a mask of another size before sampling: say which
                 self.check_inputs(kwargs)
                 raise
+            self._record_skip(kwargs)
             return self._with_defaults(result, kwargs)
+
+        def _record_skip(self, data: dict[str, Any]) -> None:
+            """Under ReplayCompose, record a call ``p`` skipped (it wrote its default keys) as a marker.
+
+            X's replay runs only what the recording says ran, and says a container ran when one of
+            its children did: unmarked, an ``A.Sequential`` / ``A.OneOf`` holding only this skipped
+            transform would be skipped in the replay, and these keys with it.
+            """
+            record = data.get(getattr(self, "save_key", "replay")) if getattr(self, "deterministic", False) else None
+            if isinstance(record, dict) and id(self) not in record and not self.replay_mode:
+                record[id(self)] = {SKIPPED_CALL: True}
 
         def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             result = self._apply_targets(super().apply_with_params, sampled_params, args, kwargs)

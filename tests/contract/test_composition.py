@@ -45,6 +45,7 @@ from hypothesis import strategies as st
 
 import albu_defects as ad
 from albu_defects import IS_ALBUMENTATIONS_X
+from albu_defects.core.transform import SKIPPED_CALL
 
 from .compat import bbox_params
 from .data import LABEL_FIELD, assert_same, changed, freeze
@@ -235,7 +236,9 @@ def decisions(record: dict[str, Any], parent: str = "Compose") -> list[bool]:
     for node in record.get("transforms", []):
         name = node["__class_fullname__"].rsplit(".", 1)[-1]
         if parent in ("Compose", "ReplayCompose", "Sequential") and node.get("p") == 0.5:
-            found.append(bool(node["applied"]))
+            params = node.get("params")  # under X a call of ours that p skipped is recorded as a marker
+            skipped = isinstance(params, dict) and params.get(SKIPPED_CALL) is True
+            found.append(bool(node["applied"]) and not skipped)
         if name == "Sequential" and node.get("p") in (None, 1.0):  # 2.0.8 records no p of a compose
             found += decisions(node, name)
     return found
@@ -470,3 +473,19 @@ def test_incoming_anomaly_mask_declared_a_mask_target_without_a_mask():
         out = pipeline(image=image, anomaly_mask=incoming)
     assert out["anomaly_mask"].dtype == bool and out["anomaly_mask"][:4, -4:].all()  # moved by the flip
     assert out["anomaly_label"] == 1
+
+
+def test_replay_of_ours_skipped_by_its_own_p_inside_a_container():
+    # found by this suite under AlbumentationsX: a replay skipped the container of a transform its p had
+    # skipped, so the default keys it wrote when recording (mix_weights) were missing from the replay
+    image = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
+    inputs = {"image": image, "contextmix_metadata": [{"image": image[:8, :8]}]}
+    skipped = 0
+    for seed in range(12):
+        mix = ad.ContextMix(p=0.5, min_box_side=1)
+        pipeline = A.ReplayCompose([A.Sequential([mix], p=1.0), A.HorizontalFlip(p=0.5)])
+        ad.seed_pipeline(pipeline, seed)
+        recorded = pipeline(**inputs)
+        skipped += bool(recorded["mix_weights"][0] == 1.0)
+        assert_same_outputs(A.ReplayCompose.replay(recorded["replay"], **inputs), recorded, f"replay, seed {seed}")
+    assert 0 < skipped < 12, "the seeds never (or always) skipped ContextMix"
