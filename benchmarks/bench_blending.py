@@ -46,6 +46,7 @@ RESIDUAL_BOUND = 1e-6
 SMALL_DEFECT = 2_000
 MIN_DEFECT = 9
 RING = 3
+_TURNS = np.random.default_rng(0)  # draws the order of the turns in each round (see time_interleaved)
 
 
 class Pair(NamedTuple):
@@ -88,18 +89,29 @@ def read_pairs(root: Path, rng: np.random.Generator, limit: int | None = None) -
     return pairs
 
 
-def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each function, the functions taking turns so that they share the
-    machine's load; one warm-up call each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def time_interleaved(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU time (ms) of each function, the functions taking turns so that they share
+    the machine's load; one warm-up call each. The order of the turns is drawn afresh each round
+    (seeded): in a fixed order a function always runs right after the same one, and the bare
+    ``cv2.seamlessClone`` call ran warm after ``poisson_blend(method='opencv')``, which makes the same
+    call on the same sizes. (Every method here runs on one thread: its CPU time is its cost, which
+    waiting for a busy core does not inflate.)"""
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
+    names = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
+        for name in _TURNS.permutation(names):
+            fn = fns[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return (
+        {name: statistics.median(t) for name, t in wall.items()},
+        {name: statistics.median(t) for name, t in cpu.items()},
+    )
 
 
 def placed(pair: Pair, mask: np.ndarray) -> np.ndarray:
@@ -162,7 +174,7 @@ def measure(pair: Pair, repeats: int, base=None) -> dict:
         x0, y0, x1, y1 = mask_bbox(pair.mask)
         center = (pair.top_left[1] + x0 + (x1 - x0) // 2, pair.top_left[0] + y0 + (y1 - y0) // 2)
         fns["cv2"] = lambda: cv2.seamlessClone(src3, dst3, mask255.copy(), center, cv2.NORMAL_CLONE)
-    row["ms"] = time_interleaved(fns, repeats)
+    row["ms"], row["cpu"] = time_interleaved(fns, repeats)
     label = placed(pair, pair.label)
     region = placed(pair, pair.mask)
     own = local_contrast(pair.source, pair.label, RING)
@@ -195,6 +207,8 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
         ratio_raw = med["exact"] / med["cv2"] if both else float("nan")
         ratio = med["exact"] / med["opencv"] if both else float("nan")
         pair_ratio = statistics.median([r["ms"]["exact"] / r["ms"]["cv2"] for r in both]) if both else float("nan")
+        cpu = {m: statistics.median([r["cpu"][m] for r in both]) for m in ("cv2", "opencv", "exact")} if both else {}
+        cpu_ratios = f"{cpu['exact'] / cpu['cv2']:.3g} / {cpu['exact'] / cpu['opencv']:.3g}" if both else "-"
         diffs = [r["diff"] for r in sel if "diff" in r]
         target = TARGET_RATIO.get(name)
         worst = max(ratio, ratio_raw)
@@ -214,6 +228,7 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
                 ratio_raw,
                 ratio,
                 pair_ratio,
+                cpu_ratios,
                 f"<= {target:g}x: {ok}" if target else "-",
                 med["base"],
                 versus_base,
@@ -235,6 +250,7 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
             "exact/cv2",
             "exact/opencv",
             "exact/cv2 per pair (median)",
+            "exact/cv2 / exact/opencv in CPU time",
             "target (both ratios)",
             "exact of today's main ms",
             "exact / today's, per pair (median)",
@@ -291,12 +307,13 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
     )
     body = (
         "Median ms per blend of a grayscale defect crop into a defect-free tile (blend region = defect "
-        "mask dilated by 3 px), by region size; methods take turns on each pair, so they share the "
+        "mask dilated by 3 px), by region size; methods take turns on each pair (in a random order each round), so they share the "
         "machine's load. `cv2` is the bare `cv2.seamlessClone` call on images already converted to 3 "
         "channels; `opencv` is `poisson_blend(method='opencv')` (the same call behind its guards, gray "
         "converted to 3 channels and back); `exact` is the masked Perez solve (relative residual "
         "<= 1e-6); `auto` is the default; `paste` the hard cut-paste. Ratios are medians of exact over "
-        "the peer, same run; the target must hold against both peers. `exact of today's main`: the exact "
+        "the peer, same run (wall clock; the CPU-time column divides CPU medians: every method runs on one "
+        "thread, so it is their cost whatever the load); the target must hold against both peers. `exact of today's main`: the exact "
         "solver of commit " + BASE_REF + " (imported beside this one), timed in the same turns. The residual "
         "column is the largest relative residual ||A f - b|| / ||b|| of this checkout's exact solutions over "
         "the bucket, computed by the benchmark from the Perez equation (bound 1e-6). `opencv rejected`: "

@@ -8,6 +8,7 @@ The per-sample pipeline (flips) runs in DataLoader workers seeded by ``worker_in
 
     python examples/classification_contextmix.py --quick           # about a minute on 2 cores
     python examples/classification_contextmix.py --quick --no-mix  # the same without ContextMix
+    python examples/classification_contextmix.py --quick --label-mode defect_area  # labels by visible defect
 
 Prints the validation balanced accuracy (mean per-class recall: the classes are imbalanced).
 """
@@ -38,19 +39,30 @@ from albu_defects.pytorch import TensorContextMix, worker_init_fn
 
 
 class TileDataset(Dataset):
-    """(1, S, S) uint8 image tensors and class ids; ``transform`` is an albumentations pipeline."""
+    """(1, S, S) uint8 image tensors and class ids (and (S, S) masks when given); ``transform`` is an albumentations pipeline."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose | None = None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: A.Compose | None = None,
+        masks: np.ndarray | None = None,
+    ) -> None:
+        self.images, self.labels, self.transform, self.masks = images, labels, transform, masks
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        data = {"image": self.images[index]}
+        if self.masks is not None:
+            data["mask"] = self.masks[index]
         if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        return torch.from_numpy(np.ascontiguousarray(image))[None], int(self.labels[index])
+            data = self.transform(**data)
+        image = torch.from_numpy(np.ascontiguousarray(data["image"]))[None]
+        if self.masks is None:
+            return image, int(self.labels[index])
+        return image, int(self.labels[index]), torch.from_numpy(np.ascontiguousarray(data["mask"]))
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -73,6 +85,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0])
     args.add_argument("--no-mix", action="store_true", help="train without ContextMix (the baseline)")
+    args.add_argument(
+        "--label-mode",
+        choices=["area", "defect_area"],
+        default="area",
+        help="ContextMix labels by image area (the paper) or by the defect pixels each image still shows",
+    )
     args = args.parse_args()
     run = settings(
         args,
@@ -89,7 +107,9 @@ def main() -> None:
 
     num_classes = len(CLASS_NAMES)
     augment = A.Compose([A.HorizontalFlip(), A.VerticalFlip()], seed=args.seed)
-    train_set = TileDataset(tiles.images[train_index], tiles.labels[train_index], augment)
+    by_defect = args.label_mode == "defect_area"  # the masks weigh the labels (they are moved with the image)
+    train_masks = tiles.masks[train_index] if by_defect else None
+    train_set = TileDataset(tiles.images[train_index], tiles.labels[train_index], augment, train_masks)
     val_set = TileDataset(tiles.images[val_index], tiles.labels[val_index])
     # Balanced classes per epoch: defect-free tiles outnumber the rarest defect ~30 to 1.
     counts = np.bincount(train_set.labels, minlength=num_classes).astype(np.float64)
@@ -117,14 +137,19 @@ def main() -> None:
     steps = run["epochs"] * len(train_loader)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=run["lr"], total_steps=max(steps, 1))
     # The batch op: one box per batch, as in the paper; p=0.5 keeps half the batches clean.
-    mix = TensorContextMix(num_classes=num_classes, p=0.0 if args.no_mix else 0.5, seed=args.seed)
+    mix = TensorContextMix(
+        num_classes=num_classes, p=0.0 if args.no_mix else 0.5, label_mode=args.label_mode, seed=args.seed
+    )
 
     for epoch in range(run["epochs"]):
         model.train()
         total = 0.0
-        for images, labels in train_loader:
+        for images, labels, *masks in train_loader:
             images, labels = images.to(device), labels.to(device)
-            images, targets = mix(images, labels)  # uint8 in, uint8 out; targets (N, 6) soft labels
+            if masks:  # label_mode="defect_area": the op counts the defect pixels each image keeps
+                images, targets, _ = mix(images, labels, masks=masks[0].to(device))
+            else:
+                images, targets = mix(images, labels)  # uint8 in, uint8 out; targets (N, 6) soft labels
             loss = soft_cross_entropy(model(to_float(images)), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,7 +161,7 @@ def main() -> None:
             print(f"epoch {epoch + 1}: train loss {total / len(train_set):.3f}, val balanced accuracy {balanced:.3f}")
 
     balanced, accuracy = evaluate(model, val_loader, device, num_classes)
-    method = "no mixing" if args.no_mix else "ContextMix"
+    method = "no mixing" if args.no_mix else f"ContextMix, label_mode={args.label_mode}"
     report("balanced_accuracy", balanced, f"(accuracy {accuracy:.3f}, {len(val_set)} val images, {method}, {timer})")
 
 

@@ -76,7 +76,7 @@ def test_every_task_runs_every_arm_at_the_tiny_scale_then_resumes_without_rerunn
     assert len(after) == len(records) + 1 and after[-1]["steps"] == 2 and after[-1]["overrides"] == {"steps": 2}
 
 
-GPU_SCALE_ARMS = {"seg": "dli_guided,dli_poisson_only", "cls": "contextmix", "anomaly": "cropliq_cutpaste_3way"}
+GPU_SCALE_ARMS = {"seg": "dli_guided,dli_poisson_only", "cls": "contextmix_defect", "anomaly": "cropliq_cutpaste_3way"}
 
 
 @pytest.mark.parametrize("task", sorted(GPU_SCALE_ARMS))
@@ -126,9 +126,10 @@ def test_the_script_runs_as_a_command_and_write_renders_its_section_only(tmp_pat
     assert markdown.read_text().count("<!-- efficacy_tiny -->") == 1
 
 
-def test_an_arm_whose_library_feature_is_missing_stops_before_any_training(tmp_path):
+def test_an_arm_whose_library_feature_is_missing_stops_before_any_training(tmp_path, monkeypatch):
     results = tmp_path / "r.jsonl"
-    with pytest.raises(SystemExit, match=r"contextmix_defect.*needs ContextMix defect-aware labels"):
+    monkeypatch.setitem(cls.NEEDS, "contextmix_defect", "needs a feature the library lacks")
+    with pytest.raises(SystemExit, match=r"contextmix_defect.*needs a feature the library lacks"):
         run_main("--task", "cls", "--arms", "baseline,contextmix_defect", "--results", str(results))
     assert not results.exists()
     with pytest.raises(SystemExit, match="unknown seg arm 'dli_typo'"):

@@ -32,6 +32,8 @@ def test_every_example_runs_quick_on_tiny_settings_and_prints_its_metric():
     }
     # and once explicitly on the bundled samples, whose 3 defect-free tiles leave nothing to hold out
     runs["bundled"] = [*runs["anomaly_selfsupervised.py"], "--data", str(sample_root()), "--workers", "0"]
+    # ContextMix with defect-aware labels: the masks travel with the images to the batch op
+    runs["defect_area"] = [*runs["classification_contextmix.py"], "--label-mode", "defect_area"]
     processes = {
         name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for name, command in runs.items()
@@ -41,7 +43,7 @@ def test_every_example_runs_quick_on_tiny_settings_and_prints_its_metric():
         out, err = process.communicate(timeout=300)
         outputs[name] = out
         assert process.returncode == 0, f"{name} failed:\n{out}\n{err}"
-        metric = EXAMPLES.get(name, "auroc")
+        metric = EXAMPLES.get(name) or {"bundled": "auroc", "defect_area": "balanced_accuracy"}[name]
         lines = METRIC.findall(out)
         assert len(lines) == 1, f"{name} printed no single result line:\n{out}"
         found, value = lines[0]
@@ -49,3 +51,4 @@ def test_every_example_runs_quick_on_tiny_settings_and_prints_its_metric():
         assert out.startswith("data: ") and "tiny run" in out.splitlines()[0]
     assert outputs["bundled"].startswith("data: bundled samples:")
     assert "scored on the training tiles" in outputs["bundled"]
+    assert "label_mode=defect_area" in outputs["defect_area"]

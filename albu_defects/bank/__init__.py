@@ -43,7 +43,8 @@ Bad input
 On-disk format
     A bank folder (:meth:`DefectBank.save` / :meth:`DefectBank.load`): an ``index.json``, the crops
     and masks in one ``entries.npz`` (no pickles) and the stored defect-free images; see
-    :mod:`albu_defects.bank.storage`.
+    :mod:`albu_defects.bank.storage`, which also states what a save may replace (only a bank, only
+    its own files, old or new bank after any interruption) and what a load refuses.
 
 Pipelines and DataLoader workers
     A transform takes ``bank="path/to/bank"`` (a string, so the pipeline serializes to YAML) and calls

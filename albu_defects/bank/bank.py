@@ -257,9 +257,11 @@ class DefectBank:
 
         Defect-free arrays are stored in the bank; defect-free files are referenced by absolute path,
         or copied in with ``copy_free=True`` (self-contained bank). An existing bank at ``path`` is
-        replaced; a non-empty folder that is not a bank is refused. Afterwards this bank refers to
-        the saved copy: ``path`` is set (so it pickles as that path) and stored defect-free images
-        are read from the bank folder.
+        replaced, and only its own files (anything else in the folder stays); a non-empty folder
+        that is not a bank is refused; an interrupted save leaves the old bank or the new one (see
+        :mod:`~albu_defects.bank.storage`). Afterwards this bank refers to the saved copy: ``path``
+        is set (so it pickles as that path) and stored defect-free images are read from the bank
+        folder.
         """
         from .registry import remember  # (registry builds on this module)
 

@@ -7,7 +7,6 @@ Layouts, class ids and the handling of bad sources are described in :mod:`albu_d
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import defaultdict
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from albu_defects.core.files import load_json, open_regular
 from albu_defects.core.geometry import box_slices, grow_box, mask_bbox
 from albu_defects.core.parallel import ordered_map, progress_bar
 from albu_defects.core.validation import check_image
@@ -238,16 +238,25 @@ def _magnetic_tile_sources(root: Path, classes: Sequence[str] | None) -> tuple[l
     return chosen, sources
 
 
+#: The largest classes.txt / classes.json read (a list of names is a few kB).
+MAX_CLASS_FILE_BYTES = 1 << 20
+
+
 def _class_names_file(root: Path) -> dict[int, str] | None:
+    """The names in ``ROOT/classes.txt`` or ``ROOT/classes.json`` (regular files, strict UTF-8 JSON), or ``None``."""
     txt, js = root / "classes.txt", root / "classes.json"
-    if txt.is_file():
-        names = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return dict(enumerate(names, 1))
-    if js.is_file():
-        try:
-            return _class_mapping(json.loads(js.read_text(encoding="utf-8")), str(js))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{js} is not valid JSON: {error}") from error
+    for path in (txt, js):
+        if not os.path.lexists(path):
+            continue
+        with open_regular(path, limit=MAX_CLASS_FILE_BYTES) as handle:  # a FIFO is refused, not waited on
+            data = handle.read()
+        if path == txt:
+            try:
+                lines = data.decode("utf-8").splitlines()
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path} is not UTF-8 text ({error})") from None
+            return dict(enumerate((line.strip() for line in lines if line.strip()), 1))
+        return _class_mapping(load_json(data, str(path)), str(path))
     return None
 
 

@@ -1,11 +1,17 @@
 """Conjugate gradients for large compact regions of the masked Perez system (see :mod:`.grid`).
 
-Preconditioned by a fast sine/cosine-transform Poisson solve on the crop's box, deflated by a
-bilinear coarse space: 6 iterations on Magnetic Tile regions of 10k-30k pixels, where the box
-solve alone needs 25-40 and piecewise-constant coarse blocks 10.
+Preconditioned by a fast Poisson solve on the crop's box, deflated by a bilinear coarse space on
+6 x 6 px cells: 7-8 iterations on Magnetic Tile regions of 10k-30k pixels, where the box solve
+alone needs 25-40 (4 x 4 px cells save one iteration but their coarse factor costs more than it
+on wide regions). The box solve is a periodic one by OpenCV's DFT when every
+side of the crop has a Dirichlet ring (the ring keeps the wrap-around out of the mask: as few
+iterations as sine transforms, at half their cost), else sine/cosine transforms matching the
+image-border sides.
 """
 
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
@@ -31,7 +37,57 @@ def _box_length(n: int, neumann_start: bool, neumann_end: bool) -> tuple[int, in
     return size, (size - n if neumann_end else 0)
 
 
-class _BoxSolver:
+def _periodic_eigenvalues(n: int) -> np.ndarray:
+    """Eigenvalues of the periodic path-graph (cycle) Laplacian of length ``n``, in DFT order."""
+    return 2 - 2 * np.cos(2 * np.pi * np.arange(n) / n)
+
+
+def _ccs_multiplier(values: np.ndarray) -> np.ndarray:
+    """A real, even spectrum multiplier (M, N) laid out like OpenCV's packed (CCS) real DFT, so that
+    multiplying a packed spectrum by it elementwise multiplies every complex coefficient."""
+    m, n = values.shape
+    out = np.empty((m, n))
+    half = (n - 1) // 2  # complex columns 1..half: (Re, Im) pairs
+    out[:, 1 : 2 * half + 1] = np.repeat(values[:, 1 : half + 1], 2, axis=1)
+    # Columns 0 and n/2 are real sequences over the rows, packed the same way along the column.
+    rows = np.concatenate([[0], np.repeat(np.arange(1, (m - 1) // 2 + 1), 2), [m // 2] * (m % 2 == 0)]).astype(int)
+    out[:, 0] = values[rows, 0]
+    if n % 2 == 0:
+        out[:, n - 1] = values[rows, n // 2]
+    return out
+
+
+#: Box solves keep their inverse eigenvalues for this many box sizes (same-size boxes recur in a batch).
+_BOX_CACHE = 64
+
+
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _trig_inverse(bh: int, bw: int, neumann: Sides) -> np.ndarray:
+    """Inverse eigenvalues (float32, read-only) of the trig-transform box Laplacian."""
+    (top, bottom, left, right) = neumann
+    eig = axis_transform(bh, top, bottom).eigenvalues[:, None] + axis_transform(bw, left, right).eigenvalues[None, :]
+    if eig[0, 0] <= 0:  # all four sides on the image border: the constant mode is free
+        eig[0, 0] = eig[1:, 0].min(initial=1.0) if bh > 1 else eig[0, 1:].min(initial=1.0)
+    return _read_only((1.0 / eig).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _periodic_inverse(bh: int, bw: int) -> np.ndarray:
+    """Inverse eigenvalues of the periodic box Laplacian, divided by the box size (the inverse DFT then
+    needs no scaling pass), in OpenCV's packed layout; float32, read-only. The constant mode
+    (eigenvalue 0) gets the smallest non-zero eigenvalue, which keeps the preconditioner definite."""
+    ey, ex = _periodic_eigenvalues(bh), _periodic_eigenvalues(bw)
+    eig = ey[:, None] + ex[None, :]
+    eig[0, 0] = min(ey[1:].min(initial=np.inf), ex[1:].min(initial=np.inf))
+    return _read_only(_ccs_multiplier(1.0 / (eig * (bh * bw))).astype(np.float32))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+class _TrigBoxSolver:
     """Fast Poisson solve on the crop's box (grown to FFT-friendly sides), masked: one trig transform
     per axis chosen by its boundary conditions, in float32 (it is only a preconditioner)."""
 
@@ -39,10 +95,7 @@ class _BoxSolver:
         (h, w), (top, bottom, left, right) = crop_mask.shape, neumann
         (bh, oy), (bw, ox) = _box_length(h, top, bottom), _box_length(w, left, right)
         self.ty, self.tx = axis_transform(bh, top, bottom), axis_transform(bw, left, right)
-        eig = self.ty.eigenvalues[:, None] + self.tx.eigenvalues[None, :]
-        if eig[0, 0] <= 0:  # all four sides on the image border: the constant mode is free
-            eig[0, 0] = eig[1:, 0].min(initial=1.0) if bh > 1 else eig[0, 1:].min(initial=1.0)
-        self.inverse = (1.0 / eig).astype(np.float32)
+        self.inverse = _trig_inverse(bh, bw, neumann)
         self.buffer = np.zeros((bh, bw), np.float32)
         self.window = (slice(oy, oy + h), slice(ox, ox + w))
         self.crop = (slice(0, h), slice(0, w))
@@ -72,23 +125,69 @@ class _BoxSolver:
         np.multiply(z[self.window], self.crop_mask, out=out[self.crop])
 
 
+def _dft_size(n: int) -> int:
+    """The smallest length >= ``n`` that OpenCV's real DFT handles fastest: a multiple of 4 with no
+    prime factor above 5 (odd lengths cost 1.3-1.9x as much per pixel, measured: 243 px take longer
+    than 256)."""
+    size = cv2.getOptimalDFTSize(n)
+    while size % 4:
+        size = cv2.getOptimalDFTSize(size + 1)
+    return size
+
+
+class _PeriodicBoxSolver:
+    """Fast Poisson solve on the crop's box with periodic sides (OpenCV's real DFT, float32), masked.
+
+    Only for crops with a Dirichlet ring on every side: the ring and the padding to a DFT-friendly
+    size separate the mask from its periodic copies, so the wrap-around costs no iterations, and a
+    real DFT is about twice as fast as scipy's sine transform.
+    """
+
+    def __init__(self, crop_mask: np.ndarray):
+        h, w = crop_mask.shape
+        bh, bw = _dft_size(h), _dft_size(w)
+        self.inverse = _periodic_inverse(bh, bw)
+        self.buffer = np.zeros((bh, bw), np.float32)
+        self.spectrum = np.empty((bh, bw), np.float32)
+        self.solution = np.empty((bh, bw), np.float32)
+        self.crop = (slice(0, h), slice(0, w))
+        self.crop_mask = crop_mask.astype(np.float32)
+
+    def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
+        """Write the masked box solution of ``residual`` into the crop part of ``out`` (solve grid)."""
+        self.buffer[self.crop] = residual[self.crop]
+        spectrum = cv2.dft(self.buffer, self.spectrum)
+        np.multiply(spectrum, self.inverse, out=spectrum)
+        z = cv2.dft(spectrum, self.solution, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT)
+        np.multiply(z[self.crop], self.crop_mask, out=out[self.crop])
+
+
+def _box_solver(crop_mask: np.ndarray, neumann: Sides) -> _TrigBoxSolver | _PeriodicBoxSolver:
+    """The box solve for a crop: periodic when no side lies on the image border, else trig transforms."""
+    return _TrigBoxSolver(crop_mask, neumann) if any(neumann) else _PeriodicBoxSolver(crop_mask)
+
+
 class _Operator:
-    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked
-    (float64 or float32, as ``x``)."""
+    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked."""
 
     def __init__(self, mask: np.ndarray, crop_shape: tuple[int, int], neumann: Sides):
         self.maskf = mask.astype(np.float64)
-        self.mask32 = mask.astype(np.float32)
         self.sides = border_sides(crop_shape, neumann)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         y = laplacian(x, self.sides, out)
-        np.multiply(y, self.maskf if y.dtype == np.float64 else self.mask32, out=y)
+        np.multiply(y, self.maskf, out=y)
         return y
+
+    def single(self) -> _Operator:
+        """The same operator on float32 grids."""
+        other = object.__new__(_Operator)
+        other.maskf, other.sides = self.maskf.astype(np.float32), self.sides
+        return other
 
 
 #: Cell side of the coarse level of the preconditioner (pixels between neighbouring coarse nodes).
-_COARSE_CELL = 4
+_COARSE_CELL = 6
 
 
 class _CoarseSolver:
@@ -102,15 +201,16 @@ class _CoarseSolver:
     mask pixel p to a Dirichlet pixel. Within a cell the hats are products of 1-D linear hats, so
     each term is a separable weighted sum of per-pixel edge counts. Smooth basis functions make a
     much better coarse space than piecewise-constant blocks of the same size (6 instead of 10
-    iterations on Magnetic Tile). The solve grid is a multiple of ``k`` in both directions.
+    iterations on Magnetic Tile at k = 4). The solve grid is a multiple of ``k`` in both directions.
     """
 
     def __init__(self, operator: _Operator, k: int):
         maskf = operator.maskf
         cy, cx = maskf.shape[0] // k, maskf.shape[1] // k
-        self.k, self.cells, self.maskf, self.mask32 = k, (cy, cx), maskf, operator.mask32
+        self.k, self.cells, self.maskf = k, (cy, cx), maskf
         u = np.arange(k) / k
         self.hats = np.stack([1 - u, u])  # the two 1-D hats of a cell at its pixels, (2, k)
+        self.hats_t = np.ascontiguousarray(self.hats.T)
         pairs = (self.hats[:, None, :] * self.hats[None, :, :]).reshape(4, k)  # products (a, c) at u
         # Edge weights per pixel: mask-mask edges to the right and down, Dirichlet edges.
         right = np.zeros_like(maskf)
@@ -145,6 +245,8 @@ class _CoarseSolver:
         # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of hat weight.
         self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
         self.nodes = np.zeros((cy + 1, cx + 1))
+        self.banded_solve = lapack.dpbtrs
+        self._pairs: np.ndarray | None = None  # no kept buffer: this one is called once per channel
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
         """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major, LAPACK's lower
@@ -167,7 +269,7 @@ class _CoarseSolver:
             both = (first >= 0) & (second >= 0)
             couplings.append((first[both], second[both], values[both]))
         band = max((int((j - i).max()) for i, j, _ in couplings if i.size), default=0)
-        ab = np.zeros((band + 1, n))
+        ab = np.zeros((band + 1, n), order="F")
         ab[0] = centre[present]
         for i, j, values in couplings:
             ab[j - i, i] = values  # lower band storage: ab[j - i, i] = A[j, i], j > i
@@ -180,32 +282,50 @@ class _CoarseSolver:
     def _restrict(self, fine: np.ndarray) -> np.ndarray:
         """``P^T fine`` for fine values that are zero off the mask: (cy + 1, cx + 1) node values."""
         (cy, cx), k = self.cells, self.k
-        hats = self.hats.astype(fine.dtype, copy=False)
-        along_x = fine.reshape(cy, k, cx, k) @ hats.T  # (cy, u, cx, b)
-        corners = np.einsum("iujb,au->ijab", along_x, hats)
-        out = np.zeros((cy + 1, cx + 1))
-        out[:-1, :-1] += corners[:, :, 0, 0]
-        out[:-1, 1:] += corners[:, :, 0, 1]
-        out[1:, :-1] += corners[:, :, 1, 0]
-        out[1:, 1:] += corners[:, :, 1, 1]
+        height = cy * k
+        # Along the rows: each cell's k pixels go to its left and right node (one BLAS product).
+        to_nodes = (fine.reshape(-1, k) @ self.hats_t).reshape(height, cx, 2)
+        along_x = np.empty((height, cx + 1), fine.dtype)
+        along_x[:, :-1] = to_nodes[:, :, 0]
+        along_x[:, -1] = 0.0
+        along_x[:, 1:] += to_nodes[:, :, 1]
+        # Along the columns: the same for each cell's k rows, to its upper and lower node.
+        to_rows = self.hats @ along_x.reshape(cy, k, cx + 1)  # (cy, 2, cx + 1)
+        out = np.empty((cy + 1, cx + 1), fine.dtype)
+        out[:-1] = to_rows[:, 0]
+        out[-1] = 0.0
+        out[1:] += to_rows[:, 1]
         return out
 
-    def _prolong(self, nodes: np.ndarray) -> np.ndarray:
-        """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values."""
+    def _prolong(self, nodes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values, into
+        ``out`` (a solve grid) when given."""
         (cy, cx), k = self.cells, self.k
-        hats = self.hats.astype(nodes.dtype, copy=False)
-        along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
-        fine = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1) @ hats  # (cy, u, cx, v)
+        along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ self.hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
+        pairs = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1, out=self._pairs)  # (cy, u, cx, 2)
+        fine = np.matmul(pairs, self.hats, out=None if out is None else out.reshape(cy, k, cx, k))  # (cy, u, cx, v)
         return fine.reshape(cy * k, cx * k)
 
-    def __call__(self, residual: np.ndarray) -> np.ndarray:
-        """``Q residual = P (P^T A P)^-1 P^T residual``, masked, in the residual's dtype (the coarse
-        solve itself is float64)."""
-        solved, _ = lapack.dpbtrs(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
+    def __call__(self, residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``Q residual = P (P^T A P)^-1 P^T residual``, masked; into ``out`` (a solve grid, which may be
+        ``residual`` itself) when given."""
+        solved, _ = self.banded_solve(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
         self.nodes[self.present] = solved
-        fine = self._prolong(self.nodes.astype(residual.dtype, copy=False))
-        np.multiply(fine, self.maskf if fine.dtype == np.float64 else self.mask32, out=fine)
+        fine = self._prolong(self.nodes, out)
+        np.multiply(fine, self.maskf, out=fine)
         return fine
+
+    def single(self) -> _CoarseSolver:
+        """The same coarse solve on float32 grids (its factor and solve stay float64)."""
+        other = object.__new__(_CoarseSolver)
+        other.__dict__.update(self.__dict__)
+        other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
+        other.maskf, other.nodes = self.maskf.astype(np.float32), self.nodes.astype(np.float32)
+        other.factor, other.banded_solve = self.factor.astype(np.float32, order="F"), lapack.spbtrs
+        # Called once per iteration: its large intermediate is kept (fresh ones cost page faults).
+        (cy, cx), k = self.cells, self.k
+        other._pairs = np.empty((cy, k, cx, 2), np.float32)
+        return other
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -223,7 +343,7 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
     equals the symmetric coarse-box-coarse preconditioner at one coarse solve and one product per
     iteration). The box solve alone needs 25-40 iterations on large Magnetic Tile regions, because
     its solution leaks into the box pixels outside the mask; the bilinear coarse level removes the
-    smooth part of that leak and brings it to 6. The set-up is shared by all channels.
+    smooth part of that leak and brings it to 7-8. The set-up is shared by all channels.
     """
     h, w = mask.shape
     k = _COARSE_CELL
@@ -234,32 +354,46 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
     coarse = _CoarseSolver(operator, k)
     if not coarse.ok:
         return None
-    box = _BoxSolver(mask, neumann)
+    box = _box_solver(mask, neumann)
+    preconditioner = _Preconditioner(box, operator.single(), coarse.single(), grid)
     out = np.empty_like(rhs)
     for channel in range(rhs.shape[2]):
         b = np.zeros(grid)
         np.multiply(rhs[:, :, channel], mask, out=b[:h, :w])
-        x = _cg(b, operator, box, coarse, max_iter)
+        x = _cg(b, operator, preconditioner, coarse, max_iter)
         if x is None:
             return None
         out[:, :, channel] = x[:h, :w]
     return out
 
 
-def _cg(b: np.ndarray, apply_a: _Operator, box: _BoxSolver, coarse: _CoarseSolver, max_iter: int) -> np.ndarray | None:
-    """The deflated PCG iteration of :func:`_solve_pcg` for one channel (grids are float64, masked)."""
+class _Preconditioner:
+    """``z = (I - Q A) B r`` in float32: the box solve ``B`` is float32 already, so its product by
+    ``A`` and the coarse correction are computed at that precision too (half the memory traffic);
+    the iteration itself stays float64."""
+
+    def __init__(self, box, operator32: _Operator, coarse32: _CoarseSolver, grid: tuple[int, int]):
+        self.box, self.operator32, self.coarse32 = box, operator32, coarse32
+        self.boxed = np.zeros(grid, np.float32)
+        self.work = np.empty(grid, np.float32)
+
+    def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
+        self.box(residual, self.boxed)
+        correction = self.coarse32(self.operator32(self.boxed, out=self.work), out=self.work)
+        np.subtract(self.boxed, correction, out=out)
+
+
+def _cg(
+    b: np.ndarray, apply_a: _Operator, precondition: _Preconditioner, coarse: _CoarseSolver, max_iter: int
+) -> np.ndarray | None:
+    """The deflated PCG iteration of :func:`solve_pcg` for one channel (grids are float64, masked)."""
     bound = RESIDUAL_BOUND * RESIDUAL_BOUND * _dot(b, b)
     goal = bound / (RESIDUAL_BOUND / CG_TOLERANCE) ** 2
     z = np.zeros_like(b)  # the preconditioned residual
     work = np.empty_like(b)
-
-    def precondition(res: np.ndarray) -> None:
-        box(res, z)
-        np.subtract(z, coarse(apply_a(z, out=work)), out=z)
-
     x = coarse(b)
     r = b - apply_a(x, out=work)
-    precondition(r)
+    precondition(r, z)
     p = z.copy()
     rz = _dot(r, z)
     for _ in range(max_iter):
@@ -275,7 +409,7 @@ def _cg(b: np.ndarray, apply_a: _Operator, box: _BoxSolver, coarse: _CoarseSolve
         alpha = rz / pap
         cv2.scaleAdd(p, alpha, x, dst=x)
         cv2.scaleAdd(ap, -alpha, r, dst=r)
-        precondition(r)
+        precondition(r, z)
         rz, beta = _dot(r, z), 1.0 / rz
         beta *= rz
         cv2.scaleAdd(p, beta, z, dst=p)

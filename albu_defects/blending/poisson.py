@@ -139,6 +139,13 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image[:, :, None] if image.ndim == 2 else image
 
 
+def _replicate_edges(image: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """``image`` (h, w, C) grown by (top, bottom, left, right) pixels repeating its edge (OpenCV's
+    border copy: ten times faster than ``np.pad`` on these small crops)."""
+    out = cv2.copyMakeBorder(np.ascontiguousarray(image), *pads, cv2.BORDER_REPLICATE)
+    return out.reshape(*out.shape[:2], image.shape[2])
+
+
 def _region(inputs: BlendInputs) -> _Region:
     target = _as_hwc(inputs.target)
     height, width = target.shape[:2]
@@ -154,20 +161,22 @@ def _region(inputs: BlendInputs) -> _Region:
     sy0, sx0 = cy0 - wy.start, cx0 - wx.start
     sy1, sx1 = sy0 + mask.shape[0], sx0 + mask.shape[1]
     inner = source[max(sy0, 0) : min(sy1, source.shape[0]), max(sx0, 0) : min(sx1, source.shape[1])]
-    pads = ((max(-sy0, 0), max(sy1 - source.shape[0], 0)), (max(-sx0, 0), max(sx1 - source.shape[1], 0)), (0, 0))
-    src = np.pad(inner.astype(np.float64), pads, mode="edge") if any(map(any, pads)) else inner.astype(np.float64)
-    tgt = target[cy0:cy1, cx0:cx1].astype(np.float64)
+    pads = (max(-sy0, 0), max(sy1 - source.shape[0], 0), max(-sx0, 0), max(sx1 - source.shape[1], 0))
+    src = _replicate_edges(inner, pads) if any(pads) else inner
     neumann = (ty0 == 0, ty1 == height, tx0 == 0, tx1 == width)
     transposed = mask.shape[1] > mask.shape[0]
     if transposed:
-        mask, tgt, src = mask.T, tgt.transpose(1, 0, 2), src.transpose(1, 0, 2)
-        neumann = (neumann[2], neumann[3], neumann[0], neumann[1])
+        mask, neumann = mask.T, (neumann[2], neumann[3], neumann[0], neumann[1])
+
+    def in_frame(image: np.ndarray) -> np.ndarray:  # float64, C order, transposed if the frame is: one copy
+        return np.array(image.transpose(1, 0, 2) if transposed else image, dtype=np.float64, order="C")
+
     return _Region(
         (slice(cy0, cy1), slice(cx0, cx1)),
         transposed,
         np.ascontiguousarray(mask),
-        np.ascontiguousarray(tgt),
-        np.ascontiguousarray(src),
+        in_frame(target[cy0:cy1, cx0:cx1]),
+        in_frame(src),
         neumann,
     )
 
@@ -184,9 +193,9 @@ def _guidance_divergence(region: _Region, mode: Mode) -> np.ndarray:
     for axis in (0, 1):
         lo = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
         hi = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
-        ds = src[lo] - src[hi]
+        v = src[lo] - src[hi]
         dt = tgt[lo] - tgt[hi]
-        v = np.where(np.abs(dt) > np.abs(ds), dt, ds)  # Perez's mixed gradients, per edge and channel
+        np.copyto(v, dt, where=np.abs(dt) > np.abs(v))  # Perez's mixed gradients, per edge and channel
         div[lo] += v
         div[hi] -= v
     return div
@@ -197,6 +206,11 @@ def _rhs_grid(region: _Region, mode: Mode) -> np.ndarray:
     pixel (meaningful on the mask)."""
     outside = region.target * ~region.mask[:, :, None]
     # On a masked pixel the Laplacian of ``outside`` is minus the sum of its unmasked neighbours.
+    if mode == "normal":  # both terms are Laplacians: one filter pass over their difference
+        rhs = laplacian(np.subtract(region.source, outside, out=outside), [])
+        for side in border_sides(region.mask.shape, region.neumann):
+            rhs[side] -= region.source[side]
+        return rhs
     return _guidance_divergence(region, mode) - laplacian(outside, [])
 
 

@@ -16,6 +16,7 @@ Every solver here reaches a relative residual ``||A f - b|| / ||b||`` of at most
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -69,6 +70,8 @@ def solve(
 
 #: The banded factor holds (band + 1) n doubles; above this it is not built.
 _BANDED_MAX_ENTRIES = 5_000_000
+#: LAPACK's banded Cholesky works on blocks beyond this band (threaded BLAS), column by column below.
+_UNTHREADED_BAND = 32
 #: Regions under this many pixels always take the banded Cholesky.
 _PCG_MIN_PIXELS = 2_000
 
@@ -122,16 +125,18 @@ class _MaskedSystem:
         self.mask = mask
         index = np.cumsum(mask.ravel()).reshape(mask.shape) - 1
         self.n = int(index[-1, -1]) + 1 if mask.size else 0
-        diag = np.full(mask.shape, 4.0)
-        for side in border_sides(mask.shape, neumann):
-            diag[side] -= 1.0
-        self.diag = diag[mask]
-        pairs = [
-            (mask[:, :-1] & mask[:, 1:], index[:, :-1], index[:, 1:]),
-            (mask[:-1] & mask[1:], index[:-1], index[1:]),
-        ]
-        self.first = np.concatenate([a[pair] for pair, a, _ in pairs])  # every edge once, first < second
-        self.second = np.concatenate([b[pair] for pair, _, b in pairs])
+        if any(neumann):
+            diag = np.full(mask.shape, 4.0)
+            for side in border_sides(mask.shape, neumann):
+                diag[side] -= 1.0
+            self.diag = diag[mask]
+        else:
+            self.diag = np.full(self.n, 4.0)
+        # Every edge once, first < second: right neighbours (the next unknown) and lower ones.
+        right = index[:, :-1][mask[:, :-1] & mask[:, 1:]]
+        down = mask[:-1] & mask[1:]
+        self.first = np.concatenate([right, index[:-1][down]])
+        self.second = np.concatenate([right + 1, index[1:][down]])
 
     def matrix(self) -> scipy.sparse.csc_matrix:
         n, first, second = self.n, self.first, self.second
@@ -159,17 +164,20 @@ class _MaskedSystem:
 def _solve_banded(system: _MaskedSystem, ordering: _Ordering, rhs: np.ndarray) -> np.ndarray | None:
     """Exact solve by banded Cholesky (LAPACK ``pbsv``, lower band storage): every channel at once."""
     position, band = ordering
-    ab = np.zeros((band + 1, system.n))
+    ab = np.zeros((band + 1, system.n), order="F")  # LAPACK's layout: no copy on the way in
+    flat = ab.reshape(-1, order="F")  # a view: ab[i, j] is flat[j (band + 1) + i]
     b = rhs[system.mask]
     if position is None:  # row-major: the unknowns keep their order
         ab[0] = system.diag
-        ab[system.second - system.first, system.first] = -1.0  # ab[i - j, j] = A[i, j], i > j
+        flat[system.first * (band + 1) + (system.second - system.first)] = -1.0  # ab[i - j, j] = A[i, j], i > j
     else:
         ab[0, position] = system.diag
         first, second = position[system.first], position[system.second]
-        ab[np.abs(second - first), np.minimum(first, second)] = -1.0
+        flat[np.minimum(first, second) * (band + 1) + np.abs(second - first)] = -1.0
         b = b[np.argsort(position)]
-    with single_threaded_blas():
+    # Up to a band of 32 LAPACK factorizes column by column on vectors too short for OpenBLAS to
+    # thread, so the thread limit (about 20 us) is only paid for wider bands.
+    with single_threaded_blas() if band > _UNTHREADED_BAND else contextlib.nullcontext():
         _, x, info = lapack.dpbsv(ab, b, lower=1, overwrite_ab=1, overwrite_b=1)
     if info != 0:  # pragma: no cover - the matrix is SPD whenever a Dirichlet pixel exists
         return None

@@ -33,22 +33,27 @@ Resource-tracker caveats (Python < 3.13)
     ``SharedMemory(name=...)`` registers an *attached* block with the attaching process's resource
     tracker, which then unlinks it when that process ends (bpo-38119), destroying the owner's block
     and warning about "leaked shared_memory objects". Attaching here never registers (``track=False``
-    on Python >= 3.13, a guarded no-op ``register`` before), so only the owner is responsible for the
-    block. The consequence: a block attached by an unrelated process (not a child of the owner) is not
+    on Python >= 3.13, the block mapped directly before), so only the owner is responsible for the
+    block, and nothing process-wide is touched (other threads' blocks stay registered). The consequence: a block attached by an unrelated process (not a child of the owner) is not
     cleaned up by that process, by design.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from typing import Any, NamedTuple
+
+try:
+    import _posixshmem  # CPython's POSIX shared memory, what multiprocessing.shared_memory is built on
+except ImportError:  # Windows
+    _posixshmem = None
 
 import numpy as np
 
@@ -61,7 +66,6 @@ WEIGHT_MODES: tuple[str, ...] = ("proportional", "softmax")
 
 _HEADER_WORDS = 2  # int64: [sequence counter (odd while writing), version (number of updates)]
 _READ_RETRIES = 10_000
-_ATTACH_LOCK = threading.Lock()
 
 
 def _check_settings(mode: str, temperature: float, floor: float) -> tuple[str, float, float]:
@@ -116,18 +120,49 @@ class WeightUpdate(NamedTuple):
     probabilities: np.ndarray
 
 
-def _attach_block(name: str) -> shared_memory.SharedMemory:
-    """Open an existing block without registering it with this process's resource tracker."""
+class _MappedBlock:
+    """An existing POSIX shared-memory block, mapped without telling any resource tracker.
+
+    What ``SharedMemory(name=..., track=False)`` does on Python >= 3.13, for the versions before it:
+    the block is opened and mapped the way ``SharedMemory`` does it, minus its unconditional
+    ``resource_tracker.register``. (Swapping the process-wide ``register`` for a no-op while
+    attaching, as 0.1.0 did, also dropped the registration of any block another thread created
+    meanwhile, which then leaked in /dev/shm when the process was killed.) Offers what
+    :class:`ClassWeights` uses of a ``SharedMemory``: ``name``, ``buf``, ``close``.
+    """
+
+    def __init__(self, name: str) -> None:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        try:
+            self._mmap = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        self._buf: memoryview | None = memoryview(self._mmap)
+        self.name = name
+
+    @property
+    def buf(self) -> memoryview | None:
+        return self._buf
+
+    def close(self) -> None:
+        """Unmap (``BufferError`` while an array still views the buffer, as ``SharedMemory.close``)."""
+        if self._buf is not None:
+            self._buf.release()
+            self._buf = None
+            self._mmap.close()
+
+    def unlink(self) -> None:  # pragma: no cover - only the owner unlinks, and it holds a SharedMemory
+        raise RuntimeError("an attached ClassWeights block is never unlinked here")
+
+
+def _attach_block(name: str) -> shared_memory.SharedMemory | _MappedBlock:
+    """Open an existing block without registering it with any resource tracker (only the owner is responsible)."""
     try:
         if sys.version_info >= (3, 13):
             return shared_memory.SharedMemory(name=name, track=False)
-        with _ATTACH_LOCK:  # SharedMemory registers attached blocks too before 3.13 (bpo-38119)
-            register = resource_tracker.register
-            resource_tracker.register = lambda *args, **kwargs: None
-            try:
-                return shared_memory.SharedMemory(name=name)
-            finally:
-                resource_tracker.register = register
+        if _posixshmem is not None:  # SharedMemory registers attached blocks too before 3.13 (bpo-38119)
+            return _MappedBlock(name)
+        return shared_memory.SharedMemory(name=name)  # Windows: no resource tracker there
     except FileNotFoundError:
         raise ValueError(
             f"ClassWeights shared memory {name!r} no longer exists: the process that created it closed it "

@@ -108,14 +108,17 @@ def color_jitter(
     if _is_color(image):
         matrix, offset = jitter_affine(brightness, contrast, saturation, hue, float(_LUMA @ means))
         affine = np.hstack([matrix, np.full((3, 1), offset)])
-        # cv2.transform rounds and saturates uint8 / uint16 and leaves float32 unclipped, as clip_to_dtype
-        return cv2.transform(image, affine).reshape(image.shape)
+        # cv2.transform rounds and saturates uint8 / uint16; float32 can overflow to inf near its
+        # maximum, which clip_to_dtype maps back to finite values (as on the grayscale path)
+        out = cv2.transform(image, affine).reshape(image.shape)
+        return clip_to_dtype(out, np.float32) if out.dtype == np.float32 else out
     mean_gray = float(means.mean())
     gain, offset = brightness * contrast, (1.0 - contrast) * brightness * mean_gray
     if image.dtype == np.uint8:  # the same float32 arithmetic on the 256 levels, applied as a lookup table
         table = clip_to_dtype(np.arange(256, dtype=np.float32) * np.float32(gain) + np.float32(offset), np.uint8)
         return cv2.LUT(image, table).reshape(image.shape)
-    return clip_to_dtype(image.astype(np.float32) * np.float32(gain) + np.float32(offset), image.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 near its maximum: clip_to_dtype keeps it finite
+        return clip_to_dtype(image.astype(np.float32) * np.float32(gain) + np.float32(offset), image.dtype)
 
 
 def jitter_range(

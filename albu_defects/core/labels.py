@@ -204,20 +204,31 @@ def paint_classes(mask: np.ndarray, class_map: np.ndarray) -> np.ndarray:
         rows, cols = np.nonzero(painted)
         out[rows, cols, class_map[rows, cols].astype(np.int64) - 1] = 1
         return out
+    _check_holds(out, top)
     plane = out[..., 0] if out.ndim == 3 else out
-    if out.dtype == bool:
-        if top != 1:
-            raise ValueError(f"a bool mask can only hold class 1, not class {top}; use an integer mask")
-    elif not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(f"a class-index mask must be integer (or bool), got dtype {out.dtype}")
-    elif top > np.iinfo(out.dtype).max:
-        raise ValueError(f"class id {top} does not fit the mask dtype {out.dtype}; use a wider mask dtype")
     np.copyto(plane, class_map.astype(plane.dtype, copy=False), where=painted)
     return out
 
 
+def _check_holds(mask: np.ndarray, top: int) -> None:
+    """``ValueError`` unless the class-index ``mask`` can hold class ids up to ``top``."""
+    if mask.dtype == bool:
+        if top != 1:
+            raise ValueError(f"a bool mask can only hold class 1, not class {top}; use an integer mask")
+    elif not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"a class-index mask must be integer (or bool), got dtype {mask.dtype}")
+    elif top > np.iinfo(mask.dtype).max:
+        raise ValueError(f"class id {top} does not fit the mask dtype {mask.dtype}; use a wider mask dtype")
+
+
 def write_class(mask: np.ndarray, region: np.ndarray, class_id: int) -> np.ndarray:
     """A copy of ``mask`` with class ``class_id`` written on the bool (H, W) ``region`` (see :func:`paint_classes`)."""
-    class_map = np.zeros(region.shape, np.uint8 if class_id < 256 else np.int64)
-    class_map[region] = class_id
-    return paint_classes(mask, class_map)
+    if is_multi_hot(mask) or class_id < 0:
+        class_map = np.zeros(region.shape, np.uint8 if class_id < 256 else np.int64)
+        class_map[region] = class_id
+        return paint_classes(mask, class_map)
+    out = mask.copy()  # a class-index mask: one write, no class map (once per injected defect)
+    if class_id != 0 and region.any():
+        _check_holds(out, int(class_id))
+        np.copyto(out[..., 0] if out.ndim == 3 else out, class_id, where=region, casting="unsafe")
+    return out

@@ -329,6 +329,7 @@ class _MixPlan(NamedTuple):
     pixels: dict[Any, PixelLayout | list[PixelLayout]]  # per-pixel fields: mixed like the images
     class_vector: bool  # re-derived from the mixed mask
     boxes: bool
+    defect_mask: Any = None  # label_mode="defect_area": the field whose defects weigh the labels
 
 
 class ContextMixCollate:
@@ -350,6 +351,10 @@ class ContextMixCollate:
       and boxes, nearest, in their own layout and dtype.
     - ``class_vector`` (the image-level label of the label model): re-derived from the mixed
       ``mask_key`` mask (a class-index or multi-hot mask); refused without one.
+    - ``label_mode="defect_area"``: the labels are weighed by the defect pixels each sample still shows
+      in its ``mask_key`` mask (a class-index or multi-hot mask; for tuple samples ``mask_key`` is
+      its position, e.g. ``2`` for ``(image, label, mask)``), exactly as
+      :class:`~albu_defects.pytorch.TensorContextMix` with ``masks``; refused without that mask.
     - ``bbox_key`` (dict samples): boxes in ``bbox_format`` (required) with their label fields
       ``bbox_label_fields``: the host's boxes covered by the pasted box are dropped or clipped,
       the partner's are scaled into the box, and each label field follows its boxes. Without a
@@ -371,7 +376,7 @@ class ContextMixCollate:
         *,
         image_key: str = "image",
         label_key: str = "label",
-        mask_key: str = "mask",
+        mask_key: str | int = "mask",
         bbox_key: str = "bboxes",
         bbox_format: str | None = None,
         bbox_label_fields: Sequence[str] = (),
@@ -460,7 +465,20 @@ class ContextMixCollate:
                 f"the samples carry {CLASS_VECTOR_KEY!r} but no {self.mask_key!r} mask to re-derive it from after "
                 "mixing (set mask_key, or drop the class vector)"
             )
-        return _MixPlan(fields, layout, hw, label, pixels, class_vector, boxes)
+        defect_mask = None
+        if self.contextmix.label_mode == "defect_area":
+            defect_mask = self.mask_key
+            if defect_mask not in pixels or isinstance(pixels[defect_mask], list):
+                where = (
+                    f"a mask under mask_key {self.mask_key!r}"
+                    if fields.is_dict
+                    else "mask_key set to the mask's position"
+                )
+                raise ValueError(
+                    "label_mode='defect_area' weighs the labels by the defect pixels of each sample's mask: the samples "
+                    f"need {where} (a class-index or multi-hot mask of the image's size)"
+                )
+        return _MixPlan(fields, layout, hw, label, pixels, class_vector, boxes, defect_mask)
 
     def _label_kind(self, values: list[Any], fields: _Fields, key: Any, hw: tuple[int, int]) -> str:
         if all(_is_text(v) for v in values):  # no label (``None``), or a name in that tuple position
@@ -525,11 +543,19 @@ class ContextMixCollate:
         image_field, label_field = (self.image_key, self.label_key) if fields.is_dict else (0, 1)
         images = _to_nchw(_collated(batch[image_field], n, fields.name(image_field)), plan.layout)
         labels = None if plan.label == "none" else _collated(batch[label_field], n, fields.name(label_field))
-        mixed, targets = self.contextmix.apply(images, labels, perm, boxes)
+        masks = None
+        if plan.defect_mask is not None:
+            layout = plan.pixels[plan.defect_mask]
+            masks = _to_nchw(_collated(batch[plan.defect_mask], n, fields.name(plan.defect_mask)), layout)
+        mixed, targets, *mixed_masks = self.contextmix.apply(images, labels, perm, boxes, masks=masks)
         out[image_field] = _from_nchw(mixed, plan.layout)
         if labels is not None:
             out[label_field] = targets
+        if mixed_masks:  # mixed once, with the weights
+            out[plan.defect_mask] = _from_nchw(mixed_masks[0], plan.pixels[plan.defect_mask])
         for key, layout in plan.pixels.items():
+            if key == plan.defect_mask:
+                continue
             value = batch[key]
             if isinstance(layout, list):
                 if not isinstance(value, (list, tuple)) or len(value) != len(layout):

@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from albu_defects.core.validation import check_choice, check_probability
 from albu_defects.methods.contextmix.functional import (
     LABEL_MODES,
+    MIN_VISIBLE_PIXELS,
     BoxKind,
     LabelMode,
     check_box_options,
+    check_min_visible_pixels,
+    defect_mix_weights,
     draw_boxes,
     mix_weights,
     nearest_source_index,
@@ -346,6 +349,40 @@ def _mixed_targets(
     return weights[:, :1] * vectors + weights[:, 1:] * vectors.index_select(0, partner)
 
 
+def _defect_map(masks: torch.Tensor) -> torch.Tensor:
+    """Bool (N, H, W): pixels of (N, H, W) class-index or (N, K, H, W) multi-hot masks that hold a defect."""
+    return (masks != 0).any(dim=1) if masks.ndim == 4 else masks != 0
+
+
+def _defect_counts(masks: torch.Tensor, region: torch.Tensor | None) -> np.ndarray:
+    """Defect pixels of each mask (int64 (N,)), within ``region`` (bool (N, H, W)) when given."""
+    defects = _defect_map(masks)
+    if region is not None:
+        defects = defects & region
+    return defects.flatten(1).sum(1).cpu().numpy().astype(np.int64)
+
+
+def _visible_defects(
+    mixed_masks: torch.Tensor, boxes: np.ndarray, before: np.ndarray, perm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(visible, total)`` (int64 (N, 2), host then partner) counted on the mixed masks.
+
+    The partner's visible defect pixels are the mixed mask's defects inside its box (its nearest
+    resize, exactly as pasted), the host's those outside; ``total`` holds each image's defect
+    pixels before mixing (``before``), the partner's taken through ``perm``.
+    """
+    height, width = mixed_masks.shape[-2:]
+    rows, cols = np.arange(height)[None, :], np.arange(width)[None, :]
+    x0, y0, x1, y1 = boxes.T
+    inside = (
+        torch.from_numpy((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None]
+        & torch.from_numpy((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :]
+    ).to(mixed_masks.device)
+    everywhere = _defect_counts(mixed_masks, None)
+    pasted = _defect_counts(mixed_masks, inside)
+    return np.stack([everywhere - pasted, pasted], axis=1), np.stack([before, before[perm]], axis=1)
+
+
 class TensorContextMix:
     """ContextMix on a batch of (N, C, H, W) tensors: ``images, targets = cm(images, labels)``.
 
@@ -364,6 +401,15 @@ class TensorContextMix:
       per-pixel tensors: :meth:`apply_to_mask`);
     - ``None`` -> the weights (N, 2) = ``[lambda_A, lambda_B]`` float32.
 
+    ``masks`` (optional; (N, H, W) class-index or (N, K, H, W) multi-hot / per-class, any dtype) are
+    mixed like the images (nearest) and returned third: ``images, targets, masks = cm(images, labels,
+    masks=masks)``. With ``label_mode="defect_area"`` they are required: their nonzero pixels are the
+    defects, and the weights are the defect pixels each image still shows (the host's outside the
+    box, the partner's inside it after the resize), exactly as the numpy transform's
+    (:func:`~albu_defects.methods.contextmix.functional.defect_mix_weights`: a defect counts from
+    ``min_visible_pixels`` pixels or when all of it shows; when none counts, the defect-free image
+    takes the weight, else area).
+
     Modes: ``"batch"`` draws one box for the whole batch (the paper's code) and mixes it with
     probability ``p``; ``"sample"`` draws a box per image and mixes each with probability ``p``.
     Works on any device, on uint8 or float images (dtype and shape kept; float images must be
@@ -373,8 +419,9 @@ class TensorContextMix:
     hold what was drawn. On GPU call it in the training loop after ``.to(device)``.
 
     Args:
-        alpha, box, box_size, label_mode, min_box_side, label_smoothing: as the numpy
-            :class:`albu_defects.ContextMix`.
+        alpha, box, box_size, label_mode, min_visible_pixels, min_box_side, label_smoothing: as the
+            numpy :class:`albu_defects.ContextMix` (``label_mode``: ``"area"``, ``"one-hot"`` or
+            ``"defect_area"``).
         num_classes: number of classes of integer labels (needed for soft targets).
         p: probability of mixing (the batch in ``"batch"`` mode, each image in ``"sample"`` mode).
         mode: ``"batch"`` or ``"sample"``.
@@ -396,6 +443,7 @@ class TensorContextMix:
         box: BoxKind = "beta",
         box_size: float = 0.75,
         label_mode: LabelMode = "area",
+        min_visible_pixels: int = MIN_VISIBLE_PIXELS,
         min_box_side: int = 3,
         label_smoothing: float = 0.0,
         interpolation: Interpolation = "nearest",
@@ -412,6 +460,7 @@ class TensorContextMix:
         if mode not in ("batch", "sample"):
             raise ValueError(f"mode must be 'batch' (one box per batch) or 'sample' (one per image), got {mode!r}")
         check_choice(label_mode, LABEL_MODES, "label_mode")
+        min_visible_pixels = check_min_visible_pixels(min_visible_pixels)
         check_probability(label_smoothing, "label_smoothing")
         check_choice(interpolation, INTERPOLATIONS, "interpolation")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -423,6 +472,7 @@ class TensorContextMix:
         self.box = box
         self.box_size = float(box_size)
         self.label_mode = label_mode
+        self.min_visible_pixels = min_visible_pixels
         self.min_box_side = int(min_box_side)
         self.label_smoothing = float(label_smoothing)
         self.interpolation = interpolation
@@ -461,38 +511,75 @@ class TensorContextMix:
         boxes[~apply, 3] = boxes[~apply, 1]
         return perm, np.broadcast_to(boxes, (size, 4)).copy() if self.mode == "batch" else boxes
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``(images, targets)``, or ``(images, targets, masks)`` when ``masks`` are given (see the class)."""
         images = _check_images(images)
         n, _, height, width = images.shape
         self._label_kind(labels, n, height, width)  # reject bad labels before drawing anything
+        self._check_masks(masks, n, height, width)
         perm, boxes = self.draw(n, height, width)
-        return self.apply(images, labels, perm, boxes)
+        return self.apply(images, labels, perm, boxes, masks=masks)
 
     def apply(
-        self, images: torch.Tensor, labels: torch.Tensor | None, perm: torch.Tensor | np.ndarray, boxes: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        perm: torch.Tensor | np.ndarray,
+        boxes: np.ndarray,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """Mix with a given pairing ``perm`` (N,) and ``boxes`` (N, 4) (e.g. from :meth:`draw`).
 
-        Reuses this op's scratch buffers between calls (see :class:`ScratchBuffers`).
+        Returns what :meth:`__call__` does. Reuses this op's scratch buffers between calls (see
+        :class:`ScratchBuffers`).
         """
         images = _check_images(images)
         n, _, height, width = images.shape
         kind = self._label_kind(labels, n, height, width)
+        self._check_masks(masks, n, height, width)
         perm = torch.as_tensor(np.asarray(perm, dtype=np.int64) if not isinstance(perm, torch.Tensor) else perm.cpu())
         boxes = np.broadcast_to(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), (n, 4))
         weights = mix_weights(boxes, height, width, self.label_mode)
+        mixed_masks = None
+        if masks is not None:
+            defects_before = _defect_counts(masks, None) if self.label_mode == "defect_area" else None
+            mixed_masks = self.apply_to_mask(masks, perm, boxes)
+            if defects_before is not None:
+                visible, total = _visible_defects(mixed_masks, boxes, defects_before, perm.numpy())
+                weights = defect_mix_weights(visible, total, weights, self.min_visible_pixels)
         self.last_perm, self.last_boxes, self.last_weights = perm, boxes, weights.astype(np.float32)
         # One shared box takes the fast path that reads only the box's source rows.
         paste_boxes = boxes[0] if (boxes == boxes[0]).all() else boxes
         mixed = _paste(images, perm.numpy(), paste_boxes, self.interpolation, self.inplace, self._buffers)
         if kind == "none":
-            return mixed, torch.from_numpy(self.last_weights).to(images.device)
-        if kind == "mask":
-            return mixed, self.apply_to_mask(labels, perm, boxes)
-        weights_t = torch.from_numpy(self.last_weights).to(labels.device)
-        if kind == "class":
-            labels = F.one_hot(labels.long(), self.num_classes)
-        return mixed, _mixed_targets(labels, perm.to(labels.device), weights_t, self.label_smoothing)
+            targets = torch.from_numpy(self.last_weights).to(images.device)
+        elif kind == "mask":
+            targets = self.apply_to_mask(labels, perm, boxes)
+        else:
+            weights_t = torch.from_numpy(self.last_weights).to(labels.device)
+            vectors = F.one_hot(labels.long(), self.num_classes) if kind == "class" else labels
+            targets = _mixed_targets(vectors, perm.to(labels.device), weights_t, self.label_smoothing)
+        return (mixed, targets) if mixed_masks is None else (mixed, targets, mixed_masks)
+
+    def _check_masks(self, masks: Any, n: int, height: int, width: int) -> None:
+        if masks is None:
+            if self.label_mode == "defect_area":
+                raise ValueError(
+                    "label_mode='defect_area' weighs the labels by the defect pixels of the masks: call "
+                    "cm(images, labels, masks=masks) with (N, H, W) class-index or (N, K, H, W) multi-hot masks"
+                )
+            return
+        if not isinstance(masks, torch.Tensor) or masks.is_complex():
+            raise ValueError(f"masks must be a real torch.Tensor (N, H, W) or (N, K, H, W), got {type(masks).__name__}")
+        if not (masks.ndim in (3, 4) and masks.shape[0] == n and tuple(masks.shape[-2:]) == (height, width)):
+            raise ValueError(
+                f"masks must have shape ({n}, {height}, {width}) or ({n}, K, {height}, {width}) (the images' batch "
+                f"and size), got {tuple(masks.shape)}"
+            )
+        if masks.dtype.is_floating_point and not _all_finite(masks):
+            raise ValueError("masks hold NaN or infinite values")
 
     def apply_to_mask(self, masks: torch.Tensor, perm: torch.Tensor | np.ndarray, boxes: np.ndarray) -> torch.Tensor:
         """Mix per-pixel values (masks, weight maps; (N, H, W) or (N, C, H, W), any dtype) like the images.

@@ -204,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"albu-defects {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input or an unreadable file: one line, no traceback
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"albu-defects {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

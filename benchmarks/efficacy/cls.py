@@ -8,8 +8,9 @@ Arms (batch ops applied after the flips, with probability ``mix_p`` per batch, o
   (timm / torchvision do not install beside torch 2.13).
 - ``contextmix``: ``albu_defects.pytorch.TensorContextMix`` (the whole partner resized into the box),
   labels mixed by area (the paper's rule).
-- ``contextmix_defect``: ContextMix with defect-aware labels (mixed by the visible defect area each
-  image keeps). The library does not have that option yet: the arm stops with a message naming it.
+- ``contextmix_defect``: ContextMix with defect-aware labels (``label_mode="defect_area"``: mixed by
+  the visible defect pixels each image keeps, counted on the class-index masks, which are flipped
+  with the image and given to the op; the masks are not a training target here).
 """
 
 from __future__ import annotations
@@ -33,22 +34,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "cutmix": {"mix": "cutmix"},
     "contextmix": {"mix": "contextmix", "label_mode": "area"},
-    "contextmix_defect": {"mix": "contextmix", "label_mode": "defect"},
+    "contextmix_defect": {"mix": "contextmix", "label_mode": "defect_area"},
 }
 
-#: Arms that need a library feature that is not there yet: arm -> what it needs.
-NEEDS: dict[str, str] = {
-    "contextmix_defect": (
-        "needs ContextMix defect-aware labels (issue 15: label weights from the visible defect area each "
-        "image keeps, masks given to the torch op), which albu_defects does not provide yet; "
-        "wire the option into ARMS and run() in benchmarks/efficacy/cls.py once it lands"
-    ),
-}
+#: Arms that need a library feature that is not there yet: arm -> what it needs (none today).
+NEEDS: dict[str, str] = {}
 
 DEFAULT_ARMS = {
     "cpu": ["baseline", "cutmix", "contextmix", "contextmix_defect"],
     "gpu": ["baseline", "cutmix", "contextmix", "contextmix_defect"],
-    "tiny": ["baseline", "cutmix", "contextmix"],
+    "tiny": ["baseline", "cutmix", "contextmix", "contextmix_defect"],
 }
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -165,8 +160,13 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
     train_index, val_index = stratified_split(dataset.labels, config["val_fraction"], seed)
     train, val = dataset.subset(train_index), dataset.subset(val_index)
     pipeline = A.Compose([A.HorizontalFlip(), A.VerticalFlip()], seed=seed)
+    with_masks = spec.get("label_mode") == "defect_area"  # the masks weigh the mixed labels
 
-    def sample(index: int) -> tuple[torch.Tensor, int]:
+    def sample(index: int) -> tuple[torch.Tensor, ...]:
+        if with_masks:
+            out = pipeline(image=train.images[index], mask=train.masks[index])
+            as_tensor = torch.from_numpy(np.ascontiguousarray(out["image"]))
+            return as_tensor, int(train.labels[index]), torch.from_numpy(np.ascontiguousarray(out["mask"]))
         image = pipeline(image=train.images[index])["image"]
         return torch.from_numpy(np.ascontiguousarray(image)), int(train.labels[index])
 
@@ -190,10 +190,12 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
     bar = common.progress(config["steps"], f"cls/{arm}/seed{seed}", show_progress)
     model.train()
     for step in range(config["steps"]):
-        images, labels = next(batches)
+        images, labels, *masks = next(batches)
         images, labels = images[:, None].to(device), labels.to(device)
         if spec.get("mix") == "cutmix":
             images, targets = cutmix(images, labels, num_classes, config["mix_alpha"], config["mix_p"], mix_rng)
+        elif contextmix is not None and masks:
+            images, targets, _ = contextmix(images, labels, masks=masks[0].to(device))
         elif contextmix is not None:
             images, targets = contextmix(images, labels)
         else:

@@ -15,6 +15,7 @@ run() {
     "$python" "$here/run.py" --scale cpu --seeds 3 --results "$results" "$@" || echo "=== FAILED ($?): $*"
 }
 run --task anomaly --arms cutpaste_normal,cutpaste_scar,cutpaste_3way,cropliq,cropliq_cutpaste_3way
-run --task cls --arms baseline,cutmix,contextmix
+run --task cls --arms baseline,cutmix,contextmix,contextmix_defect
 run --task seg --arms baseline,dli_all,dli_balance
+run --task seg --arms guided_crop
 echo "=== $(date '+%F %T') queue done"

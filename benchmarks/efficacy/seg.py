@@ -18,6 +18,9 @@ Arms (what each adds to the baseline's flips):
   must not leak into training.
 - GPU-scale arms: ``dli_paste_only`` (poisson_p=0), ``dli_poisson_only`` (poisson_p=1),
   ``dli_guided`` (Guided-Crop in the Dataset and DLI fill="all" in the collate).
+- Training on random crops (half the side, after the flips; validation on whole tiles):
+  ``baseline_crops`` and ``dli_balance_crops`` (``fill="balance"`` with ``size_mode="absolute_crop"``:
+  defects at the bank's pixel scale, those longer than the crop cut to it).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "dli_paste_only": {"dli": {"fill": "all", "poisson_p": 0.0}},
     "dli_poisson_only": {"dli": {"fill": "all", "poisson_p": 1.0}},
     "dli_guided": {"dli": {"fill": "all", "poisson_p": 0.5}, "guided_crop": {"p": 0.5}},
+    "baseline_crops": {"crop": 0.5},
+    "dli_balance_crops": {"crop": 0.5, "dli": {"fill": "balance", "poisson_p": 0.5, "size_mode": "absolute_crop"}},
 }
 
 DEFAULT_ARMS = {
@@ -247,13 +252,17 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
     k = dataset.num_classes
 
     with tempfile.TemporaryDirectory(prefix="efficacy-bank-") as folder:
-        bank, skipped = (None, 0) if not spec else build_bank(train, Path(folder) / "bank")
+        needs_bank = "dli" in spec or "guided_crop" in spec
+        bank, skipped = build_bank(train, Path(folder) / "bank") if needs_bank else (None, 0)
         transforms: list[Any] = []
         weights = None
         if "guided_crop" in spec:
             weights = ad.ClassWeights(bank.classes)
             transforms.append(ad.GuidedCropPaste(bank=bank, class_weights=weights, p=spec["guided_crop"]["p"]))
         transforms += [A.HorizontalFlip(), A.VerticalFlip()]
+        if "crop" in spec:  # crops of the whole tiles; the bank holds whole-tile defects (absolute_crop cuts them)
+            side = round(config["size"] * spec["crop"])
+            transforms.append(A.RandomCrop(side, side))
         pipeline = A.Compose(transforms, seed=seed)
 
         def sample(index: int) -> dict[str, Any]:
@@ -261,14 +270,20 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
             return {
                 "image": out["image"],
                 "mask": out["mask"],
-                "label": multi_hot(out["mask"], int(train.labels[index]), k),
+                # a crop may cut the tile's defect away: then its label comes from the cropped mask only
+                "label": multi_hot(out["mask"], 0 if "crop" in spec else int(train.labels[index]), k),
             }
 
         collate = None
         if "dli" in spec:
             usable = [c for c in bank.classes if bank.entries_of(c)]
             dli = ad.DynamicLabelInjection(
-                bank, classes=usable, fill=spec["dli"]["fill"], poisson_p=spec["dli"]["poisson_p"], seed=seed
+                bank,
+                classes=usable,
+                fill=spec["dli"]["fill"],
+                poisson_p=spec["dli"]["poisson_p"],
+                size_mode=spec["dli"].get("size_mode", "relative"),
+                seed=seed,
             )
             collate = DLICollate(dli, log_key=None)
         batches = common.endless_batches(

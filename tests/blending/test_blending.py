@@ -808,3 +808,54 @@ def test_paste_and_blend_agree_on_placement():
     blended = poisson_blend(target, source, mask, (-4, 40), method="exact")
     changed = (pasted != target).any(axis=2) | (blended != target).any(axis=2)
     assert changed.any() and _placed_mask(target, mask, (-4, 40))[changed].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The box solves of the PCG preconditioner
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (7, 9), (9, 6), (6, 7), (2, 2), (1, 5), (5, 1), (54, 45)])
+def test_packed_spectrum_multiplier_multiplies_every_dft_coefficient(shape):
+    """OpenCV packs a real DFT (CCS); the multiplier laid out the same way scales each coefficient."""
+    m, n = shape
+    eig = (2 - 2 * np.cos(2 * np.pi * np.arange(m) / m))[:, None] + (2 - 2 * np.cos(2 * np.pi * np.arange(n) / n))
+    values = 1.0 / (eig + 0.3)  # real and even, as the inverse eigenvalues are
+    x = np.random.default_rng(m * 10 + n).random(shape)
+    expected = np.real(np.fft.ifft2(np.fft.fft2(x) * values))
+    spectrum = cv2.dft(x) * pcg._ccs_multiplier(values)
+    got = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_periodic_box_solve_is_the_masked_inverse_of_the_periodic_laplacian():
+    rng = np.random.default_rng(11)
+    mask = np.zeros((37, 50), bool)
+    mask[1:-1, 1:-1] = rng.random((35, 48)) < 0.8  # a Dirichlet ring on every side
+    box = pcg._box_solver(mask, (False,) * 4)
+    assert isinstance(box, pcg._PeriodicBoxSolver)
+    residual = rng.random(mask.shape) * mask
+    out = np.zeros(mask.shape)
+    box(residual, out)
+    bh, bw = box.buffer.shape
+    eig = pcg._periodic_eigenvalues(bh)[:, None] + pcg._periodic_eigenvalues(bw)[None, :]
+    eig[0, 0] = min(eig[1, 0], eig[0, 1])
+    padded = np.zeros((bh, bw))
+    padded[:37, :50] = residual
+    expected = np.real(np.fft.ifft2(np.fft.fft2(padded) / eig))[:37, :50] * mask
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())  # float32
+
+
+def test_box_solve_is_periodic_inside_the_image_and_trigonometric_on_its_border():
+    """The ring of Dirichlet pixels keeps a periodic box from wrapping into the mask; a side on the
+    image border needs the reflecting (cosine) transform."""
+    inside = _shape_mask("disk")
+    assert isinstance(pcg._box_solver(inside, (False,) * 4), pcg._PeriodicBoxSolver)
+    assert isinstance(pcg._box_solver(inside, (True, False, False, False)), pcg._TrigBoxSolver)
+    for neumann in [(False,) * 4, (True, False, False, True)]:
+        rng = np.random.default_rng(12)
+        rhs = rng.normal(size=(*inside.shape, 1))
+        x = pcg.solve_pcg(inside, neumann, rhs)
+        system = ps._MaskedSystem(inside, neumann)
+        exact = ps._solve_splu(system, rhs)
+        np.testing.assert_allclose(x[inside], exact[inside], atol=1e-6 * np.abs(exact).max())

@@ -245,6 +245,7 @@ def contextmix_cases(draw: Any, active: bool = False) -> Case:
         kwargs["mask"] = kind.mask(rng.integers(0, 4, kind.hw))
         for partner in partners:
             partner["mask"] = np.full(partner["hw"], PARTNER_CLASS, kind.mask_dtype)
+        options["label_mode"] = draw(st.sampled_from(["area", "defect_area"]))  # defect_area needs the masks
         if draw(st.booleans()):  # an image-level label to keep true: classes 1..PARTNER_CLASS
             kwargs[ad.CLASS_VECTOR_KEY] = _multi_hot_of(classes_in(kwargs["mask"]), PARTNER_CLASS)
     if draw(st.booleans()):  # pseudo-anomalies of the host; partners without any
@@ -271,8 +272,24 @@ def contextmix_cases(draw: Any, active: bool = False) -> Case:
     return Case(kwargs, options, kind, {"partner_label": partner_label})
 
 
+def _defect_area_weights(case: Case, out: dict[str, Any], from_partner: np.ndarray) -> np.ndarray:
+    """label_mode="defect_area": the documented rule, from the defect pixels each side shows in the output."""
+    shown = labelled(out["mask"])
+    visible = [int((shown & ~from_partner).sum()), int((shown & from_partner).sum())]
+    partner_masks = [p["mask"] for p in case.kwargs["contextmix_metadata"]]
+    # the partners' masks are all-defect (or all-empty, from mask_slot): any pixel count >= 4 acts alike
+    partner_total = 0 if not any(np.any(m) for m in partner_masks) else 10**6
+    total = [int(labelled(case.kwargs["mask"]).sum()), partner_total]
+    area = [1.0 - from_partner.mean(), from_partner.mean()]
+    counted = [v if v > 0 and v >= min(4, t) else 0 for v, t in zip(visible, total, strict=True)]
+    if sum(counted):
+        return np.array(counted) / sum(counted)
+    free = [a if t == 0 else 0.0 for a, t in zip(area, total, strict=True)]
+    return np.array(free) / sum(free) if sum(free) else np.array(area)
+
+
 def contextmix_invariant(case: Case, out: dict[str, Any]) -> None:
-    """lambda_B is the fraction of partner pixels; the partner's labels sit exactly on its pixels."""
+    """lambda_B is the fraction of partner pixels (or of shown defect pixels); the partner's labels sit on its pixels."""
     kind, host = case.kind, case.kwargs["image"]
     weights = out["mix_weights"]
     _check_type(weights, np.float32, (2,), "mix_weights")
@@ -280,9 +297,13 @@ def contextmix_invariant(case: Case, out: dict[str, Any]) -> None:
     h, w = kind.hw
     image = np.asarray(out["image"], np.float64).reshape(h, w, -1)
     from_partner = image.min(axis=2) >= 0.75 * white(kind.dtype)
-    assert abs(from_partner.mean() - float(weights[1])) <= 1e-6, (
-        f"lambda_B={float(weights[1]):.6f} but {from_partner.mean():.6f} of the pixels come from the partner"
-    )
+    if case.options.get("label_mode") == "defect_area":
+        expected_weights = _defect_area_weights(case, out, from_partner)
+        assert np.allclose(weights, expected_weights, atol=1e-6), f"mix_weights {weights} != {expected_weights}"
+    else:
+        assert abs(from_partner.mean() - float(weights[1])) <= 1e-6, (
+            f"lambda_B={float(weights[1]):.6f} but {from_partner.mean():.6f} of the pixels come from the partner"
+        )
     assert not changed(out["image"], host)[~from_partner].any(), "host pixels outside the pasted box changed"
     if "mask" in case.kwargs:
         expected = np.where(from_partner, PARTNER_CLASS, plane(case.kwargs["mask"])).astype(kind.mask_dtype)
@@ -367,6 +388,7 @@ CONTEXTMIX = Spec(
         BadInit("box_size", {"box_size": 0.0}, "box_size"),
         BadInit("min_box_side", {"min_box_side": 0}, "min_box_side"),
         BadInit("label_smoothing", {"label_smoothing": 2.0}, "label_smoothing"),
+        BadInit("min_visible_pixels", {"min_visible_pixels": 0}, "min_visible_pixels"),
         BadInit("p", {"p": 1.5}, "p"),
     ),
 )
@@ -413,6 +435,7 @@ def inject_cases(draw: Any, active: bool = False) -> Case:
         "poisson_p": draw(st.sampled_from([0.0, 1.0])),
         "n": draw(st.sampled_from([1, [1, 3]])),
         "placement": draw(st.sampled_from(["random", "source"])),
+        "size_mode": draw(st.sampled_from(["relative", "absolute_crop"])),
     }
     key = draw(st.sampled_from([ad.CLASS_VECTOR_KEY, "label"]))  # "label": pipelines saved by 0.1.0
     if key != ad.CLASS_VECTOR_KEY:
@@ -537,6 +560,7 @@ def guided_cases(draw: Any, active: bool = False) -> Case:
         "max_defects": draw(st.sampled_from([1, 3])),
         "weights": draw(st.sampled_from(["uniform", "inverse_frequency"])),
         "skip_defective": draw(st.booleans()),
+        "size_mode": draw(st.sampled_from(["absolute", "relative"])),  # relative: the 32x40 sources rescaled
         **(STAGE_OFF if stage == "off" else {}),
     }
     disjoint = draw(st.booleans())
@@ -882,6 +906,7 @@ def dli_cases(draw: Any, active: bool = False) -> Case:
         "fill": "all" if active else draw(st.sampled_from(["all", "balance"])),
         "max_inject_fraction": 1.0 if active else draw(st.sampled_from([1.0, 0.5])),
         "placement": draw(st.sampled_from(["random", "source"])),
+        "size_mode": draw(st.sampled_from(["relative", "absolute_crop"])),
     }
     disjoint = draw(st.booleans())
     count = draw(st.integers(1, 4))

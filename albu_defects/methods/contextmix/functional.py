@@ -9,6 +9,10 @@ which is exactly the fraction of output pixels that came from each image. The re
 nearest interpolation, one box for the whole batch, and skips mixing when a box side is <= 2 px.
 Section 5.5 variants: square boxes, fixed-size boxes (75 %), one-hot labels (the larger side wins).
 
+Defect-aware labels (``label_mode="defect_area"``, ours; no peer has it): with masks, the labels mix by
+the defect pixels each image still shows in the output instead of by image area, so a defect
+covered by the box or shrunk to nothing carries no label mass (:func:`defect_mix_weights`).
+
 Conventions shared by every function here:
 
 - a *box* is ``(x_min, y_min, x_max, y_max)`` in pixels, ends exclusive (the package's box
@@ -52,6 +56,7 @@ __all__ = [
     "bboxes_into_box",
     "box_lambda",
     "check_box_options",
+    "defect_mix_weights",
     "drop_keypoints_in_box",
     "keypoints_into_box",
     "mix_weights",
@@ -61,12 +66,15 @@ __all__ = [
     "resize_image",
     "draw_boxes",
     "soft_labels",
+    "visible_defect_pixels",
 ]
 
 BOX_KINDS: tuple[str, ...] = ("beta", "square", "fixed")
-LABEL_MODES: tuple[str, ...] = ("area", "one-hot")
+LABEL_MODES: tuple[str, ...] = ("area", "one-hot", "defect_area")
 BoxKind = Literal["beta", "square", "fixed"]
-LabelMode = Literal["area", "one-hot"]
+LabelMode = Literal["area", "one-hot", "defect_area"]
+#: ``label_mode="defect_area"``: a defect counts when at least this many of its pixels show (or all of them do).
+MIN_VISIBLE_PIXELS = 4
 
 
 # --------------------------------------------------------------------------------------- boxes
@@ -159,7 +167,8 @@ def mix_weights(boxes: np.ndarray, height: int, width: int, label_mode: LabelMod
 
     ``"area"`` (eq. 4): ``lambda_B = h*w / (H*W)``, the exact fraction of output pixels that came
     from the partner, and ``lambda_A = 1 - lambda_B``. ``"one-hot"`` (section 5.5): weight 1 for
-    the image that covers more of the output (the host on a tie), 0 for the other.
+    the image that covers more of the output (the host on a tie), 0 for the other. ``"defect_area"``
+    needs the masks (:func:`defect_mix_weights`); here it gives the area weights it falls back to.
     """
     check_choice(label_mode, LABEL_MODES, "label_mode")
     boxes = np.asarray(boxes)
@@ -171,6 +180,69 @@ def mix_weights(boxes: np.ndarray, height: int, width: int, label_mode: LabelMod
         partner = (partner > host).astype(np.float64)
         host = 1.0 - partner
     return np.stack([host, partner], axis=-1)
+
+
+def check_min_visible_pixels(value: int) -> int:
+    """``min_visible_pixels`` as an int >= 1, else ``ValueError`` (shared by the numpy and torch classes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"min_visible_pixels must be an integer >= 1 (pixels), got {value!r}")
+    return int(value)
+
+
+def visible_defect_pixels(
+    host_defect: np.ndarray, partner_defect: np.ndarray, box: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Defect pixels of one mixed sample: ``(visible, total)``, each int64 ``(2,)`` = (host, partner).
+
+    ``host_defect`` / ``partner_defect`` are bool (H, W) maps of each image's defect pixels (the
+    partner at its own size). ``visible``: the host's defect pixels outside ``box`` and the partner's
+    defect pixels after its nearest resize into ``box`` (exactly the defect pixels each image shows in
+    the mixed mask); ``total``: each image's defect pixels before mixing.
+    """
+    x0, y0, x1, y1 = _box_ints(box, host_defect.shape[:2])
+    host_total = int(np.count_nonzero(host_defect))
+    partner_total = int(np.count_nonzero(partner_defect))
+    if y1 == y0 or x1 == x0:
+        return np.array([host_total, 0]), np.array([host_total, partner_total])
+    covered = int(np.count_nonzero(host_defect[y0:y1, x0:x1]))
+    pasted = int(np.count_nonzero(resize_image(partner_defect, (y1 - y0, x1 - x0), cv2.INTER_NEAREST)))
+    return np.array([host_total - covered, pasted]), np.array([host_total, partner_total])
+
+
+def defect_mix_weights(
+    visible: np.ndarray,
+    total: np.ndarray,
+    area_weights: np.ndarray,
+    min_visible_pixels: int = MIN_VISIBLE_PIXELS,
+) -> np.ndarray:
+    """Defect-aware label weights ``(..., 2)`` (float64, summing to 1) from visible defect pixels.
+
+    ``visible`` / ``total`` (``(..., 2)`` ints, host then partner; see :func:`visible_defect_pixels`)
+    and ``area_weights`` (:func:`mix_weights`'s ``"area"`` weights of the same boxes). Rules, in order:
+
+    1. An image's defect *counts* when at least ``min_visible_pixels`` of its defect pixels show,
+       or all of them do (so a defect that was tiny to begin with still counts when nothing hides it).
+    2. When a defect counts, the weights are the counted pixels' shares: ``v_A / (v_A + v_B)`` and
+       ``v_B / (v_A + v_B)``; an image whose defect is hidden or shrunk away, or that has none, gets 0.
+    3. When no defect counts, the mixed image shows no defect: the images that had none (defect-free,
+       ``total == 0``) share the weight by area, so a defect-free image paired with a hidden defect
+       takes all of it.
+    4. Otherwise (both images had defects and both are hidden, or the defect-free image is covered
+       entirely) the weights fall back to area: the only case where a hidden defect keeps label mass,
+       since neither label says "defect-free".
+
+    Without mixing (an empty box) this gives ``(1, 0)``, as the area rule does.
+    """
+    visible = np.asarray(visible, dtype=np.int64)
+    total = np.asarray(total, dtype=np.int64)
+    area_weights = np.asarray(area_weights, dtype=np.float64)
+    counted = np.where((visible > 0) & (visible >= np.minimum(int(min_visible_pixels), total)), visible, 0)
+    kept = counted.sum(axis=-1, keepdims=True)
+    by_defect = counted / np.maximum(kept, 1)
+    free_area = np.where(total == 0, area_weights, 0.0)
+    free_sum = free_area.sum(axis=-1, keepdims=True)
+    by_free = free_area / np.where(free_sum > 0, free_sum, 1.0)
+    return np.where(kept > 0, by_defect, np.where(free_sum > 0, by_free, area_weights))
 
 
 def _class_id(label: Any, num_classes: int, name: str) -> int:

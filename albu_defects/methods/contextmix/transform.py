@@ -22,9 +22,11 @@ from albu_defects.core.validation import (
 )
 
 from .functional import (
+    MIN_VISIBLE_PIXELS,
     BoxKind,
     LabelMode,
     bboxes_into_box,
+    defect_mix_weights,
     draw_boxes,
     drop_keypoints_in_box,
     keypoints_into_box,
@@ -32,6 +34,7 @@ from .functional import (
     occlude_bboxes,
     paste_resized,
     soft_labels,
+    visible_defect_pixels,
 )
 
 __all__ = [
@@ -41,7 +44,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- transform
 class ContextMix(DefectTransform):
-    """ContextMix: paste a whole partner image, resized into a random box, and mix labels by area.
+    """ContextMix: paste a whole partner image, resized into a random box, and mix labels by area or by defect.
 
     Partners arrive through ``data[metadata_key]``, a list of dicts (the way ``A.Mosaic`` takes its
     extra samples); one is picked at random per call. Each dict holds ``image`` (same dtype and
@@ -58,7 +61,8 @@ class ContextMix(DefectTransform):
     visible part or dropped (see :func:`occlude_bboxes`; thresholds are the Compose's
     ``BboxParams.min_visibility`` and ``min_area``); host keypoints inside the box are removed.
 
-    Outputs: ``mix_weights`` (float32 ``[lambda_A, lambda_B]``, see :func:`mix_weights`) and, when
+    Outputs: ``mix_weights`` (float32 ``[lambda_A, lambda_B]``, see :func:`mix_weights` and, for
+    ``label_mode="defect_area"``, :func:`defect_mix_weights`) and, when
     ``num_classes`` is set, ``soft_label`` (float32 ``(num_classes,)``) built from the host's
     integer ``label`` (data key ``label``) and the partner's (its dict's ``label``), both required
     then. When skipped (``p``, or a clipped box with a side below ``min_box_side``) the image is
@@ -71,7 +75,14 @@ class ContextMix(DefectTransform):
             :func:`draw_boxes`.
         box_size: the box's share of the image area for ``box="fixed"`` (paper: 0.75).
         interpolation: OpenCV flag used to resize the partner image (masks always use nearest).
-        label_mode: ``"area"`` (eq. 4) or ``"one-hot"`` (the larger area wins).
+        label_mode: ``"area"`` (eq. 4), ``"one-hot"`` (the larger area wins) or ``"defect_area"``: by
+            the defect pixels each image still shows (the host's nonzero ``mask`` pixels outside the
+            box, the partner's inside it after resizing; a defect counts from ``min_visible_pixels``
+            pixels, or when all of it shows), so a covered or vanished defect carries no label mass;
+            needs ``mask`` (class-index or multi-hot) on the host and every partner. Rules, and the
+            fallback when no defect shows: :func:`defect_mix_weights`.
+        min_visible_pixels: ``label_mode="defect_area"``: the fewest pixels of a defect that must show for
+            it to count (default 4, a 2x2 block).
         min_box_side: clipped boxes with a side below this many pixels skip mixing (paper: 3).
         num_classes: number of classes of ``label``; enables ``soft_label``.
         label_smoothing: label smoothing applied to each one-hot vector before mixing.
@@ -92,6 +103,7 @@ class ContextMix(DefectTransform):
             cv2.INTER_LANCZOS4,
         ]
         label_mode: LabelMode
+        min_visible_pixels: int = Field(ge=1)
         min_box_side: int = Field(ge=1)
         num_classes: int | None = Field(ge=1)
         label_smoothing: float = Field(ge=0, le=1)
@@ -104,6 +116,7 @@ class ContextMix(DefectTransform):
         box_size: float = 0.75,
         interpolation: int = cv2.INTER_NEAREST,
         label_mode: LabelMode = "area",
+        min_visible_pixels: int = MIN_VISIBLE_PIXELS,
         min_box_side: int = 3,
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
@@ -116,6 +129,7 @@ class ContextMix(DefectTransform):
         self.box_size = box_size
         self.interpolation = interpolation
         self.label_mode = label_mode
+        self.min_visible_pixels = min_visible_pixels
         self.min_box_side = min_box_side
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -159,6 +173,11 @@ class ContextMix(DefectTransform):
             min_box_side=self.min_box_side,
         )
         weights = mix_weights(box, hw[0], hw[1], self.label_mode)
+        if self.label_mode == "defect_area" and data.get("mask") is None:
+            raise ValueError(
+                "label_mode='defect_area' weighs the labels by the defect pixels of 'mask': pass the host's mask "
+                "(class-index or multi-hot) and one for every partner, or use label_mode='area'"
+            )
         out: dict[str, Any] = {
             "box": tuple(int(v) for v in box),
             "partner_image": partner_image,
@@ -170,6 +189,12 @@ class ContextMix(DefectTransform):
         }
         if data.get("mask") is not None:
             out["partner_mask"] = self._partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
+            if self.label_mode == "defect_area":
+                visible, total = visible_defect_pixels(
+                    _defect_map(data["mask"]), _defect_map(out["partner_mask"]), out["box"]
+                )
+                weights = defect_mix_weights(visible, total, weights, self.min_visible_pixels)
+                out["mix_weights"] = weights.astype(np.float32)
         if data.get("masks") is not None and len(data["masks"]) > 0:
             out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
         if data.get(ANOMALY_MASK_KEY) is not None:  # the partner's pseudo-anomalies, if it has any
@@ -288,6 +313,11 @@ class ContextMix(DefectTransform):
             host = self._host_label(data)
             out["soft_label"] = soft_labels(host, host, np.array([1.0, 0.0]), self.num_classes, self.label_smoothing)
         return out
+
+
+def _defect_map(mask: np.ndarray) -> np.ndarray:
+    """Bool (H, W): the pixels of a class-index ((H, W), (H, W, 1)) or multi-hot ((H, W, K)) mask that hold a defect."""
+    return mask.any(axis=2) if mask.ndim == 3 else mask != 0
 
 
 def _concat_rows(kept: np.ndarray, added: np.ndarray | None, dtype: np.dtype) -> np.ndarray:

@@ -82,13 +82,14 @@ from albu_defects.core.geometry import Box, placement_overlap, random_top_left
 from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector, is_multi_hot, paint_classes
 from albu_defects.core.parallel import cached_per_object
 from albu_defects.core.validation import (
+    check_choice,
     check_int,
     check_probability,
     clip_unit_range,
     image_hw,
     num_channels,
 )
-from albu_defects.methods.injection.functional import match_channels
+from albu_defects.methods.injection.functional import match_channels, relative_scale, scale_defect
 
 from .stage import (
     BlobBoxes,
@@ -118,7 +119,12 @@ __all__ = [
     "render_mask",
     "render_labels",
     "draw_configuration",
+    "entry_at_scale",
 ]
+
+#: ``size_mode`` of Guided-Crop: ``"relative"`` scales each crop by (image size / its source image's
+#: size), as DLI's ``size_mode="relative"``; ``"absolute"`` pastes it at the bank's pixel size.
+SIZE_MODES: tuple[str, ...] = ("relative", "absolute")
 
 
 # --------------------------------------------------------------------------- options
@@ -142,6 +148,7 @@ class GuidedCropOptions(NamedTuple):
     flip_p: float = 0.5
     shift_limit: float = 0.5
     border_threshold: float = 0.1
+    size_mode: str = "absolute"
 
     def checked(self) -> GuidedCropOptions:
         """These options, validated (``ValueError`` naming the argument)."""
@@ -156,6 +163,7 @@ class GuidedCropOptions(NamedTuple):
             raise ValueError(
                 f"border_threshold must lie in [0, 1] (a fraction of the white level), got {self.border_threshold}"
             )
+        check_choice(self.size_mode, SIZE_MODES, "size_mode")
         return self._replace(max_defects=max_defects)
 
     @property
@@ -358,12 +366,44 @@ def plan_guided_crop(
     defects = []
     for class_id in classes:
         entry = bank.draw_blobs(class_id, rng)
+        if options.size_mode == "relative":
+            entry = entry_at_scale(entry, hw)
         top_left = random_top_left(entry.mask, hw, rng, cover_if_larger=True)
         defects.append(PlacedDefect(entry, top_left, sample_color_jitter(rng, *options.crop_jitter)))
     priority = rng.permutation(len(defects))  # paint order: the highest priority is pasted last
     ordered = tuple(defects[i] for i in priority)
     stage = draw_global_stage(hw, empty_borders(image, options.border_threshold), options, rng)
     return GuidedCropPlan(classes, ordered, stage, tuple(int(i) for i in priority))
+
+
+def entry_at_scale(entry: DefectEntry, target_hw: tuple[int, int]) -> DefectEntry:
+    """``entry`` as it would be in its source image resized to ``target_hw`` (``size_mode="relative"``).
+
+    Crop and mask are scaled by ``relative_scale(entry.source_hw, target_hw)`` with the injection
+    core's :func:`~albu_defects.methods.injection.functional.scale_defect` (pixels by area or linear;
+    the mask by coverage, never vanishing), so a bank built at native resolution pastes defects at
+    the size they have in resized training images. Blobs are re-labelled on the scaled mask. The
+    entry itself when the sizes match.
+    """
+    target_hw = (int(target_hw[0]), int(target_hw[1]))
+    if tuple(entry.source_hw) == target_hw:
+        return entry
+    scale = relative_scale(entry.source_hw, target_hw)
+    crop, mask, _ = scale_defect(entry.crop, entry.mask, scale)
+    (h, w), (th, tw) = mask.shape, target_hw
+    top = min(max(0, round(entry.bbox[1] * scale[0])), th - h)  # where the scaled crop sits in the scaled source
+    left = min(max(0, round(entry.bbox[0] * scale[1])), tw - w)
+    return DefectEntry(
+        entry_id=entry.entry_id,
+        class_id=entry.class_id,
+        class_name=entry.class_name,
+        source_id=entry.source_id,
+        source_hw=target_hw,
+        bbox=(left, top, left + w, top + h),
+        crop=crop,
+        mask=mask,
+        blob_subset=entry.blob_subset,
+    )
 
 
 class BlobLayer(NamedTuple):

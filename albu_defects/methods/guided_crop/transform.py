@@ -53,6 +53,11 @@ class GuidedCropPaste(DefectTransform):
         flip_p: probability of a horizontal flip, and of a vertical flip (each).
         shift_limit: circular shift of up to this fraction of the side, on axes without empty borders.
         border_threshold: a border line whose mean is at or below this fraction of the white level is empty.
+        size_mode: ``"absolute"`` (default): crops keep the bank's pixel size (right when the images
+            have the bank's resolution, or are crops of such images); ``"relative"``: each crop is
+            scaled by (image size / its source image's size), as DLI's ``size_mode="relative"``, so
+            a bank built at native resolution pastes defects at the size they have in *resized*
+            training images (identity when the sizes match).
         skip_defective: return samples whose ``mask`` already holds defects unchanged.
         bbox_label: what the label fields of new boxes hold: ``"id"`` (class id) or ``"name"``.
         p: probability of applying the transform.
@@ -78,6 +83,7 @@ class GuidedCropPaste(DefectTransform):
         flip_p: float
         shift_limit: float
         border_threshold: float
+        size_mode: Literal["relative", "absolute"]
         skip_defective: bool
         bbox_label: Literal["id", "name"]
 
@@ -121,6 +127,7 @@ class GuidedCropPaste(DefectTransform):
         flip_p: float = 0.5,
         shift_limit: float = 0.5,
         border_threshold: float = 0.1,
+        size_mode: Literal["relative", "absolute"] = "absolute",
         skip_defective: bool = True,
         bbox_label: Literal["id", "name"] = "id",
         p: float = 0.5,
@@ -141,6 +148,7 @@ class GuidedCropPaste(DefectTransform):
         self.flip_p = flip_p
         self.shift_limit = shift_limit
         self.border_threshold = border_threshold
+        self.size_mode = size_mode
         self.skip_defective = skip_defective
         self.bbox_label = bbox_label
 

@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import yaml
 
 from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
+
+from .flip_affine import FlipAffine
 
 __all__ = [
     "UnsavedBank",
@@ -26,21 +27,11 @@ __all__ = [
 ]
 
 
-def default_defect_transform() -> A.Compose:
-    """Flips and a mild affine (scale 0.9-1.1, shift +-6.25 %, rotation +-10 degrees), as the reference code."""
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Affine(
-                scale=(0.9, 1.1),
-                translate_percent=(-0.0625, 0.0625),
-                rotate=(-10, 10),
-                border_mode=cv2.BORDER_REFLECT_101,
-                p=0.5,
-            ),
-        ]
-    )
+def default_defect_transform() -> FlipAffine:
+    """Flips and a mild affine (scale 0.9-1.1, shift +-6.25 %, rotation +-10 degrees), as the reference code:
+    :class:`~albu_defects.methods.injection.flip_affine.FlipAffine` with its defaults (the same draws and
+    pixels as 0.1.0's ``A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.Affine(...)])``)."""
+    return FlipAffine()
 
 
 def as_defect_transform(value: Any, name: str = "defect_transform") -> Any:

@@ -163,7 +163,10 @@ class DynamicLabelInjection(DefectCompose):
             each defect crop + mask on a padded canvas; default :func:`default_defect_transform`.
         placement: "random" (anywhere the defect fits) or "source" (its relative position in its
             source image, plus the transform's shift).
-        size_mode: "relative" (scale by target size / source size) or "absolute" (keep pixel size).
+        size_mode: "relative" (scale by target size / source size: images resized from the bank's
+            resolution), "absolute" (keep pixel size; only defects that fit the image) or
+            "absolute_crop" (keep pixel size; a defect larger than the image is cut to an
+            image-sized window of it: random crops of images at the bank's resolution).
         p: probability of injecting at all for a batch.
         seed: seed of this compose's generators (an enclosing ``A.Compose(seed=...)`` overrides it).
 
@@ -183,7 +186,7 @@ class DynamicLabelInjection(DefectCompose):
         max_inject_fraction: float = 1.0,
         defect_transform: Any = None,
         placement: Literal["random", "source"] = "random",
-        size_mode: Literal["relative", "absolute"] = "relative",
+        size_mode: Literal["relative", "absolute", "absolute_crop"] = "relative",
         p: float = 1.0,
         seed: int | None = None,
         *,
@@ -349,8 +352,9 @@ class DynamicLabelInjection(DefectCompose):
     def _entry_sequences(
         self, bank: DefectBank, class_ids: list[int], chosen: list[int], rng: np.random.Generator
     ) -> dict[int, list[DefectEntry]]:
-        """Relative size mode: per class, entries drawn without replacement (cycling when a class runs out)."""
-        if self.size_mode != "relative":
+        """Per class, entries drawn without replacement (cycling when a class runs out); not for "absolute",
+        which draws among the entries that fit each image."""
+        if self.size_mode == "absolute":
             return {}
         sequences: dict[int, list[DefectEntry]] = {}
         for k_index in sorted(set(chosen)):

@@ -29,7 +29,10 @@ Sizes
     whose (transformed) extent is larger than the target is shrunk, isotropically, until it fits;
     the factor is recorded in the plan. In ``"absolute"`` mode only bank entries whose defect fits
     the target untransformed are drawn, and :func:`choose_entry` raises a ``ValueError`` naming the
-    class, the target size and the smallest defect when none fits.
+    class, the target size and the smallest defect when none fits. ``"absolute_crop"`` (for training
+    on random crops of images at the bank's resolution) keeps the pixel size and draws among every
+    entry; a defect larger than the target is cut to a target-sized window of it around a random
+    defect pixel (:func:`cut_to_target`), as a random crop of its source image would cut it.
 
 Placement
     ``"random"``: uniformly among the positions where the whole defect (its mask's box) lies inside
@@ -77,6 +80,7 @@ __all__ = [
     "DefectTransformFn",
     "InjectionResult",
     "crop_to_defect",
+    "cut_to_target",
     "fit_to_target",
     "inject_defect",
     "match_channels",
@@ -90,10 +94,10 @@ __all__ = [
 ]
 
 Placement = Literal["random", "source"]
-SizeMode = Literal["relative", "absolute"]
+SizeMode = Literal["relative", "absolute", "absolute_crop"]
 Method = Literal["poisson", "paste"]
 PLACEMENTS: tuple[str, ...] = ("random", "source")
-SIZE_MODES: tuple[str, ...] = ("relative", "absolute")
+SIZE_MODES: tuple[str, ...] = ("relative", "absolute", "absolute_crop")
 METHODS: tuple[str, ...] = ("poisson", "paste")
 
 #: A defect transform: ``(crop, mask_uint8) -> (crop, mask_uint8)``, drawing its randomness itself.
@@ -213,6 +217,39 @@ def crop_to_defect(crop: np.ndarray, mask: np.ndarray, context: int) -> tuple[np
     box = grow_box(box, context, image_hw(crop))
     window = box_slices(box)
     return crop[window], mask[window], (box[1], box[0])
+
+
+def cut_to_target(
+    crop: np.ndarray, mask: np.ndarray, target_hw: tuple[int, int], context: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a defect whose mask's box exceeds ``target_hw`` to a target-sized window (``"absolute_crop"``).
+
+    Along each axis where the defect is longer than the target, the window has the target's length
+    and holds a defect pixel drawn uniformly from the mask, its start uniform among the starts that
+    hold it (it may reach past the defect's end, as a random crop of the source image would); along
+    an axis where the defect fits, the window spans it whole. So every part of a large defect shows
+    up, at its real pixel scale, cut as random crops cut real defects. The mask keeps the window's
+    pixels; the crop is cut to them plus ``context`` (real pixels, for Poisson's gradients). A defect
+    that fits is returned as is, and no random number is drawn.
+    """
+    x0, y0, x1, y1 = mask_bbox(mask)  # type: ignore[misc]
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    if y1 - y0 <= th and x1 - x0 <= tw:
+        return crop, mask
+    rows, cols = np.nonzero(mask)
+    pick = int(rng.integers(len(rows)))
+    top, bottom = (y0, y1) if y1 - y0 <= th else _window(int(rows[pick]), th, rng)
+    left, right = (x0, x1) if x1 - x0 <= tw else _window(int(cols[pick]), tw, rng)
+    window = np.zeros(mask.shape, bool)
+    window[max(top, 0) : bottom, max(left, 0) : right] = True
+    new_crop, new_mask, _ = crop_to_defect(crop, np.asarray(mask, bool) & window, context)
+    return new_crop, new_mask
+
+
+def _window(position: int, length: int, rng: np.random.Generator) -> tuple[int, int]:
+    """``(start, stop)`` of a ``length``-long window holding ``position``, its start drawn uniformly."""
+    start = position - int(rng.integers(length))
+    return start, start + length
 
 
 def transform_defect(

@@ -86,7 +86,7 @@ class InjectDefect(DefectTransform):
         blend_margin: int = Field(ge=0)
         defect_transform: Any
         placement: Literal["random", "source"]
-        size_mode: Literal["relative", "absolute"]
+        size_mode: Literal["relative", "absolute", "absolute_crop"]
         only_defect_free: bool
         label_key: str
 
@@ -117,7 +117,7 @@ class InjectDefect(DefectTransform):
         blend_margin: int = 2,
         defect_transform: Any = None,
         placement: Literal["random", "source"] = "random",
-        size_mode: Literal["relative", "absolute"] = "relative",
+        size_mode: Literal["relative", "absolute", "absolute_crop"] = "relative",
         only_defect_free: bool = True,
         label_key: str = CLASS_VECTOR_KEY,
         p: float = 0.5,
