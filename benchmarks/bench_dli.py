@@ -93,10 +93,10 @@ def run_batch(dli, images, masks, labels, index) -> dict:
 
 
 def single_process(
-    dli, images, masks, labels, batches
+    dli, clock, images, masks, labels, batches
 ) -> tuple[list[float], list[float], dict[str, float], list[dict]]:
-    """Wall and CPU seconds per batch, wall seconds per phase (summed), and the first batches' class counts."""
-    dli.timings = {}
+    """Wall and CPU seconds per batch, CPU seconds per phase (summed), and the first batches' class counts."""
+    clock.reset()
     times, cpu, counts = [], [], []
     for index in batches:
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -106,9 +106,7 @@ def single_process(
         if len(counts) < 4:
             free = sum(labels[i] == 0 for i in index)
             counts.append({"free": free, "before": out["class_counts_before"], "after": out["class_counts_after"]})
-    phases = dict(dli.timings)
-    dli.timings = None
-    return times, cpu, phases, counts
+    return times, cpu, clock.read(), counts
 
 
 def two_workers(dli, images, masks, labels, n_batches: int) -> float:
@@ -178,24 +176,81 @@ class Worker:
         self.process.wait()
 
 
-def cpu_phase_clock() -> None:
-    """Make DLI's per-phase timings count CPU time, so that other processes do not inflate them: both
-    versions time phases with ``time.perf_counter`` in their injection module (found among the
-    version's loaded modules: another albu_defects installed on the machine must not answer)."""
-    import types
+class PhaseClock:
+    """CPU seconds per DLI phase, summed over batches (other processes do not inflate CPU time).
 
-    import albu_defects
+    Versions whose DLI carries a ``timings`` dict (72696d0 and before) time themselves: their timer is
+    switched to CPU time. Later versions carry no timing code: the injection functions of each phase
+    are wrapped here, in the namespaces that call them (``plan`` for sampling and the defect transform,
+    ``functional`` for the two blending methods), so nothing is counted twice.
+    """
 
-    package = str(Path(albu_defects.__file__).parent)
-    for module in list(sys.modules.values()):
-        timer = getattr(module, "timed", None) or getattr(module, "_timed", None)
-        if (
-            str(getattr(module, "__file__", "")).startswith(package)
-            and getattr(timer, "__module__", None) == module.__name__  # where it is defined
-        ):
-            module.time = types.SimpleNamespace(perf_counter=time.process_time)
+    SAMPLING = ("choose_entry", "match_channels", "random_top_left", "source_top_left")
+    TRANSFORM = (
+        "relative_scale",
+        "scale_defect",
+        "_scaled_defect",
+        "transform_defect",
+        "crop_to_defect",
+        "cut_to_target",
+        "fit_to_target",
+    )
+
+    def __init__(self, dli) -> None:
+        self.dli = dli
+        self.legacy = hasattr(dli, "timings")
+        self.totals: dict[str, float] = {}
+        if self.legacy:
+            self._legacy_cpu_clock()
             return
-    raise SystemExit("no DLI phase timer found to switch to CPU time")
+        import types
+
+        from albu_defects.methods.injection import functional, plan
+
+        for names, phase in ((self.SAMPLING, "sampling"), (self.TRANSFORM, "transform")):
+            for name in names:
+                if hasattr(plan, name):  # the names this version's plan calls
+                    setattr(plan, name, self._timed(getattr(plan, name), phase))
+        functional.poisson_inject = self._timed(functional.poisson_inject, "poisson")
+        blending = types.SimpleNamespace(**vars(functional.blending))
+        blending.paste = self._timed(functional.blending.paste, "paste")
+        functional.blending = blending
+
+    def _timed(self, function, phase: str):
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.totals[phase] = self.totals.get(phase, 0.0) + time.process_time() - start
+
+        return timed
+
+    @staticmethod
+    def _legacy_cpu_clock() -> None:
+        """The old timer reads ``time.perf_counter`` in its injection module (among this version's modules)."""
+        import types
+
+        import albu_defects
+
+        package = str(Path(albu_defects.__file__).parent)
+        for module in list(sys.modules.values()):
+            timer = getattr(module, "timed", None) or getattr(module, "_timed", None)
+            if (
+                str(getattr(module, "__file__", "")).startswith(package)
+                and getattr(timer, "__module__", None) == module.__name__  # where it is defined
+            ):
+                module.time = types.SimpleNamespace(perf_counter=time.process_time)
+                return
+        raise SystemExit("no DLI phase timer found to switch to CPU time")
+
+    def reset(self) -> None:
+        if self.legacy:
+            self.dli.timings = {}
+        self.totals = {}
+
+    def read(self) -> dict[str, float]:
+        return dict(self.dli.timings) if self.legacy else dict(self.totals)
 
 
 def worker_main(tag: str, root: Path, poisson_p: float) -> None:
@@ -205,16 +260,16 @@ def worker_main(tag: str, root: Path, poisson_p: float) -> None:
     cv2.setNumThreads(1)
     images, masks, labels = load_dataset(root, tuple(albu_defects.MAGNETIC_TILE_CLASSES))
     _, dli = build_dli(root, poisson_p, tag)
-    cpu_phase_clock()
+    clock = PhaseClock(dli)
     print(json.dumps({"module": albu_defects.__file__}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         index = np.asarray(request["index"])
-        dli.timings = {}
+        clock.reset()
         start, start_cpu = time.perf_counter(), time.process_time()
         out = run_batch(dli, images, masks, labels, index)
         cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
-        reply = {"cpu": cpu, "wall": wall, "phases": dict(dli.timings)}
+        reply = {"cpu": cpu, "wall": wall, "phases": clock.read()}
         if request["save"]:
             path = SCRATCH / f"out-{tag}-{request['batch']}.npz"
             logs = json.dumps(out["injections"], default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
@@ -365,14 +420,14 @@ def main() -> None:
     versions, versions_text = compare_versions(args, batches)
     images, masks, labels = load_dataset(args.root, tuple(MAGNETIC_TILE_CLASSES))
     bank, dli = build_dli(args.root, args.poisson_p, "main")
-    cpu_phase_clock()
+    clock = PhaseClock(dli)
     batches = draw_batches(len(images), args.batches + 3)
-    single_process(dli, images, masks, labels, batches[:3])  # warm-up
-    times, cpu, phases, counts = single_process(dli, images, masks, labels, batches[3:])
+    single_process(dli, clock, images, masks, labels, batches[:3])  # warm-up
+    times, cpu, phases, counts = single_process(dli, clock, images, masks, labels, batches[3:])
     total = sum(cpu)  # the phases are CPU seconds too
     two_ips = two_workers(dli, images, masks, labels, 2 * args.batches)
     rgb = [np.repeat(im[..., None], 3, axis=2) for im in images]  # MT as the reference code loads it
-    rgb_times, rgb_cpu, _, _ = single_process(dli, rgb, masks, labels, batches[3:])
+    rgb_times, rgb_cpu, _, _ = single_process(dli, clock, rgb, masks, labels, batches[3:])
     injected = sum(c["free"] for c in counts) / len(counts)
 
     def row(name, wall, cpu_s):

@@ -1,7 +1,13 @@
-"""Shared fixtures and hypothesis profiles.
+"""Shared fixtures, hypothesis profiles and the test markers.
 
-Profiles: ``ci`` (default; derandomized so CI is reproducible) and ``fuzz`` (thousands of examples,
-run by hand: ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract``).
+Profiles: ``ci`` (default; derandomized so CI is reproducible), ``fuzz`` (thousands of examples,
+run by hand: ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/contract``) and ``dev`` (a tenth of
+``ci``'s examples; what the day-to-day loop ``python -m pytest -m "not slow"`` loads unless
+``HYPOTHESIS_PROFILE`` names another).
+
+Markers: ``slow`` (subprocesses, DataLoader workers, DDP ranks, example training; set in the test
+files) and ``realdata`` (needs ../shared's Magnetic Tile; added here to every test that uses the
+``magnetic_tile_root`` fixture, which skips when the data are absent).
 """
 
 from __future__ import annotations
@@ -15,21 +21,32 @@ os.environ.setdefault("ALBUMENTATIONS_NO_TELEMETRY", "1")
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "fuzz",
-    # ALBU_DEFECTS_FUZZ_EXAMPLES: a smaller bounded run on a busy machine (benchmarks/fuzz_contract.py --examples)
-    max_examples=int(os.environ.get("ALBU_DEFECTS_FUZZ_EXAMPLES", "2000")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+for profile, examples, derandomize in (
+    ("ci", 30, True),
+    ("fuzz", int(os.environ.get("ALBU_DEFECTS_FUZZ_EXAMPLES", "2000")), False),
+    ("dev", 3, True),
+):
+    settings.register_profile(
+        profile,
+        max_examples=examples,
+        deadline=None,
+        derandomize=derandomize,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-m "not slow"`` is the day-to-day loop: property tests run on the ``dev`` profile there."""
+    if "HYPOTHESIS_PROFILE" not in os.environ and "not slow" in (config.option.markexpr or ""):
+        settings.load_profile("dev")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "magnetic_tile_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

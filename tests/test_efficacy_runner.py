@@ -19,6 +19,7 @@ from albu_defects.data import sample_root
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # trains tiny models, runs the runner as a command
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO_ROOT / "benchmarks"))  # for the package benchmarks/efficacy
 

@@ -14,6 +14,7 @@ pytest.importorskip("torch")  # the examples train small torch models
 
 from albu_defects.data import sample_root
 
+pytestmark = pytest.mark.slow  # trains the three examples in subprocesses
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
     "classification_contextmix.py": "balanced_accuracy",

@@ -36,6 +36,7 @@ def test_subpackages_are_reachable_as_attributes_without_importing_them_first():
     assert result.stdout.split() == ["Blowhole", "False"]
 
 
+@pytest.mark.slow
 def test_import_albu_defects_imports_neither_albumentations_nor_torch_until_a_name_needs_them():
     code = (
         "import sys, albu_defects\n"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import albu_defects
 from albu_defects.data import MAGNETIC_TILE_CLASSES, sample_root
@@ -29,6 +30,7 @@ def test_bundled_samples_cover_every_class_and_stay_small(samples):
     assert (sample_root() / "CITATION.md").read_text().count("Huang") == 1
 
 
+@pytest.mark.slow
 def test_cli_demo_writes_picture(tmp_path):
     out = tmp_path / "demo.png"
     result = subprocess.run(
@@ -71,6 +73,7 @@ def test_readme_demo_command_uses_console_script():
     assert "albu-defects demo" in command and "pip install" in command
 
 
+@pytest.mark.slow
 def test_core_package_works_without_torch():
     # albumentations itself imports torch when it is installed, so block it: the core must not need it.
     code = (

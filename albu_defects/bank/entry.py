@@ -117,12 +117,6 @@ class DefectEntry:
         """Number of defect pixels."""
         return int(np.count_nonzero(self.mask))
 
-    @property
-    def relative_bbox(self) -> tuple[float, float, float, float]:
-        """``bbox`` as fractions of the source size: ``(x_min / W, y_min / H, x_max / W, y_max / H)``."""
-        (x0, y0, x1, y1), (h, w) = self.bbox, self.source_hw
-        return x0 / w, y0 / h, x1 / w, y1 / h
-
     def with_blobs(self, blob_ids: Iterable[int], margin: int | None = None) -> DefectEntry:
         """This entry restricted to some of its blobs (labels in ``1..num_blobs``).
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+from pydantic import BaseModel, Field, field_validator
 
 from .transform import IS_ALBUMENTATIONS_X, DefectCompose
-from .validation import check_probability
+from .validation import int_at_least, validated_options
 
 __all__ = ["BatchCompose"]
 
@@ -51,6 +52,15 @@ def _gather(values: list[Any], like: Any = None) -> Any:
     if values and all(a is not None for a in arrays) and len({(a.shape, a.dtype) for a in arrays}) == 1:
         return np.stack(arrays)
     return list(values)
+
+
+class BatchComposeSchema(BaseModel):
+    """BatchCompose's own options (its transforms and processors are checked by ``A.Compose``)."""
+
+    num_partners: int
+    p: float = Field(ge=0, le=1)
+
+    _num_partners = field_validator("num_partners", mode="before")(int_at_least(1))
 
 
 class BatchCompose(DefectCompose):
@@ -108,9 +118,7 @@ class BatchCompose(DefectCompose):
     ):
         if isinstance(transforms, (A.BasicTransform, A.BaseCompose)) or not isinstance(transforms, Sequence):
             raise ValueError("transforms must be a list of transforms, e.g. [albu_defects.ContextMix(p=1)]")
-        if isinstance(num_partners, bool) or int(num_partners) != num_partners or num_partners < 1:
-            raise ValueError(f"num_partners must be an integer >= 1, got {num_partners!r}")
-        check_probability(p, "p")
+        validated_options(BatchComposeSchema, num_partners=num_partners, p=p)
         self._compose = A.Compose(
             list(transforms),
             bbox_params=bbox_params,

@@ -32,8 +32,10 @@ __all__ = [
     "ANOMALY_MASK_KEY",
     "CLASS_VECTOR_KEY",
     "carried_anomaly_mask",
+    "check_class_ids",
     "check_label_mask",
     "class_vector",
+    "class_ids",
     "classes_present",
     "is_multi_hot",
     "label_num_classes",
@@ -96,6 +98,12 @@ def check_label_mask(mask: Any, hw: tuple[int, int], name: str = "mask", num_cla
         if mask.dtype.kind not in "biuf":
             raise ValueError(f"{name} must be a bool, integer or float multi-hot mask, got dtype {mask.dtype}")
         return mask
+    return check_class_ids(mask, name, num_classes)
+
+
+def check_class_ids(mask: np.ndarray, name: str = "mask", num_classes: int | None = None) -> np.ndarray:
+    """Return a class-index ``mask`` if it is bool or integer, without negative ids and (when
+    ``num_classes`` is given) without ids above it; else raise a ``ValueError`` naming the bad ids."""
     if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"{name} must be an integer class-index mask (0 = background), got dtype {mask.dtype}")
     if mask.dtype != bool and mask.size:
@@ -103,7 +111,11 @@ def check_label_mask(mask: Any, hw: tuple[int, int], name: str = "mask", num_cla
         if low < 0:
             raise ValueError(f"{name} holds negative class ids; 0 is background and k > 0 is class k")
         if num_classes is not None and high > num_classes:
-            raise ValueError(f"{name} holds class id {high} but only classes 1..{num_classes} are known")
+            unknown = [int(v) for v in np.unique(mask[mask > num_classes])]
+            raise ValueError(
+                f"{name} holds class id(s) {unknown} unknown to the bank, which has classes 1..{num_classes}; "
+                "use the bank's class ids (0 = background)"
+            )
     return mask
 
 
@@ -135,6 +147,11 @@ def classes_present(mask: Any, num_classes: int) -> np.ndarray:
         raise ValueError(f"the mask holds class id(s) {bad} outside 1..{num_classes}; fix the mask or num_classes")
     present[found.astype(np.int64) - 1] = True
     return present
+
+
+def class_ids(present: Any) -> frozenset[int]:
+    """The class ids k (1..K) whose entry of a presence vector or multi-hot label (K,) is nonzero."""
+    return frozenset(int(c) + 1 for c in np.flatnonzero(np.asarray(present)))
 
 
 def class_vector(mask: Any, num_classes: int) -> np.ndarray:

@@ -28,6 +28,8 @@ __all__ = [
     "dtype_max",
     "image_hw",
     "num_channels",
+    "int_at_least",
+    "validated_options",
 ]
 
 #: Image dtypes every transform accepts (and returns unchanged).
@@ -155,6 +157,30 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return float(value)
+
+
+def int_at_least(minimum: int, hint: str = "") -> Any:
+    """A pydantic ``mode="before"`` field check that runs :func:`check_int` (so a schema rejects bools as we do)."""
+
+    def check(value: Any, info: Any) -> int:
+        return check_int(value, info.field_name, minimum, hint)
+
+    return check
+
+
+def validated_options(schema: type, **values: Any) -> dict[str, Any]:
+    """``values`` checked by a pydantic ``schema``, exactly as albumentations checks a transform's InitSchema.
+
+    For classes that albumentations does not validate itself (composes such as
+    :class:`~albu_defects.DynamicLabelInjection`), so that every transform's options go through one
+    path: a pydantic schema, whose errors become one ``ValueError`` naming each bad argument.
+    """
+    from pydantic import ValidationError  # imported here: the bank and the CLI import this module
+
+    try:
+        return dict(schema(**values).model_dump())
+    except ValidationError as error:
+        raise ValueError(str(error)) from error
 
 
 def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:

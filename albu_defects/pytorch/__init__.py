@@ -1,7 +1,7 @@
 """PyTorch batch ops: the only part of albu-defects that imports torch.
 
-- :mod:`.contextmix`: **ContextMix** on a batch of (N, C, H, W) tensors (:class:`TensorContextMix`,
-  :func:`paste_resized_batch`), called like torchvision's ``CutMix`` or timm's ``Mixup``:
+- :mod:`.contextmix`: **ContextMix** on a batch of (N, C, H, W) tensors (:class:`TensorContextMix`;
+  :func:`paste_resized_batch` in :mod:`.paste`), called like torchvision's ``CutMix`` or timm's ``Mixup``:
   ``images, targets = TensorContextMix(num_classes=K)(images, labels)``.
 - :mod:`.workers`: **worker and rank seeds** (:func:`worker_init_fn`, :func:`reseed_pipeline`,
   :func:`worker_seed`, :func:`find_pipelines`, :func:`distributed_rank`): albumentations hands every
@@ -9,8 +9,9 @@
   times (and DDP ranks repeat each other). ``DataLoader(..., worker_init_fn=worker_init_fn)``
   re-seeds every pipeline on the worker's dataset from torch's per-worker seed and the rank.
 - :mod:`.collate`: **collate wrappers**, DataLoader ``collate_fn`` objects. :class:`ContextMixCollate`
-  collates a batch and mixes it; :class:`DLICollate` runs Dynamic Label Injection on the samples a
-  worker gathers for one batch, then collates them.
+  collates a batch and mixes it; :class:`DLICollate` (:mod:`.dli_collate`) runs Dynamic Label
+  Injection on the samples a worker gathers for one batch, then collates them; :mod:`.fields` holds
+  what both read and write (sample fields, layouts, boxes).
 
 ``albu_defects.pytorch.ContextMix`` is the deprecated name of :class:`TensorContextMix` (it shared its
 name with the numpy transform :class:`albu_defects.ContextMix`); it still works and warns.

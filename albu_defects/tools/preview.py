@@ -71,6 +71,7 @@ from albu_defects.bank import IMAGE_SUFFIXES, read_image  # one list of image ty
 from albu_defects.core.batch import BatchCompose, metadata_keys
 from albu_defects.core.geometry import connected_components, mask_bbox
 from albu_defects.core.seeds import seed_pipeline
+from albu_defects.core.validation import check_int
 from albu_defects.data import MAGNETIC_TILE_CLASSES
 from albu_defects.methods.injection.dli import DynamicLabelInjection
 
@@ -287,8 +288,7 @@ def _summary(output: dict[str, Any], index: int | None = None) -> str:
 def run_pipeline(pipeline: Any, items: Sequence[PreviewImage], samples: int = 3, seed: int = 0) -> list[list[dict]]:
     """``samples`` draws of ``pipeline`` per image: ``result[i][k]`` holds ``image``, ``mask``
     (or ``None``), ``anomaly_mask`` (or ``None``), ``boxes`` (pixel xyxy) and ``text``."""
-    if isinstance(samples, bool) or int(samples) != samples or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    check_int(samples, "samples", 1)
     if not items:
         raise ValueError("no images to preview")
     nested = _contains_batch_transform(pipeline) if not isinstance(pipeline, BATCH_TYPES) else None
@@ -479,8 +479,8 @@ def write_preview(
     out = Path(out)
     if out.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise ValueError(f"cannot write {out}: the preview must be a .png or .jpg file")
-    if isinstance(height, bool) or int(height) != height or not 16 <= height <= 2048:
-        raise ValueError(f"height must be an integer in [16, 2048] pixels, got {height!r}")
+    if check_int(height, "height", 16, "(pixels, at most 2048)") > 2048:
+        raise ValueError(f"height must be an int >= 16 (pixels, at most 2048), got {height!r}")
     pipeline = load_pipeline(pipeline_path)
     items = [read_preview_image(path, mask_threshold) for path in collect_images(images)]
     results = run_pipeline(pipeline, items, samples=samples, seed=seed)

@@ -18,6 +18,7 @@ import pytest
 import albu_defects as ad
 
 #: Every exported albumentations class, by its serialized name.
+pytestmark = pytest.mark.slow  # a fresh interpreter per import order
 REGISTERED = sorted(
     getattr(ad, name).get_class_fullname()
     for name in ad.__all__

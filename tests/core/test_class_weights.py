@@ -158,6 +158,7 @@ def _run_script(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_spawned_child_and_unrelated_process_read_without_unlinking_or_warnings(tmp_path):
     # A spawned child attaches by name and exits; then an unrelated interpreter attaches and exits. Neither
     # may destroy the owner's block (the resource-tracker pitfall) nor print a tracker warning.
@@ -234,6 +235,7 @@ def _drawn(batch) -> set[int]:
     return {int(k) + 1 for k in np.argmax(vectors, axis=1)}
 
 
+@pytest.mark.slow
 def test_update_reaches_running_persistent_workers(sample_bank_path):
     torch = pytest.importorskip("torch")
     image = next(s for s in load_samples() if s.class_name == "Free").image
@@ -266,6 +268,7 @@ def test_update_reaches_running_persistent_workers(sample_bank_path):
         weights.close()
 
 
+@pytest.mark.slow
 def test_spawned_workers_attach_by_name(sample_bank_path):
     torch = pytest.importorskip("torch")
     image = next(s for s in load_samples() if s.class_name == "Free").image

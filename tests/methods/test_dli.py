@@ -16,10 +16,19 @@ from albu_defects import DefectBank, DefectBankWarning, DynamicLabelInjection, I
 from albu_defects.core.geometry import dilate_mask, mask_bbox
 from albu_defects.core.validation import dtype_max
 from albu_defects.data import sample_root
-from albu_defects.methods.injection.dli import fill_plan, water_fill
+from albu_defects.methods.injection.balance import fill_plan
 
 DTYPES = (np.uint8, np.uint16, np.float32)
 _BANKS: dict[tuple, DefectBank] = {}
+
+
+def water_fill(counts, injections):
+    """Sorted class counts after ``injections`` rarest-first injections (what fill_plan must reach)."""
+    current = sorted(int(c) for c in counts)
+    for _ in range(int(injections)):
+        current[0] += 1
+        current.sort()
+    return current
 
 
 def _pixels(rng, shape, dtype, low=0.0):
@@ -345,13 +354,15 @@ def test_clear_errors(sample_bank, samples, tmp_path):
     with pytest.raises(ValueError, match="works on batches"):
         DynamicLabelInjection(sample_bank)(image=images[0], mask=masks[0])
     for kwargs, match in (
-        ({"fill": "some"}, "fill must be one of"),
-        ({"placement": "centre"}, "placement must be one of"),
-        ({"size_mode": "big"}, "size_mode must be one of"),
-        ({"poisson_p": 2.0}, "poisson_p must lie in"),
-        ({"max_inject_fraction": -0.1}, "max_inject_fraction must lie in"),
+        # the options InjectDefect shares are checked by the same schema (one message form for both)
+        ({"fill": "some"}, r"fill\n  Input should be 'all' or 'balance'"),
+        ({"placement": "centre"}, r"placement\n  Input should be 'random' or 'source'"),
+        ({"size_mode": "big"}, r"size_mode\n  Input should be 'relative', 'absolute' or 'absolute_crop'"),
+        ({"poisson_p": 2.0}, r"poisson_p\n  Input should be less than or equal to 1"),
+        ({"max_inject_fraction": -0.1}, r"max_inject_fraction\n  Input should be greater than or equal to 0"),
         ({"blend_margin": -1}, "blend_margin must be an int"),
-        ({"poisson_mode": "fancy"}, "poisson_mode must be one of"),
+        ({"blend_margin": True}, "blend_margin must be an int"),
+        ({"poisson_mode": "fancy"}, r"poisson_mode\n  Input should be 'normal' or 'mixed'"),
         ({"defect_transform": "flip"}, "defect_transform must be an Albumentations transform"),
     ):
         with pytest.raises(ValueError, match=match):

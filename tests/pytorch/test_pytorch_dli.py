@@ -91,6 +91,7 @@ def _probe(bank_path: str, samples):
     return default_collate(samples), os.getpid(), id(resolve_bank(bank_path))
 
 
+@pytest.mark.slow
 def test_dataloader_with_two_spawned_workers(samples, bank_path):
     items = _samples(samples) * 4  # four identical batches of 12: only the injections can tell them apart
 

@@ -74,6 +74,7 @@ def streams(items: list[tuple[int, str]]) -> dict[int, list[str]]:
     return dict(by_worker)
 
 
+@pytest.mark.slow
 def test_without_the_helper_albumentations_repeats_one_stream_in_every_worker():
     # The failure the helper fixes: Compose(seed=s) (and an unseeded Compose) is copied into every worker.
     for seed in (0, None):
@@ -82,6 +83,7 @@ def test_without_the_helper_albumentations_repeats_one_stream_in_every_worker():
         assert all(stream == per_worker[0] for stream in per_worker.values())
 
 
+@pytest.mark.slow
 def test_worker_init_fn_gives_every_worker_its_own_stream_and_a_seed_reproduces_the_epoch(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     dataset = Subset(Augmented(), list(range(WORKERS * ITEMS_PER_WORKER)))  # found through Subset and a dict
@@ -96,6 +98,7 @@ def test_worker_init_fn_gives_every_worker_its_own_stream_and_a_seed_reproduces_
     assert epoch(Subset(Augmented(seed=7), list(range(12))), seed=0) != first
 
 
+@pytest.mark.slow
 def test_ranks_get_different_streams(monkeypatch):
     dataset = Augmented()
     monkeypatch.setenv("RANK", "0")
@@ -195,6 +198,7 @@ def test_find_pipelines_walks_attributes_and_small_containers():
     assert find_pipelines(inner) == [inner]  # a compose's children are re-seeded through it
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_ranks_mix_their_own_batches(tmp_path):
     import torch.multiprocessing as mp
     from _ddp_rank import run_rank

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a fresh interpreter per command
 HEAVY = ("albumentations", "torch")
 
 RUN = """

@@ -89,6 +89,7 @@ def test_mask_rules(tmp_path):
         collect_images([tmp_path / "only_masks"])
 
 
+@pytest.mark.slow
 def test_cli_preview_on_the_bundled_samples_is_seeded(tmp_path):
     pipeline = A.Compose(
         [A.HorizontalFlip(), CutPaste(p=0.7), ContextMix(num_classes=6, p=0.8)],

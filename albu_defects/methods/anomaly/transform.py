@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from albu_defects.core.labels import carried_anomaly_mask, is_multi_hot, write_class
 from albu_defects.core.transform import DefectCompose, DefectTransform, check_sample_inputs
-from albu_defects.core.validation import check_probability
+from albu_defects.core.validation import validated_options
 
 from .functional import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, footprint_changed, normal_outputs
 
@@ -112,6 +112,14 @@ def _anomaly_keys(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any
     return {key: result[key] for key in (ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY) if key in data}
 
 
+class AnomalySynthesisSchema(BaseModel):
+    """AnomalySynthesis's own options (its transforms, labels and weights are checked together in ``__init__``)."""
+
+    normal_p: float | None = Field(ge=0, le=1)
+    normal_label: int
+    p: float = Field(ge=0, le=1)
+
+
 class AnomalySynthesis(DefectCompose):
     """Apply one of ``transforms`` (or none: a "normal" sample) and write its class under ``anomaly_label``.
 
@@ -152,10 +160,11 @@ class AnomalySynthesis(DefectCompose):
                     f"transforms[{index}] is {type(transform).__name__}; AnomalySynthesis takes anomaly transforms "
                     "(CropLiq, CutPaste) that write an anomaly mask"
                 )
-        super().__init__(transforms=transforms, p=check_probability(p, "p"))
+        options = validated_options(AnomalySynthesisSchema, normal_p=normal_p, normal_label=normal_label, p=p)
+        super().__init__(transforms=transforms, p=options["p"])
         count = len(self.transforms)
-        self.normal_p = check_probability(1.0 / (count + 1) if normal_p is None else normal_p, "normal_p")
-        self.normal_label = int(normal_label)
+        self.normal_p = 1.0 / (count + 1) if options["normal_p"] is None else options["normal_p"]
+        self.normal_label = options["normal_label"]
         self.labels = list(range(1, count + 1)) if labels is None else [int(label) for label in labels]
         if len(self.labels) != count:
             raise ValueError(f"labels has {len(self.labels)} entries but there are {count} transforms; give one each")

@@ -44,6 +44,7 @@ from scipy import special
 from albu_defects.core.geometry import NEAREST_FLAGS, nearest_source_index, resize_image
 from albu_defects.core.validation import (
     check_choice,
+    check_int,
     check_matching_images,
     check_probability,
     image_hw,
@@ -85,8 +86,7 @@ def check_box_options(alpha: float, box: str, box_size: float, min_box_side: int
     check_choice(box, BOX_KINDS, "box")
     if not 0.0 < float(box_size) <= 1.0:
         raise ValueError(f"box_size must lie in (0, 1] (the box's share of the image area), got {box_size}")
-    if isinstance(min_box_side, bool) or int(min_box_side) != min_box_side or min_box_side < 1:
-        raise ValueError(f"min_box_side must be an integer >= 1, got {min_box_side!r}")
+    check_int(min_box_side, "min_box_side", 1, "(pixels)")
 
 
 def box_lambda(u: np.ndarray | float, alpha: float = 1.0, box: BoxKind = "beta", box_size: float = 0.75) -> np.ndarray:

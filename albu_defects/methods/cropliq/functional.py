@@ -50,7 +50,6 @@ __all__ = [
     "bloat_field",
     "fold_free_scale",
     "foreground_mask",
-    "jacobian_determinant",
     "liquify",
     "moved_pixels",
     "patch_window",
@@ -138,37 +137,13 @@ def bloat_field(h: int, w: int, center: tuple[float, float], amount: float, sigm
     return weight * ox, weight * oy
 
 
-def _cell_edges(dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Displacement differences along the edges of every pixel cell, broadcast to (2, 2, h - 1, w - 1).
-
-    Axis 0 picks the cell's top or bottom x-edge, axis 1 its left or right y-edge: the four
-    combinations are the four corners of the cell.
-    """
-    dxx, dyx = np.diff(dx, axis=1), np.diff(dy, axis=1)  # along x: (h, w - 1)
-    dxy, dyy = np.diff(dx, axis=0), np.diff(dy, axis=0)  # along y: (h - 1, w)
-    p = np.stack([dxx[:-1], dxx[1:]])[:, None]  # d(dx)/dx on the top / bottom edge
-    q = np.stack([dyx[:-1], dyx[1:]])[:, None]  # d(dy)/dx
-    r = np.stack([dxy[:, :-1], dxy[:, 1:]])[None]  # d(dx)/dy on the left / right edge
-    s = np.stack([dyy[:, :-1], dyy[:, 1:]])[None]  # d(dy)/dy
-    return p, q, r, s
-
-
-def jacobian_determinant(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Smallest ``det(I + grad D)`` of the warp ``p -> p + D(p)`` in each pixel cell, (h - 1, w - 1).
-
-    The warp between pixel centres is bilinear, and a bilinear cell's Jacobian determinant takes its
-    extremes at the cell's corners, where it is the cross product of the mapped edges (forward and
-    backward differences). All values > 0 means the discrete warp folds nowhere.
-    """
-    p, q, r, s = _cell_edges(dx, dy)
-    return ((1.0 + p) * (1.0 + s) - q * r).min(axis=(0, 1))
-
-
 def fold_free_scale(dx: np.ndarray, dy: np.ndarray, min_det: float = MIN_JACOBIAN_DET) -> float:
-    """The largest ``a`` in [0, 1] with ``jacobian_determinant(s dx, s dy) >= min_det`` for every ``s`` in [0, a].
+    """The largest ``a`` in [0, 1] with ``det(I + s grad D) >= min_det`` at every cell corner for every ``s`` in [0, a].
 
-    At each cell corner ``det = 1 + a t + a^2 d`` with ``t = p + s``, ``d = p s - q r`` (see
-    :func:`jacobian_determinant`): a quadratic in ``a`` that starts at 1. Its smallest positive
+    At a cell corner, with ``p, q`` the differences of ``dx, dy`` along the cell's x-edge and ``r, s``
+    along its y-edge (the mapped edges' cross product is the bilinear cell's determinant, extreme at
+    the corners), ``det = 1 + a t + a^2 d`` with ``t = p + s``, ``d = p s - q r``: a quadratic in ``a``
+    that starts at 1. Its smallest positive
     root of ``det = min_det`` is ``1 / z`` for the largest root ``z`` of ``k z^2 + t z + d = 0``
     (``k = 1 - min_det > 0``), ``z = (sqrt(t^2 - 4 k d) - t) / (2 k)``; the answer is ``1 / max z``
     over all corners (1 when no ``z`` exceeds 1), times 0.999 against rounding.

@@ -14,6 +14,7 @@ from albu_defects.bank import (
 )
 from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.labels import CLASS_VECTOR_KEY, check_label_mask, class_vector, is_multi_hot
+from albu_defects.core.new_boxes import NewBox, append_boxes
 from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import image_hw
 from albu_defects.methods.injection.arguments import bank_argument, serialized_bank
@@ -267,53 +268,10 @@ class GuidedCropPaste(DefectTransform):
         blob_boxes = layer.boxes
         if not blob_boxes.boxes:
             return moved if moved is not None else bboxes
-        label_fields = self.processor_label_fields("bboxes")
-        columns = existing.shape[1] if existing.ndim == 2 and existing.size else 4 + (len(label_fields) or 1)
-        rows = np.zeros((len(blob_boxes.boxes), columns), np.float64)
         bank = self.resolved_bank()
-        user_columns = columns - len(label_fields)
-        for i, ((x0, y0, x1, y1), class_id) in enumerate(zip(*blob_boxes, strict=True)):
-            rows[i, :4] = (x0 / w, y0 / h, x1 / w, y1 / h)
-            rows[i, 4:user_columns] = class_id
-            for j, field in enumerate(label_fields):
-                name = bank.classes[class_id - 1]
-                rows[i, user_columns + j] = self._encode_label(field, class_id, name, moved is not None)
-        if moved is None:
-            return rows.astype(existing.dtype if existing.dtype.kind == "f" else np.float32)
-        return np.concatenate([moved, rows.astype(moved.dtype)])
-
-    def _encode_label(self, field: str, class_id: int, class_name: str, boxes_came_in: bool) -> float:
-        """The encoded value of a new box's label in ``field``, registered with the Compose's label encoder.
-
-        albumentations 2.0 encodes a field per call: numbers pass through as they are, anything else
-        through a persistent label encoder. A field whose labels are numbers in this call (or in its
-        first call ever) takes class ids only; otherwise the encoder learns the id or the name.
-        """
-        manager = getattr(self.get_processor("bboxes"), "label_manager", None)
-        metadata_by_field = getattr(manager, "metadata", None)
-        if metadata_by_field is None:  # another albumentations: labels are the class id
-            return float(class_id)
-        metadata = metadata_by_field["bboxes"].get(field)
-        if metadata is None:  # no box ever came in: this call defines the field (open to ids and names)
-            from albumentations.core.label_manager import LabelEncoder, LabelMetadata
-
-            encoder = LabelEncoder()
-            encoder.is_numerical = False
-            metadata = LabelMetadata(input_type=list, is_numerical=False, encoder=encoder)
-            metadata_by_field["bboxes"][field] = metadata
-        encoder = metadata.encoder
-        numeric = metadata.is_numerical or encoder is None or (boxes_came_in and encoder.is_numerical)
-        if numeric:
-            if self.bbox_label == "name":
-                raise ValueError(
-                    f"label field {field!r} holds numbers, so new boxes cannot be labelled by class name; "
-                    "use bbox_label='id' or string labels"
-                )
-            return float(class_id)
-        encoder.is_numerical = False  # the flag describes the last call's labels; none came in this one
-        label: int | str = class_name if self.bbox_label == "name" else int(class_id)
-        encoder.update([label])
-        return float(encoder.classes_[label])
+        new = [NewBox(box, class_id, bank.classes[class_id - 1]) for box, class_id in zip(*blob_boxes, strict=True)]
+        base = moved if moved is not None else existing
+        return append_boxes(self, base, new, (h, w), label_by=self.bbox_label, class_column=True)
 
     # -- outputs -----------------------------------------------------------------------------------
     def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

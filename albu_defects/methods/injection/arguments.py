@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
 import yaml
+from pydantic import BaseModel, Field, field_validator
 
 from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
 from albu_defects.core.transform import IS_ALBUMENTATIONS_X
+from albu_defects.core.validation import int_at_least
 
 from .flip_affine import FlipAffine
 
 __all__ = [
+    "InjectionOptions",
     "UnsavedBank",
     "as_defect_transform",
     "bank_argument",
@@ -26,6 +29,25 @@ __all__ = [
     "serialized_bank",
     "yaml_classes",
 ]
+
+
+class InjectionOptions(BaseModel):
+    """The options InjectDefect and DynamicLabelInjection share, defined and validated once.
+
+    Each transform's schema extends it (InjectDefect's ``InitSchema``, DLI's ``BalanceSchema``), so both
+    reject a bad value with the same ``ValueError``.
+    """
+
+    poisson_p: float = Field(ge=0, le=1)
+    poisson_mode: Literal["normal", "mixed"]
+    poisson_method: Literal["auto", "opencv", "exact"]
+    blend_margin: int
+    placement: Literal["random", "source"]
+    size_mode: Literal["relative", "absolute", "absolute_crop"]
+
+    _blend_margin = field_validator("blend_margin", mode="before")(
+        int_at_least(0, "(pixels around the defect Poisson may blend)")
+    )
 
 
 def default_defect_transform() -> FlipAffine:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from albu_defects.core.labels import classes_present, write_class
+from albu_defects.core.labels import check_class_ids, class_ids, classes_present, write_class
 from albu_defects.core.validation import check_image, check_unit_range, image_hw
 
 __all__ = [
@@ -49,22 +49,7 @@ def parse_images(images: Any) -> tuple[list[np.ndarray], str]:
 
 def mask_classes(mask: np.ndarray, name: str, num_classes: int) -> frozenset[int]:
     """Class ids present in a class-index mask (checked against the bank)."""
-    if mask.dtype == bool:
-        present = {1} if mask.any() else set()
-    elif not np.issubdtype(mask.dtype, np.integer):
-        raise ValueError(f"{name} must be an integer class-index mask (0 = background), got dtype {mask.dtype}")
-    else:
-        values = mask[mask != 0]  # defects are small: look only at their pixels
-        if values.size and values.min() < 0:
-            raise ValueError(f"{name} holds negative class ids; 0 is background and k > 0 is class k")
-        present = {int(v) for v in np.unique(values)}
-    unknown = sorted(v for v in present if v > num_classes)
-    if unknown:
-        raise ValueError(
-            f"{name} holds class id(s) {unknown} unknown to the bank, which has classes 1..{num_classes}; "
-            "masks must use the bank's class ids (0 = background)"
-        )
-    return frozenset(present)
+    return class_ids(classes_present(check_class_ids(mask, name, num_classes), num_classes))
 
 
 class BatchMasks:
@@ -126,14 +111,14 @@ class BatchMasks:
                     f"{name} looks multi-hot with {item.shape[2]} channels but the bank has {k} classes "
                     "(one channel per class, channel k-1 = class k, no background channel)"
                 )
-            return "multihot", frozenset(int(c) + 1 for c in np.flatnonzero(classes_present(item, k)))
+            return "multihot", class_ids(classes_present(item, k))
         if item.ndim == 3 and item.shape[1:] == hw:
             if item.shape[0] != k:
                 raise ValueError(
                     f"{name} looks one-hot with {item.shape[0]} channels but the bank has {k} classes "
                     "(one channel per class, channel k-1 = class k, no background channel)"
                 )
-            return "onehot", frozenset(int(c) + 1 for c in np.flatnonzero(item.reshape(k, -1).any(axis=1)))
+            return "onehot", class_ids(item.reshape(k, -1).any(axis=1))
         raise ValueError(
             f"{name} has shape {item.shape}, which matches neither a class-index mask of its image's size {hw} "
             f"nor a multi-hot ({hw[0]}, {hw[1]}, {k}) or one-hot ({k}, {hw[0]}, {hw[1]}) mask"
@@ -188,7 +173,7 @@ class BatchLabels:
             vector = np.asarray(value)
             if vector.shape != (k,):
                 raise ValueError(f"{name} is a multi-hot vector of shape {vector.shape}; the bank has {k} classes")
-            return frozenset(int(c) + 1 for c in np.flatnonzero(vector))
+            return class_ids(vector)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an int class id (0 = defect-free) or a multi-hot vector, got {value!r}")
         if not 0 <= int(value) <= k:

@@ -73,19 +73,19 @@ Reproducibility
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from albu_defects.bank import DefectBank, DefectEntry, resolve_bank
-from albu_defects.blending import POISSON_METHODS, POISSON_MODES
+from albu_defects.bank import DefectBank, resolve_bank
 from albu_defects.core.transform import DefectCompose
-from albu_defects.core.validation import check_choice, check_int, check_probability, clip_unit_range
+from albu_defects.core.validation import clip_unit_range, validated_options
 
 from .arguments import (
+    InjectionOptions,
     as_defect_transform,
     bank_argument,
     blending_options,
@@ -94,51 +94,22 @@ from .arguments import (
     serialized_bank,
     yaml_classes,
 )
+from .balance import BalanceOptions, apply_batch, class_counts, plan_batch
 from .batch import BatchLabels, BatchMasks, derived_labels, parse_images, rebuild
-from .functional import PLACEMENTS, SIZE_MODES
-from .plan import apply_plan, plan_injection
 
 __all__ = [
     "DynamicLabelInjection",
-    "fill_plan",
-    "water_fill",
 ]
 
-FILLS: tuple[str, ...] = ("all", "balance")
 _SINGLE_KEYS = ("image", "mask", "bboxes", "keypoints")
 
 
-# =========================================================================================== fill
-def fill_plan(counts: Sequence[int], available: int, fill: str, rng: np.random.Generator) -> list[int]:
-    """The classes to inject, in order: each time the currently rarest one (ties drawn from ``rng``).
+class BalanceSchema(InjectionOptions):
+    """DynamicLabelInjection's options (those it shares with InjectDefect, then its own), validated once."""
 
-    ``counts`` are the balanced classes' counts (indices into it are returned); ``available`` is
-    how many images may be injected. ``fill="all"`` uses them all; ``"balance"`` stops once every
-    count is equal.
-    """
-    check_choice(fill, FILLS, "fill")
-    current = np.asarray(counts, np.int64).copy()
-    chosen: list[int] = []
-    if current.size == 0:
-        return chosen
-    for _ in range(int(available)):
-        low = current.min()
-        if fill == "balance" and current.max() == low:
-            break
-        ties = np.flatnonzero(current == low)
-        k = int(ties[rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
-        chosen.append(k)
-        current[k] += 1
-    return chosen
-
-
-def water_fill(counts: Sequence[int], injections: int) -> list[int]:
-    """Sorted class counts after ``injections`` rarest-first injections (what :func:`fill_plan` reaches)."""
-    current = sorted(int(c) for c in counts)
-    for _ in range(int(injections)):
-        current[0] += 1
-        current.sort()
-    return current
+    fill: Literal["all", "balance"]
+    max_inject_fraction: float = Field(ge=0, le=1)
+    p: float = Field(ge=0, le=1)
 
 
 # =========================================================================================== DLI
@@ -169,9 +140,6 @@ class DynamicLabelInjection(DefectCompose):
             image-sized window of it: random crops of images at the bank's resolution).
         p: probability of injecting at all for a batch.
         seed: seed of this compose's generators (an enclosing ``A.Compose(seed=...)`` overrides it).
-
-    Setting ``dli.timings = {}`` accumulates seconds per phase ("sampling", "transform",
-    "poisson", "paste") over calls (for benchmarks).
     """
 
     def __init__(
@@ -192,20 +160,25 @@ class DynamicLabelInjection(DefectCompose):
         *,
         _replayed_draw: Mapping[str, Any] | None = None,
     ) -> None:
+        options = validated_options(
+            BalanceSchema,
+            poisson_p=poisson_p,
+            poisson_mode=poisson_mode,
+            poisson_method=poisson_method,
+            blend_margin=blend_margin,
+            fill=fill,
+            max_inject_fraction=max_inject_fraction,
+            placement=placement,
+            size_mode=size_mode,
+            p=p,
+        )
         transform = as_defect_transform(defect_transform)
-        super().__init__(transforms=[transform], p=check_probability(p, "p"), seed=seed)
+        super().__init__(transforms=[transform], p=options.pop("p"), seed=seed)
         self.bank = bank_argument(bank)
         self.classes = yaml_classes(classes)
-        self.poisson_p = check_probability(poisson_p, "poisson_p")
-        self.poisson_mode = check_choice(poisson_mode, POISSON_MODES, "poisson_mode")
-        self.poisson_method = check_choice(poisson_method, POISSON_METHODS, "poisson_method")
-        self.blend_margin = check_int(blend_margin, "blend_margin", 0, "(pixels around the defect Poisson may blend)")
-        self.fill = check_choice(fill, FILLS, "fill")
-        self.max_inject_fraction = check_probability(max_inject_fraction, "max_inject_fraction")
         self.defect_transform = transform
-        self.placement = check_choice(placement, PLACEMENTS, "placement")
-        self.size_mode = check_choice(size_mode, SIZE_MODES, "size_mode")
-        self.timings: MutableMapping[str, float] | None = None
+        for name, value in options.items():
+            setattr(self, name, value)
         # ReplayCompose: the last call's draw is recorded (get_dict_with_id) and handed back to replay it
         self._last_draw: dict[str, Any] | None = None
         self._replayed_draw = None if _replayed_draw is None else dict(_replayed_draw)
@@ -292,43 +265,20 @@ class DynamicLabelInjection(DefectCompose):
                         f"holds class(es) {sorted(from_mask)}; labels must agree with masks"
                     )
             held = labels.classes
-        before = {bank.classes[c - 1]: sum(c in s for s in held) for c in class_ids}
-        free = [i for i, s in enumerate(held) if not s]
         applied, rng, py_random = self._draw_call(force_apply)
         self._record_draw(data)
-        injections: list[dict[str, Any] | None] = [None] * len(images)
-        new_images: dict[int, np.ndarray] = {}
-        new_masks: dict[int, Any] = {}
-        injected: dict[int, int] = {}
-        if applied and free:
+        plans = {}
+        if applied:
             transform = defect_transform_fn(self.defect_transform, rng, py_random)
-            available = min(len(free), math.floor(self.max_inject_fraction * len(free) + 1e-9))
-            chosen = fill_plan(list(before.values()), available, self.fill, rng)
-            targets = [free[int(j)] for j in rng.permutation(len(free))[: len(chosen)]]
-            entries = self._entry_sequences(bank, class_ids, chosen, rng)
-            for index, k_index in zip(targets, chosen, strict=True):
-                class_id = class_ids[k_index]
-                plan = plan_injection(
-                    bank,
-                    class_id,
-                    images[index],
-                    rng,
-                    entry=entries[k_index].pop() if entries.get(k_index) else None,
-                    defect_transform=transform,
-                    size_mode=self.size_mode,  # type: ignore[arg-type]
-                    placement=self.placement,  # type: ignore[arg-type]
-                    poisson_p=self.poisson_p,
-                    blend_margin=self.blend_margin,
-                    timings=self.timings,
-                    target_name=f"images[{index}]",
-                )
-                result = apply_plan(images[index], plan, **blending_options(self), timings=self.timings)
-                new_images[index] = clip_unit_range(result.image)  # float32: Poisson may overshoot [0, 1]
-                new_masks[index] = masks.injected(index, result.label, class_id)
-                injected[index] = class_id
-                injections[index] = {**plan.log(), "bbox": result.bbox}
+            plans = plan_batch(bank, class_ids, held, images, rng, self.options, transform)
+        results = apply_batch(images, plans, **blending_options(self))
+        new_images = {i: clip_unit_range(r.image) for i, r in results.items()}  # float32: Poisson may overshoot
+        new_masks = {i: masks.injected(i, r.label, plans[i].class_id) for i, r in results.items()}
+        injected = {i: plan.class_id for i, plan in plans.items()}
+        injections: list[dict[str, Any] | None] = [None] * len(images)
+        for i, result in results.items():
+            injections[i] = {**plans[i].log(), "bbox": result.bbox}
         after_sets = [frozenset({injected[i]}) if i in injected else s for i, s in enumerate(held)]
-        after = {bank.classes[c - 1]: sum(c in s for s in after_sets) for c in class_ids}
         out = dict(data)
         if image_kind == "array":
             stacked = data["images"].copy()
@@ -344,24 +294,13 @@ class DynamicLabelInjection(DefectCompose):
             out["labels"] = derived_labels(
                 [frozenset({injected[i]}) if i in injected else s for i, s in enumerate(masks.classes)], k
             )
+        names = [bank.classes[c - 1] for c in class_ids]
         out["injections"] = injections
-        out["class_counts_before"] = before
-        out["class_counts_after"] = after
+        out["class_counts_before"] = dict(zip(names, class_counts(held, class_ids), strict=True))
+        out["class_counts_after"] = dict(zip(names, class_counts(after_sets, class_ids), strict=True))
         return out
 
-    def _entry_sequences(
-        self, bank: DefectBank, class_ids: list[int], chosen: list[int], rng: np.random.Generator
-    ) -> dict[int, list[DefectEntry]]:
-        """Per class, entries drawn without replacement (cycling when a class runs out); not for "absolute",
-        which draws among the entries that fit each image."""
-        if self.size_mode == "absolute":
-            return {}
-        sequences: dict[int, list[DefectEntry]] = {}
-        for k_index in sorted(set(chosen)):
-            need = chosen.count(k_index)
-            group = bank.entries_of(class_ids[k_index])
-            order: list[DefectEntry] = []
-            while len(order) < need:
-                order.extend(group[int(j)] for j in rng.permutation(len(group)))
-            sequences[k_index] = order[:need][::-1]  # popped from the end
-        return sequences
+    @property
+    def options(self) -> BalanceOptions:
+        """The planning options (:func:`~albu_defects.methods.injection.balance.plan_batch`)."""
+        return BalanceOptions(**{name: getattr(self, name) for name in BalanceOptions._fields})

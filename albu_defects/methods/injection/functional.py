@@ -50,9 +50,7 @@ Colour and dtype
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import cv2
@@ -72,7 +70,7 @@ from albu_defects.core.geometry import (
     translate_box,
 )
 from albu_defects.core.labels import write_class
-from albu_defects.core.validation import check_choice, check_image, image_hw, num_channels
+from albu_defects.core.validation import check_choice, check_image, check_int, image_hw, num_channels
 
 __all__ = [
     "PLACEMENTS",
@@ -86,6 +84,7 @@ __all__ = [
     "match_channels",
     "placed_bbox",
     "placed_label",
+    "poisson_inject",
     "relative_scale",
     "resize_defect",
     "source_top_left",
@@ -122,19 +121,6 @@ class InjectionResult(NamedTuple):
     class_mask: np.ndarray | None
     label: np.ndarray
     bbox: Box | None
-
-
-@contextmanager
-def timed(timings: MutableMapping[str, float] | None, key: str):
-    """Add the wall time of the block to ``timings[key]`` (seconds) when ``timings`` is a mapping."""
-    if timings is None:
-        yield
-        return
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------- channels
@@ -308,8 +294,10 @@ def fit_to_target(
     ``context``.
     """
     th, tw = int(target_hw[0]), int(target_hw[1])
+    if th < 1 or tw < 1:
+        raise ValueError(f"cannot fit a defect into an empty {th}x{tw} image")
     factor = 1.0
-    for _ in range(64):
+    while True:  # ends: every round shrinks the crop, and a 1x1 defect fits any image
         bh, bw = box_hw(mask_bbox(mask))  # type: ignore[arg-type]
         if bh <= th and bw <= tw:
             return crop, mask, factor
@@ -321,7 +309,6 @@ def fit_to_target(
         factor *= out_hw[0] / h
         crop, mask = resize_defect(crop, mask, out_hw)
         crop, mask, _ = crop_to_defect(crop, mask, context)
-    raise ValueError(f"could not shrink a defect to fit a {th}x{tw} target")  # pragma: no cover - unreachable
 
 
 # --------------------------------------------------------------------------------------- placement
@@ -377,6 +364,43 @@ def placed_bbox(mask: np.ndarray, top_left: tuple[int, int], hw: tuple[int, int]
     return translate_box(box, (overlap.target[0].start, overlap.target[1].start))
 
 
+def poisson_inject(
+    image: np.ndarray,
+    crop: np.ndarray,
+    mask: np.ndarray,
+    top_left: tuple[int, int],
+    blend_margin: int,
+    poisson_mode: str,
+    poisson_method: str,
+) -> np.ndarray:
+    """``image`` with the part of ``mask`` that lands on it, dilated by ``blend_margin``, Poisson-blended from ``crop``.
+
+    Only pixels of that region are taken from the blend (see :func:`inject_defect`).
+    """
+    hw = image_hw(image)
+    visible = np.zeros_like(mask)  # the part of the defect that lands on the target
+    overlap = placement_overlap(hw, mask.shape, top_left)
+    if overlap is not None:
+        visible[overlap.source] = mask[overlap.source]
+    region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
+    if _gray_in_colour(image) and _gray_in_colour(crop):
+        # gray stored as colour (e.g. Magnetic Tile read as RGB): every channel solves the same
+        # equation, so solve one and repeat it (the same result, a third of the work)
+        one = blending.poisson_blend(
+            image[..., :1], crop[..., :1], region, top_left, mode=poisson_mode, method=poisson_method
+        )
+        blended = np.repeat(one, image.shape[2], axis=2)
+    else:
+        blended = blending.poisson_blend(image, crop, region, top_left, mode=poisson_mode, method=poisson_method)
+    out = image.copy()
+    window = placement_overlap(hw, region.shape, top_left)
+    if window is not None:
+        keep = region[window.source]
+        keep = keep if image.ndim == 2 else keep[..., None]
+        np.copyto(out[window.target], blended[window.target], where=keep)
+    return out
+
+
 def inject_defect(
     image: np.ndarray,
     crop: np.ndarray,
@@ -389,7 +413,6 @@ def inject_defect(
     blend_margin: int = 0,
     poisson_mode: str = "mixed",
     poisson_method: str = "auto",
-    timings: MutableMapping[str, float] | None = None,
 ) -> InjectionResult:
     """Inject a defect (``crop`` + bool ``mask``) into ``image`` at ``top_left=(y, x)``.
 
@@ -402,8 +425,7 @@ def inject_defect(
     ``class_mask`` is given, ``class_id`` is written on the label. Inputs are never modified.
     """
     check_choice(method, METHODS, "method")
-    if isinstance(blend_margin, bool) or int(blend_margin) != blend_margin or blend_margin < 0:
-        raise ValueError(f"blend_margin must be an int >= 0 (pixels), got {blend_margin!r}")
+    check_int(blend_margin, "blend_margin", 0, "(pixels)")
     check_image(image, "image")
     hw = image_hw(image)
     mask = np.asarray(mask, bool)
@@ -412,31 +434,8 @@ def inject_defect(
     label = placed_label(mask, top_left, hw)
     bbox = placed_bbox(mask, top_left, hw)
     if method == "paste":
-        with timed(timings, "paste"):
-            out = blending.paste(image, crop, mask, top_left)
+        out = blending.paste(image, crop, mask, top_left)
     else:
-        with timed(timings, "poisson"):
-            visible = np.zeros_like(mask)  # the part of the defect that lands on the target
-            overlap = placement_overlap(hw, mask.shape, top_left)
-            if overlap is not None:
-                visible[overlap.source] = mask[overlap.source]
-            region = dilate_mask(visible, int(blend_margin)) if blend_margin else visible
-            if _gray_in_colour(image) and _gray_in_colour(crop):
-                # gray stored as colour (e.g. Magnetic Tile read as RGB): every channel solves the same
-                # equation, so solve one and repeat it (the same result, a third of the work)
-                one = blending.poisson_blend(
-                    image[..., :1], crop[..., :1], region, top_left, mode=poisson_mode, method=poisson_method
-                )
-                blended = np.repeat(one, image.shape[2], axis=2)
-            else:
-                blended = blending.poisson_blend(
-                    image, crop, region, top_left, mode=poisson_mode, method=poisson_method
-                )
-            out = image.copy()
-            window = placement_overlap(hw, region.shape, top_left)
-            if window is not None:
-                keep = region[window.source]
-                keep = keep if image.ndim == 2 else keep[..., None]
-                np.copyto(out[window.target], blended[window.target], where=keep)
+        out = poisson_inject(image, crop, mask, top_left, int(blend_margin), poisson_mode, poisson_method)
     new_mask = None if class_mask is None else write_class(class_mask, label, int(class_id))
     return InjectionResult(out, new_mask, label, bbox)

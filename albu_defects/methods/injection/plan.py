@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import MutableMapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,7 +29,6 @@ from .functional import (
     relative_scale,
     scale_defect,
     source_top_left,
-    timed,
     transform_defect,
 )
 
@@ -170,7 +168,6 @@ def plan_injection(
     poisson_p: float = 0.5,
     blend_margin: int = 0,
     entry: DefectEntry | None = None,
-    timings: MutableMapping[str, float] | None = None,
     target_name: str = "the image",
 ) -> InjectionPlan:
     """Draw and prepare one injection of class ``class_id`` into ``target``.
@@ -180,41 +177,37 @@ def plan_injection(
     (:func:`transform_defect`); shrink it to fit the target if needed (:func:`fit_to_target`); place
     it (``placement``); choose Poisson with probability ``poisson_p``, else cut-paste. ``entry``
     forces the bank entry (it must be of ``class_id``); ``target_name`` names the target in errors.
-    ``timings`` (a dict) accumulates seconds under "sampling" and "transform".
     """
     check_choice(size_mode, SIZE_MODES, "size_mode")
     check_choice(placement, PLACEMENTS, "placement")
     target_hw = image_hw(target)
     context = int(blend_margin) + 1  # Poisson reads source gradients one pixel past its region
-    with timed(timings, "sampling"):
-        if entry is None:
-            entry = choose_entry(bank, class_id, target_hw, size_mode, rng, target_name)
-        elif entry.class_id != class_id:
-            raise ValueError(f"entry {entry.entry_id} is of class {entry.class_id}, not {class_id}")
-        crop = match_channels(entry.crop, target, f"bank entry {entry.entry_id} ({entry.source_id})")
-        mask = entry.mask
-    with timed(timings, "transform"):
-        scale = relative_scale(entry.source_hw, target_hw) if size_mode == "relative" else (1.0, 1.0)
-        if scale != (1.0, 1.0):
-            crop, mask, scale = _scaled_defect(entry, crop, mask, scale)
-        if defect_transform is not None:
-            crop, mask, shift = transform_defect(crop, mask, defect_transform, context)
-        else:
-            crop, mask, _ = crop_to_defect(crop, mask, context)
-            shift = (0.0, 0.0)
-        if size_mode == "absolute_crop":
-            crop, mask = cut_to_target(crop, mask, target_hw, context, rng)
-        crop, mask, factor = fit_to_target(crop, mask, target_hw, context)
-    with timed(timings, "sampling"):
-        if placement == "random":
-            top_left = random_top_left(mask, target_hw, rng)
-        else:
-            cy, cx = box_center(mask_bbox(entry.mask))  # type: ignore[arg-type]
-            sx, sy = entry.bbox[0], entry.bbox[1]
-            sh, sw = entry.source_hw
-            center = ((sy + cy) / sh, (sx + cx) / sw)
-            top_left = source_top_left(mask, target_hw, center, (shift[0] * factor, shift[1] * factor))
-        method = "poisson" if rng.random() < poisson_p else "paste"
+    if entry is None:
+        entry = choose_entry(bank, class_id, target_hw, size_mode, rng, target_name)
+    elif entry.class_id != class_id:
+        raise ValueError(f"entry {entry.entry_id} is of class {entry.class_id}, not {class_id}")
+    crop = match_channels(entry.crop, target, f"bank entry {entry.entry_id} ({entry.source_id})")
+    mask = entry.mask
+    scale = relative_scale(entry.source_hw, target_hw) if size_mode == "relative" else (1.0, 1.0)
+    if scale != (1.0, 1.0):
+        crop, mask, scale = _scaled_defect(entry, crop, mask, scale)
+    if defect_transform is not None:
+        crop, mask, shift = transform_defect(crop, mask, defect_transform, context)
+    else:
+        crop, mask, _ = crop_to_defect(crop, mask, context)
+        shift = (0.0, 0.0)
+    if size_mode == "absolute_crop":
+        crop, mask = cut_to_target(crop, mask, target_hw, context, rng)
+    crop, mask, factor = fit_to_target(crop, mask, target_hw, context)
+    if placement == "random":
+        top_left = random_top_left(mask, target_hw, rng)
+    else:
+        cy, cx = box_center(mask_bbox(entry.mask))  # type: ignore[arg-type]
+        sx, sy = entry.bbox[0], entry.bbox[1]
+        sh, sw = entry.source_hw
+        center = ((sy + cy) / sh, (sx + cx) / sw)
+        top_left = source_top_left(mask, target_hw, center, (shift[0] * factor, shift[1] * factor))
+    method = "poisson" if rng.random() < poisson_p else "paste"
     return InjectionPlan(
         class_id=int(class_id),
         entry=entry,
@@ -234,7 +227,6 @@ def apply_plan(
     poisson_mode: str = "mixed",
     poisson_method: str = "auto",
     class_mask: np.ndarray | None = None,
-    timings: MutableMapping[str, float] | None = None,
 ) -> InjectionResult:
     """:func:`inject_defect` of a plan from :func:`plan_injection` (its crop, mask, place, method and class)."""
     return inject_defect(
@@ -248,5 +240,4 @@ def apply_plan(
         blend_margin=blend_margin,
         poisson_mode=poisson_mode,
         poisson_method=poisson_method,
-        timings=timings,
     )

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
 from albu_defects.bank import DefectBank, resolve_bank
-from albu_defects.core.geometry import Box
 from albu_defects.core.labels import (
     CLASS_VECTOR_KEY,
     check_label_mask,
+    class_ids,
     class_vector,
     classes_present,
     relabel,
     write_class,
 )
+from albu_defects.core.new_boxes import NewBox, append_boxes
 from albu_defects.core.transform import DefectTransform, input_image
 from albu_defects.core.validation import image_hw
 
 from .arguments import (
+    InjectionOptions,
     as_defect_transform,
     bank_argument,
     blending_options,
@@ -37,9 +39,6 @@ from .plan import InjectionPlan, apply_plan, plan_injection
 
 __all__ = [
     "InjectDefect",
-    "NewBox",
-    "append_boxes",
-    "encoded_box_label",
 ]
 
 
@@ -75,18 +74,12 @@ class InjectDefect(DefectTransform):
             name ``label_key: label`` and keep working).
     """
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(BaseTransformInitSchema, InjectionOptions):
         bank: Any
         classes: list[str | int] | None
         class_weights: list[float] | None
         n: int | tuple[int, int] = Field(description="defects per image")
-        poisson_p: float = Field(ge=0, le=1)
-        poisson_mode: Literal["normal", "mixed"]
-        poisson_method: Literal["auto", "opencv", "exact"]
-        blend_margin: int = Field(ge=0)
         defect_transform: Any
-        placement: Literal["random", "source"]
-        size_mode: Literal["relative", "absolute", "absolute_crop"]
         only_defect_free: bool
         label_key: str
 
@@ -177,7 +170,7 @@ class InjectDefect(DefectTransform):
         held: set[int] = set()
         mask = data.get("mask")
         if mask is not None:
-            held |= {int(c) + 1 for c in np.flatnonzero(classes_present(mask, k))}
+            held |= class_ids(classes_present(mask, k))
         label = data.get(self.label_key)
         if label is not None:
             held |= _label_classes(label, k, self.label_key)
@@ -277,68 +270,4 @@ def _label_classes(label: Any, k: int, name: str) -> frozenset[int]:
         raise ValueError(
             f"{name} must be an int class id or a multi-hot vector of length {k}, got shape {vector.shape}"
         )
-    return frozenset(int(c) + 1 for c in np.flatnonzero(vector))
-
-
-class NewBox(NamedTuple):
-    """A box a transform adds for an object it pasted: where, its class, and the labels of its box.
-
-    ``box`` is ``(x_min, y_min, x_max, y_max)`` in pixels. A bbox label field gets ``labels[field]``
-    when given (a value in the field's own type: a number, or a string for string fields), else the
-    class id for numeric fields and ``class_name`` (or the id) for string fields.
-    """
-
-    box: Box
-    class_id: int
-    class_name: str | None = None
-    labels: Mapping[str, Any] = {}
-
-
-def append_boxes(
-    transform: DefectTransform, bboxes: np.ndarray, new: Sequence[NewBox], hw: tuple[int, int]
-) -> np.ndarray:
-    """``bboxes`` (albumentations' normalized rows, as ``apply_to_bboxes`` gets them) with a row per new box appended.
-
-    The one place where the transforms that paste objects (InjectDefect, PoissonPaste) write their
-    boxes: extra columns that are not label fields get the class id, label fields their encoded
-    label (see :class:`NewBox`), through the calling Compose's label encoder.
-    """
-    if not new:
-        return bboxes
-    h, w = hw
-    processor = transform.get_processor("bboxes")
-    label_fields = transform.processor_label_fields("bboxes")
-    columns = bboxes.shape[1] if bboxes.ndim == 2 and bboxes.size else 4 + len(label_fields)
-    first_label = columns - len(label_fields)
-    rows = np.zeros((len(new), columns), np.float64)
-    for row, item in zip(rows, new, strict=True):
-        x0, y0, x1, y1 = item.box
-        row[:4] = (x0 / w, y0 / h, x1 / w, y1 / h)
-        row[4:first_label] = item.class_id
-        for j, field in enumerate(label_fields):
-            row[first_label + j] = encoded_box_label(processor, field, item)
-    added = rows.astype(bboxes.dtype if bboxes.dtype.kind == "f" else np.float32)
-    return added if bboxes.size == 0 else np.concatenate([bboxes, added], axis=0)
-
-
-def encoded_box_label(processor: Any, field: str, item: NewBox) -> float:
-    """The encoded value of a new box's label in the bbox label field ``field`` (see :class:`NewBox`)."""
-    manager = getattr(processor, "label_manager", None)
-    given = field in item.labels
-    if manager is None:  # an albumentations without label encoders: labels are numbers
-        return float(item.labels[field]) if given else float(item.class_id)
-    metadata = manager.metadata.get("bboxes", {}).get(field)
-    if given:
-        label = item.labels[field]
-        if metadata is not None and metadata.is_numerical:
-            if isinstance(label, (str, bytes)):
-                raise ValueError(
-                    f"bbox label field {field!r} holds numbers in this call, so a new box cannot be labelled "
-                    f"{label!r}: give a number"
-                )
-            return float(label)
-    elif metadata is None or metadata.is_numerical:
-        label = item.class_id
-    else:
-        label = item.class_name if item.class_name is not None else item.class_id
-    return float(manager.process_field("bboxes", field, [label]).ravel()[0])
+    return class_ids(vector)

@@ -51,9 +51,6 @@ __all__ = [
     "write_masks",
 ]
 
-#: How many times an object is shrunk again when rounding left it a pixel larger than the image.
-FIT_RETRIES = 8
-
 
 class PastedObject(NamedTuple):
     """One object ready to paste: pixels, own mask, where, how, and its labels.
@@ -113,15 +110,13 @@ def prepare_object(
         planes = [np.flip(p, axes) for p in planes]
     bh, bw = box_hw(mask_bbox(mask))  # type: ignore[arg-type]
     factor = min(float(scale), target_hw[0] / bh, target_hw[1] / bw)
-    for _ in range(FIT_RETRIES):
+    while True:  # ends: the factor falls geometrically, and a 1x1 object fits any image
         size = (max(1, round(h * factor)), max(1, round(w * factor)))
         new_crop, new_mask = resize_defect(np.ascontiguousarray(crop), mask, size)
         box = mask_bbox(new_mask)
         if box_hw(box)[0] <= target_hw[0] and box_hw(box)[1] <= target_hw[1]:  # type: ignore[arg-type]
             break
         factor *= min(target_hw[0] / box_hw(box)[0], target_hw[1] / box_hw(box)[1]) * 0.999  # type: ignore[arg-type]
-    else:  # pragma: no cover - rounding never needs this many
-        raise ValueError(f"could not shrink an object to fit a {target_hw[0]}x{target_hw[1]} image")
     new_planes = [_resize_nearest(np.ascontiguousarray(p), image_hw(new_crop)) for p in planes]
     final_crop, final_mask, (cy, cx) = crop_to_defect(new_crop, new_mask, context)
     fh, fw = image_hw(final_crop)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field, field_validator
 
-from albu_defects.core.geometry import Box, box_slices
 from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector
+from albu_defects.core.new_boxes import NewBox, append_boxes
 from albu_defects.core.transform import DefectTransform, input_image
-from albu_defects.core.validation import as_bool_mask, check_image, check_mask_shape, check_range, image_hw
-from albu_defects.methods.cropliq.functional import bbox_to_pixels
+from albu_defects.core.validation import check_int, check_range, image_hw
 from albu_defects.methods.injection.functional import match_channels
-from albu_defects.methods.injection.transform import NewBox, append_boxes
 
+from .donors import donor_candidates, paste_region
 from .functional import (
     PastedObject,
     draw_top_left,
@@ -32,17 +31,6 @@ from .functional import (
 __all__ = [
     "PoissonPaste",
 ]
-
-
-class _Candidate(NamedTuple):
-    """One object a call may paste: a donor's pixels and the part of its mask that is this object."""
-
-    donor: int
-    image: np.ndarray
-    mask: np.ndarray
-    planes: list[np.ndarray]
-    class_id: int | None
-    labels: dict[str, Any]
 
 
 class PoissonPaste(DefectTransform):
@@ -179,8 +167,8 @@ class PoissonPaste(DefectTransform):
     def draw_params(self, params: dict[str, Any], data: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         host = input_image(data)
         hw = image_hw(host)
-        candidates = self._candidates(data, host)
-        region = self._region(data, hw)
+        candidates = donor_candidates(self, data, host)
+        region = paste_region(self, data, hw)
         low, high = (self.n, self.n) if isinstance(self.n, int) else self.n
         count = int(rng.integers(low, high + 1)) if candidates else 0
         objects = []
@@ -210,97 +198,13 @@ class PoissonPaste(DefectTransform):
             )
         return {"objects": objects, "owner": object_map(objects, hw)}
 
-    def _region(self, data: dict[str, Any], hw: tuple[int, int]) -> np.ndarray | None:
-        if self.region == "image":
-            return None
-        if self.region == "mask":
-            key = self.object_mask_key
-            if data.get(key) is None:
-                raise ValueError(f"region='mask' needs the region mask under the data key {key!r} (object_mask_key)")
-            return as_bool_mask(data[key], hw, key)
-        if data.get("bboxes") is None:
-            raise ValueError("region='bbox' needs bboxes: pass bboxes=... (with bbox_params in A.Compose)")
-        region = np.zeros(hw, bool)
-        for row in (
-            np.asarray(data["bboxes"], np.float64).reshape(len(data["bboxes"]), -1) if len(data["bboxes"]) else ()
-        ):
-            region[box_slices(bbox_to_pixels(row, hw))] = True
-        return region
-
-    def _candidates(self, data: dict[str, Any], host: np.ndarray) -> list[_Candidate]:
-        """Every object the donors offer, checked against what the host needs (see the class docstring)."""
-        key = self.metadata_key
-        donors = data.get(key)
-        if not isinstance(donors, Sequence) or isinstance(donors, (str, bytes)):
-            raise ValueError(f"{key} must be a list of donor dicts (each with an 'image' and a 'mask'), got {donors!r}")
-        needs_class = data.get("mask") is not None or CLASS_VECTOR_KEY in data or self.num_classes is not None
-        host_masks = data.get("masks")
-        fields = self.processor_label_fields("bboxes") if data.get("bboxes") is not None else []
-        out = []
-        for index, donor in enumerate(donors):
-            name = f"{key}[{index}]"
-            if not isinstance(donor, Mapping) or "image" not in donor or "mask" not in donor:
-                raise ValueError(f"{name} must be a dict with an 'image' and a 'mask', got {type(donor).__name__}")
-            image = check_image(donor["image"], f"{name}['image']")
-            if image.dtype != host.dtype:
-                raise ValueError(f"{name}['image'] has dtype {image.dtype} but the image has {host.dtype}: convert it")
-            match_channels(image[:1, :1], host, f"{name}['image']")  # the channels rule, on one pixel
-            donor_hw = image_hw(image)
-            mask = as_bool_mask(donor["mask"], donor_hw, f"{name}['mask']")
-            planes = []
-            if host_masks is not None and len(host_masks) > 0:
-                planes = self._donor_planes(donor, host_masks, donor_hw, name)
-            boxes: list[Box | None] = [None]
-            if donor.get("bboxes") is not None:
-                host_boxes = np.asarray(data["bboxes"]) if data.get("bboxes") is not None else np.zeros((0, 4))
-                rows = self.partner_annotations(donor, "bboxes", name, host_boxes)
-                boxes = [bbox_to_pixels(row, donor_hw) for row in rows]
-            for j, box in enumerate(boxes):
-                what = name if box is None else f"{name}['bboxes'][{j}]"
-                part = mask if box is None else _inside(mask, box)
-                if not part.any():
-                    raise ValueError(f"{what} holds no pixel of {name}['mask']: there is no object to paste")
-                class_id = _entry(donor.get("class_id"), j, box, f"{name}['class_id']")
-                if class_id is not None:
-                    class_id = self._check_class_id(class_id, data, f"{name}['class_id']")
-                elif needs_class:
-                    raise ValueError(
-                        f"{name} has no 'class_id', but the host has a mask or a class_vector (or num_classes is "
-                        "set): give every donor the class id of its object"
-                    )
-                labels = {f: _entry(donor[f], j, box, f"{name}[{f!r}]") for f in fields if f in donor}
-                missing = [f for f in fields if f not in labels]
-                if missing and class_id is None:
-                    raise ValueError(f"{name} lacks the bbox label fields {missing} and has no 'class_id' to fill them")
-                out.append(_Candidate(index, image, part, planes, class_id, labels))
-        return out
-
-    def _check_class_id(self, class_id: Any, data: dict[str, Any], name: str) -> int:
-        if isinstance(class_id, (bool, np.bool_)) or not isinstance(class_id, (int, np.integer)) or class_id < 1:
-            raise ValueError(f"{name} must be an int >= 1 (0 is background), got {class_id!r}")
+    def check_class_id(self, class_id: Any, data: dict[str, Any], name: str) -> int:
+        """A donor's class id, an int in 1..K when K is known (``num_classes`` or an incoming class_vector)."""
+        class_id = check_int(class_id, name, 1, "(0 is background)")
         k = self._num_classes(data)
         if k is not None and class_id > k:
             raise ValueError(f"{name}={class_id} but there are only {k} classes (num_classes / class_vector)")
         return int(class_id)
-
-    @staticmethod
-    def _donor_planes(
-        donor: Mapping[str, Any], host_masks: Sequence[np.ndarray], donor_hw: tuple[int, int], name: str
-    ) -> list[np.ndarray]:
-        planes = donor.get("masks")
-        if planes is None or len(planes) != len(host_masks):
-            got = "none" if planes is None else len(planes)
-            raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
-        out = []
-        for k, (plane, host_plane) in enumerate(zip(planes, host_masks, strict=True)):
-            plane = check_mask_shape(plane, donor_hw, f"{name}['masks'][{k}]")
-            if plane.dtype != np.asarray(host_plane).dtype:
-                raise ValueError(
-                    f"{name}['masks'][{k}] has dtype {plane.dtype} but the host's masks[{k}] has "
-                    f"{np.asarray(host_plane).dtype}; convert one"
-                )
-            out.append(plane)
-        return out
 
     def _num_classes(self, data: dict[str, Any]) -> int | None:
         """K: ``num_classes``, else the length of an incoming ``class_vector``; ``None`` when neither is there."""
@@ -389,25 +293,3 @@ class PoissonPaste(DefectTransform):
     def _incoming_vector(data: dict[str, Any], k: int) -> np.ndarray:
         incoming = data.get(CLASS_VECTOR_KEY)
         return np.zeros(k, np.float32) if incoming is None else np.asarray(incoming, np.float32).copy()
-
-
-def _inside(mask: np.ndarray, box: Box) -> np.ndarray:
-    """``mask`` with everything outside ``box`` cleared."""
-    part = np.zeros_like(mask)
-    part[box_slices(box)] = mask[box_slices(box)]
-    return part
-
-
-def _entry(value: Any, index: int, box: Box | None, name: str) -> Any:
-    """A donor's value for its object ``index``: one entry per box when it has boxes, else the value itself
-    (or the only entry of a one-element list)."""
-    if value is None or isinstance(value, (str, bytes)) or np.ndim(value) == 0:
-        return value
-    values = list(value)
-    if box is None:
-        if len(values) != 1:
-            raise ValueError(f"{name} holds {len(values)} values but the donor has no bboxes: give one value")
-        return values[0]
-    if index >= len(values):
-        raise ValueError(f"{name} holds {len(values)} values but the donor has more bboxes: give one per box")
-    return values[index]
