@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "BatchCompose": "albu_defects.core.batch",
     **dict.fromkeys(["ClassWeights", "losses_to_probabilities"], "albu_defects.core.class_weights"),
     **dict.fromkeys(["color_jitter", "sample_color_jitter"], "albu_defects.core.color"),
+    "seed_pipeline": "albu_defects.core.seeds",
     **dict.fromkeys(["IS_ALBUMENTATIONS_X", "DefectTransform"], "albu_defects.core.transform"),
     **dict.fromkeys(["MAGNETIC_TILE_CLASSES", "Sample", "load_samples"], "albu_defects.data"),
     **dict.fromkeys(["ANOMALY_LABEL_KEY", "ANOMALY_MASK_KEY", "CLASS_VECTOR_KEY"], "albu_defects.core.labels"),
@@ -82,6 +83,7 @@ __all__ = [
     "resolve_bank",
     "Sample",
     "sample_color_jitter",
+    "seed_pipeline",
     "synthesize",
     "synthesize_to_folder",
     "SyncLabels",
@@ -112,6 +114,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs, which do not run __ge
     from .core.class_weights import ClassWeights, losses_to_probabilities
     from .core.color import color_jitter, sample_color_jitter
     from .core.labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY
+    from .core.seeds import seed_pipeline
     from .core.sync_labels import SyncLabels
     from .core.transform import IS_ALBUMENTATIONS_X, DefectTransform
     from .data import MAGNETIC_TILE_CLASSES, Sample, load_samples

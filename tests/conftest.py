@@ -21,7 +21,11 @@ os.environ.setdefault("ALBUMENTATIONS_NO_TELEMETRY", "1")
 import pytest
 from hypothesis import HealthCheck, settings
 
-for profile, examples, derandomize in (("ci", 30, True), ("fuzz", 2000, False), ("dev", 3, True)):
+for profile, examples, derandomize in (
+    ("ci", 30, True),
+    ("fuzz", int(os.environ.get("ALBU_DEFECTS_FUZZ_EXAMPLES", "2000")), False),
+    ("dev", 3, True),
+):
     settings.register_profile(
         profile,
         max_examples=examples,

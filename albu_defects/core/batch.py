@@ -81,19 +81,23 @@ class BatchCompose(DefectCompose):
     ``mix_weights`` -> (N, 2), ``soft_label`` -> (N, num_classes)), and ``partner_indices``
     (N, num_partners): which batch-mates each sample received. Metadata keys are not returned.
 
-    Randomness: the pairing draws from its own stream, derived from ``seed``; the inner transforms
-    are seeded as ``A.Compose(seed=...)`` seeds them, so the same seed gives the same batch output.
+    Randomness: the pairing draws from its own stream, derived from ``seed``; each inner transform
+    gets its own seed derived from ``seed`` (:mod:`albu_defects.core.seeds`), so the same seed gives
+    the same batch output and two inner transforms never draw alike.
     ``p`` is the probability of transforming the batch at all; a skipped batch is returned as given
     (with ``partner_indices`` of each sample itself) and carries none of the transforms' extra keys,
     so prefer the transforms' own ``p`` (ContextMix then still returns its keys).
 
     Serializes with ``A.save``/``A.load`` together with its inner transforms (albumentations 2.0
-    does not save seeds: call ``set_random_seed`` after loading).
+    does not save seeds: call :func:`albu_defects.seed_pipeline` after loading).
 
     Args:
         transforms: per-sample transforms (albumentations or albu-defects), run in order.
         bbox_params: ``A.BboxParams`` (or its dict) of the ``bboxes`` field.
         keypoint_params: ``A.KeypointParams`` (or its dict) of the ``keypoints`` field.
+        additional_targets: extra per-sample targets, as ``A.Compose`` takes them (e.g.
+            ``{"anomaly_mask": "mask"}``, so built-ins after an anomaly transform move its mask); the
+            batch passes one entry per sample under the same key.
         num_partners: how many batch-mates every sample receives (1 for ContextMix; 3 for a 2x2
             ``A.Mosaic``).
         p: probability of transforming the batch.
@@ -106,6 +110,7 @@ class BatchCompose(DefectCompose):
         transforms: Sequence[Any],
         bbox_params: dict[str, Any] | A.BboxParams | None = None,
         keypoint_params: dict[str, Any] | A.KeypointParams | None = None,
+        additional_targets: dict[str, str] | None = None,
         num_partners: int = 1,
         p: float = 1.0,
         is_check_shapes: bool = True,
@@ -118,21 +123,23 @@ class BatchCompose(DefectCompose):
             list(transforms),
             bbox_params=bbox_params,
             keypoint_params=keypoint_params,
+            additional_targets=additional_targets,
             is_check_shapes=is_check_shapes,
         )
         super().__init__(transforms=list(transforms), p=p, seed=seed)
+        self.add_targets(additional_targets)  # albumentations keeps them as ``additional_targets``
         self.num_partners = int(num_partners)
         self.is_check_shapes = is_check_shapes
         self.metadata_keys = metadata_keys(self.transforms)
 
     def set_random_seed(self, seed: int | None) -> None:
-        """Seed the pairing stream and (as ``A.Compose`` does) every inner transform."""
-        super().set_random_seed(seed)
-        # A seeds every child with the same seed; the pairing gets its own, independent stream.
-        self.random_generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        """Seed the pairing stream, the inner per-sample compose and (each its own) every inner transform."""
         inner = getattr(self, "_compose", None)
         if inner is not None:
-            inner.set_random_seed(seed)
+            inner.set_random_seed(seed)  # it hands ``seed`` to the transforms; DefectCompose re-seeds them below
+        super().set_random_seed(seed)
+        # the pairing gets its own stream, independent of the compose's should-apply draws
+        self.random_generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
     def to_dict_private(self) -> dict[str, Any]:
         data = super().to_dict_private()
@@ -143,6 +150,7 @@ class BatchCompose(DefectCompose):
                 "keypoint_params": (
                     processors["keypoints"].params.to_dict_private() if "keypoints" in processors else None
                 ),
+                "additional_targets": dict(self.additional_targets) or None,
                 "num_partners": self.num_partners,
                 "is_check_shapes": self.is_check_shapes,
             }

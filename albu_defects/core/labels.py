@@ -31,6 +31,7 @@ __all__ = [
     "ANOMALY_LABEL_KEY",
     "ANOMALY_MASK_KEY",
     "CLASS_VECTOR_KEY",
+    "carried_anomaly_mask",
     "check_class_ids",
     "check_label_mask",
     "class_vector",
@@ -51,6 +52,18 @@ CLASS_VECTOR_KEY = "class_vector"
 ANOMALY_MASK_KEY = "anomaly_mask"
 #: Int: the label of the pseudo-anomaly present (the normal label when the anomaly mask is empty).
 ANOMALY_LABEL_KEY = "anomaly_label"
+
+
+def carried_anomaly_mask(anomaly_mask: Any) -> Any:
+    """``anomaly_mask`` as it travels when a Compose declares it a mask target: uint8, 1 = anomaly.
+
+    OpenCV's warps (``A.Affine``, ``A.Resize``, ``A.PadIfNeeded``, ...) refuse bool arrays, so a bool
+    mask would break the built-ins that move it; :class:`~albu_defects.SyncLabels`, last in the
+    pipeline, hands it back as bool.
+    """
+    if isinstance(anomaly_mask, np.ndarray) and anomaly_mask.dtype == bool:
+        return anomaly_mask.view(np.uint8)
+    return anomaly_mask
 
 
 def is_multi_hot(mask: Any) -> bool:

@@ -11,7 +11,8 @@ resize or a dropout after ours moves or drops ``mask`` pixels and leaves the lab
   length, else the channels of a multi-hot mask. An incoming label keeps its format (:func:`relabel`);
   a missing one is written as float32 when K is known.
 - ``anomaly_label`` becomes ``normal_label`` when the final ``anomaly_mask`` is empty (declare
-  ``additional_targets={"anomaly_mask": "mask"}`` so the built-ins move it).
+  ``additional_targets={"anomaly_mask": "mask"}`` so the built-ins move it). Declared so, it travels
+  between steps as uint8 (OpenCV's warps refuse bool arrays); ``SyncLabels`` hands it back as bool.
 
 It never reads or changes the image, so it may follow ``A.Normalize`` and ``ToTensorV2``.
 """
@@ -65,6 +66,10 @@ class SyncLabels(DefectTransform):
         label_key: the key of the image-level label (``class_vector``; ``label`` for pipelines
             saved by 0.1.0 with InjectDefect's old default).
         normal_label: ``anomaly_label`` of a sample whose ``anomaly_mask`` is empty.
+        anomaly_keys: write ``anomaly_label`` (``normal_label``) and an empty ``anomaly_mask`` on a
+            sample that has none: an albumentations container (``A.OneOf``, ``A.SomeOf``,
+            ``A.Sequential(p<1)``) that skips an anomaly transform skips its keys too, and a
+            DataLoader needs the same keys in every sample.
         p: probability of applying (keep 1).
 
     Targets pass through unchanged (image, mask, masks, bboxes, keypoints). Raises ``ValueError``
@@ -75,8 +80,10 @@ class SyncLabels(DefectTransform):
         num_classes: int | None = Field(ge=1)
         label_key: str = Field(min_length=1)
         normal_label: int
+        anomaly_keys: bool
 
     renders_images: ClassVar[bool] = False
+    final_labels: ClassVar[bool] = True
 
     if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
         # nothing to draw: X's own sampling route also takes torch tensors (after ToTensorV2), whose
@@ -88,12 +95,14 @@ class SyncLabels(DefectTransform):
         num_classes: int | None = None,
         label_key: str = CLASS_VECTOR_KEY,
         normal_label: int = 0,
+        anomaly_keys: bool = False,
         p: float = 1.0,
     ):
         super().__init__(p=p)
         self.num_classes = num_classes
         self.label_key = label_key
         self.normal_label = normal_label
+        self.anomaly_keys = anomaly_keys
 
     def check_inputs(self, data: dict[str, Any]) -> None:
         """Nothing to refuse up front: images may be normalised or tensors; masks are read after the call."""
@@ -119,6 +128,15 @@ class SyncLabels(DefectTransform):
     def apply_to_keypoints(self, keypoints: Any, **params: Any) -> Any:
         return keypoints
 
+    def _empty_anomaly_mask(self, result: dict[str, Any], hw: tuple[int, ...]) -> Any:
+        """An empty anomaly mask like the other samples' (a tensor when ToTensorV2 moved a declared one)."""
+        image = input_image(result)
+        if not isinstance(image, np.ndarray) and ANOMALY_MASK_KEY in self.target_keys("mask"):
+            import torch  # the image is a tensor: torch is loaded
+
+            return torch.zeros(hw, dtype=torch.bool)
+        return np.zeros(hw, bool)
+
     def extra_outputs(self, params: dict[str, Any], data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
         label = data.get(self.label_key)
@@ -130,6 +148,8 @@ class SyncLabels(DefectTransform):
                 base = np.zeros(k, np.float32) if label is None else label
                 outputs[self.label_key] = relabel(base, classes_present(mask, k), self.label_key)
         anomaly = result.get(ANOMALY_MASK_KEY)
+        if anomaly is None and self.anomaly_keys and hw is not None:  # no anomaly transform ran on this sample
+            anomaly = outputs[ANOMALY_MASK_KEY] = self._empty_anomaly_mask(result, hw)
         shape = tuple(np.shape(anomaly)) if anomaly is not None else ()
         if anomaly is not None and hw is not None and hw not in (shape[:2], shape[-2:]):
             raise ValueError(
@@ -139,4 +159,6 @@ class SyncLabels(DefectTransform):
             )
         if anomaly is not None and not np.asarray(anomaly).any():
             outputs[ANOMALY_LABEL_KEY] = self.normal_label
+        if anomaly is not None and hasattr(anomaly, "bool") and not isinstance(anomaly, np.ndarray):
+            outputs[ANOMALY_MASK_KEY] = anomaly.bool()  # a tensor after ToTensorV2 (numpy: the base made it bool)
         return outputs

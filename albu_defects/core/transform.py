@@ -15,14 +15,22 @@ Only one of the two methods is defined, chosen when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import albumentations as A
 import numpy as np
 from albumentations.core.type_definitions import Targets
 
-from .labels import ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY, CLASS_VECTOR_KEY, check_label_mask, relabel_from_mask
+from .labels import (
+    ANOMALY_LABEL_KEY,
+    ANOMALY_MASK_KEY,
+    CLASS_VECTOR_KEY,
+    carried_anomaly_mask,
+    check_label_mask,
+    relabel_from_mask,
+)
+from .seeds import seed_children
 from .validation import check_image, check_mask_shape, check_unit_range, clip_unit_range, image_hw
 
 __all__ = [
@@ -81,6 +89,14 @@ def check_sample_inputs(data: dict[str, Any]) -> None:
     check_mask_shape(anomaly, hw, ANOMALY_MASK_KEY)
 
 
+#: The params a transform records under ReplayCompose for a call its ``p`` skipped (AlbumentationsX only).
+SKIPPED_CALL = "albu_defects_skipped_call"
+
+
+def _is_skip_record(params: Any) -> bool:
+    return isinstance(params, dict) and params.get(SKIPPED_CALL) is True
+
+
 def _as_anomaly_mask(value: np.ndarray) -> np.ndarray:
     """An incoming ``anomaly_mask`` as a bool (H, W) array (nonzero = anomaly)."""
     plane = value[..., 0] if value.ndim == 3 else value
@@ -124,6 +140,8 @@ class DefectTransform(A.DualTransform):
 
     #: Whether apply_* renders images (their float32 outputs are then clipped to [0, 1]).
     renders_images: ClassVar[bool] = True
+    #: Whether this is the pipeline's last label step (SyncLabels): it hands ``anomaly_mask`` back as bool.
+    final_labels: ClassVar[bool] = False
 
     # AlbumentationsX applies only declared targets (2.0.x has no Targets.IMAGES / MASKS and applies them anyway)
     _targets: ClassVar[tuple[Targets, ...]] = (
@@ -247,6 +265,29 @@ class DefectTransform(A.DualTransform):
             )
         return converted
 
+    def partner_labels(self, partner: Mapping[str, Any], key: str) -> dict[str, list[Any]]:
+        """A partner's raw values of the Compose's ``key`` label fields, for :meth:`encode_partner_labels`."""
+        return {field: list(partner[field]) for field in self.processor_label_fields(key) if field in partner}
+
+    def encode_partner_labels(self, key: str, rows: np.ndarray, labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """``rows`` (from :meth:`partner_annotations`) with their label columns encoded by this call's Compose.
+
+        Called in ``apply_*``, so a ``ReplayCompose.replay`` encodes the recorded partner's labels with
+        its own label encoder (albumentations 2.0.8 knows a label field only after it has encoded a
+        non-empty one: a replay onto a host without rows could not decode the recorded codes).
+        """
+        manager = getattr(self.get_processor(key), "label_manager", None)
+        fields = self.processor_label_fields(key)
+        if manager is None or not fields or rows.size == 0:
+            return rows
+        rows = np.array(rows, copy=True)
+        first = rows.shape[1] - len(fields)
+        for j, field in enumerate(fields):
+            if field in labels:
+                encoded = manager.process_field(key, field, list(labels[field]))
+                rows[:, first + j] = np.asarray(encoded, np.float64).reshape(-1)
+        return rows
+
     def target_keys(self, target: str) -> list[str]:
         """The data keys processed as ``target`` ("image", "images", "mask"): itself plus declared additional targets."""
         return [target] + [key for key, kind in self._additional_targets.items() if kind == target]
@@ -266,6 +307,7 @@ class DefectTransform(A.DualTransform):
             for key in self.label_keys():
                 if result.get(key) is not None:
                     result[key] = relabel_from_mask(result[key], result["mask"], k, key)
+        self._carry_anomaly_mask(result)
         for key in self.target_keys("image") + self.target_keys("images") if self.renders_images else ():
             value = result.get(key)
             if isinstance(value, np.ndarray):
@@ -288,7 +330,13 @@ class DefectTransform(A.DualTransform):
     def _with_defaults(self, result: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         for key, value in self.default_outputs(data).items():
             result.setdefault(key, value)
+        self._carry_anomaly_mask(result)
         return result
+
+    def _carry_anomaly_mask(self, result: dict[str, Any]) -> None:
+        """A bool ``anomaly_mask`` declared a mask target leaves as uint8 (see :func:`.labels.carried_anomaly_mask`)."""
+        if not self.final_labels and ANOMALY_MASK_KEY in result and ANOMALY_MASK_KEY in self.target_keys("mask"):
+            result[ANOMALY_MASK_KEY] = carried_anomaly_mask(result[ANOMALY_MASK_KEY])
 
     if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
 
@@ -297,12 +345,26 @@ class DefectTransform(A.DualTransform):
 
         def apply_in_invocation(self, invocation: Any, /, *args: Any, force_apply: bool, **kwargs: Any) -> Any:
             # X's Compose calls leaves here (not through __call__), also when ``p`` skips them.
+            if self.replay_mode and _is_skip_record(getattr(self, "_replay_params", None)):
+                return self._with_defaults(dict(kwargs), kwargs)  # the recorded call skipped it: its defaults
             try:
                 result = super().apply_in_invocation(invocation, *args, force_apply=force_apply, **kwargs)
             except SampledParamsError:  # X rejects e.g. a mask of another size before sampling: say which
                 self.check_inputs(kwargs)
                 raise
+            self._record_skip(kwargs)
             return self._with_defaults(result, kwargs)
+
+        def _record_skip(self, data: dict[str, Any]) -> None:
+            """Under ReplayCompose, record a call ``p`` skipped (it wrote its default keys) as a marker.
+
+            X's replay runs only what the recording says ran, and says a container ran when one of
+            its children did: unmarked, an ``A.Sequential`` / ``A.OneOf`` holding only this skipped
+            transform would be skipped in the replay, and these keys with it.
+            """
+            record = data.get(getattr(self, "save_key", "replay")) if getattr(self, "deterministic", False) else None
+            if isinstance(record, dict) and id(self) not in record and not self.replay_mode:
+                record[id(self)] = {SKIPPED_CALL: True}
 
         def apply_with_params(self, sampled_params: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             result = self._apply_targets(super().apply_with_params, sampled_params, args, kwargs)
@@ -345,6 +407,15 @@ class DefectCompose(A.BaseCompose):
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         """Apply the compose to ``data`` (the named inputs); draw randomness from ``self.random_generator``/``py_random``."""
         raise NotImplementedError
+
+    def set_random_seed(self, seed: int | None) -> None:
+        """Seed this compose with ``seed`` and each child with its own seed derived from it.
+
+        albumentations gives every child the parent's seed, which ties their draws (and, in
+        AnomalySynthesis, a child's first draws to the choice that selected it); see :mod:`.seeds`.
+        """
+        super().set_random_seed(seed)
+        seed_children(self, seed)
 
     def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
         if args:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ..core.seeds import seed_pipeline
 from .contextmix import TensorContextMix
 
 __all__ = [
@@ -139,9 +140,11 @@ def reseed_pipeline(pipeline: Any, rank: int | None = None) -> int:
     :class:`~albu_defects.DynamicLabelInjection`, ...), a single transform, or a torch
     :class:`~albu_defects.pytorch.TensorContextMix`. Its new seed is :func:`worker_seed` of its own ``seed`` (kept as the base:
     ``pipeline.seed`` is restored afterwards, so calling it twice in one worker gives the same
-    stream), the worker's seed and ``rank``. A ``Compose`` passes the seed to every child, as
-    ``Compose(seed=...)`` does. Outside a worker it still separates ranks (call it once per rank
-    after ``init_process_group`` when ``num_workers=0``).
+    stream), the worker's seed and ``rank``. Every transform in the pipeline's tree, nested composes
+    included, gets its own seed derived from it (:func:`albu_defects.seed_pipeline`), so children
+    with the same ``p`` decide independently (albumentations 2.0.8's ``set_random_seed`` would hand
+    them all the same seed). Outside a worker it still separates ranks (call it once per rank after
+    ``init_process_group`` when ``num_workers=0``).
     """
     if isinstance(pipeline, TensorContextMix):
         seed = worker_seed(pipeline.seed, rank)
@@ -155,7 +158,7 @@ def reseed_pipeline(pipeline: Any, rank: int | None = None) -> int:
     base = getattr(pipeline, "seed", None)
     base = base if isinstance(base, (int, np.integer)) and not isinstance(base, bool) else None
     seed = worker_seed(base, rank)
-    pipeline.set_random_seed(seed)
+    seed_pipeline(pipeline, seed)
     pipeline.seed = base  # the user's seed stays the base of later re-seeds (and of YAML in AlbumentationsX)
     return seed
 
@@ -210,7 +213,8 @@ def worker_init_fn(worker_id: int, rank: int | None = None) -> None:
     ranks that seed alike repeat each other too. In the worker it:
 
     - re-seeds every pipeline :func:`find_pipelines` finds on the worker's dataset copy
-      (``get_worker_info().dataset``) with :func:`reseed_pipeline`;
+      (``get_worker_info().dataset``) with :func:`reseed_pipeline` (every transform in its tree
+      its own derived seed);
     - re-seeds Python's ``random``, numpy's global generator and torch's global generator with
       the same mix (torch already gives each worker its own seed, but not each rank its own).
 

@@ -37,7 +37,15 @@ What each pipeline receives
     Transforms that take partners through a metadata key (``ContextMix``) get one other image
     (random, seeded) with the same keys. Batch pipelines (:class:`~albu_defects.BatchCompose`,
     :class:`~albu_defects.DynamicLabelInjection`) run on all the images as one batch, ``--samples``
-    times.
+    times. The pipeline is seeded with :func:`albu_defects.seed_pipeline` (every transform its own
+    seed).
+
+What is drawn
+    Training pipelines may end in ``A.Normalize()`` and ``ToTensorV2()``: (C, H, W) tensors are drawn
+    as the images they hold, and a float image outside [0, 1] is stretched per channel to its own
+    range for display. An output that is no (H, W[, C]) image of its mask's size is refused with a
+    clear message. Masks may be class-index, multi-hot (H, W, K) or one-hot (K, H, W) (a pixel of
+    several classes shows the lowest).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from albumentations.core.bbox_utils import (
 from albu_defects.bank import IMAGE_SUFFIXES, read_image  # one list of image types for every reader
 from albu_defects.core.batch import BatchCompose, metadata_keys
 from albu_defects.core.geometry import connected_components, mask_bbox
+from albu_defects.core.seeds import seed_pipeline
 from albu_defects.core.validation import check_int
 from albu_defects.data import MAGNETIC_TILE_CLASSES
 from albu_defects.methods.injection.dli import DynamicLabelInjection
@@ -288,8 +297,7 @@ def run_pipeline(pipeline: Any, items: Sequence[PreviewImage], samples: int = 3,
             f"the pipeline holds a batch transform ({nested}) inside {type(pipeline).__name__}; preview runs batch "
             f"transforms at the top level only: save the {nested} itself (or a BatchCompose) as the pipeline"
         )
-    if hasattr(pipeline, "set_random_seed"):
-        pipeline.set_random_seed(seed)
+    seed_pipeline(pipeline, seed)  # every transform its own seed (set_random_seed would tie same-p children)
     if isinstance(pipeline, BATCH_TYPES):
         return _run_batch(pipeline, items, samples)
     params = _bbox_params(pipeline)
@@ -342,10 +350,59 @@ def _run_batch(pipeline: Any, items: Sequence[PreviewImage], samples: int) -> li
     return results
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor (``ToTensorV2`` output), told without importing torch."""
+    return hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "permute")
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if _is_tensor(value) else np.asarray(value)
+
+
+def _drawable(image: Any, mask: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """An output image as (H, W[, C]) numpy and its mask as (H, W[, K]), whatever the pipeline ended with.
+
+    ``ToTensorV2`` returns (C, H, W) tensors (and, with ``transpose_mask``, (K, H, W) masks): they are
+    moved back to channels-last. Anything else that is not an (H, W[, C]) image of the mask's size is
+    refused with a ``ValueError``, never drawn as a garbage strip.
+    """
+    tensor = _is_tensor(image)
+    array = _numpy(image)
+    if tensor and array.ndim == 3:
+        array = np.moveaxis(array, 0, -1)
+    drawn_mask = None if mask is None else _numpy(mask)
+    if drawn_mask is not None and _is_tensor(mask) and drawn_mask.ndim == 3 and drawn_mask.shape[1:] == array.shape[:2]:
+        drawn_mask = np.moveaxis(drawn_mask, 0, -1)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4) or min(array.shape[:2], default=0) < 1:
+        raise ValueError(
+            f"the pipeline returned an image of shape {tuple(array.shape)}, which preview cannot draw: it draws "
+            "(H, W) or (H, W, C <= 4) arrays and the (C, H, W) tensors of ToTensorV2"
+        )
+    if drawn_mask is not None and drawn_mask.shape[:2] != array.shape[:2]:
+        raise ValueError(
+            f"the pipeline returned an image of shape {tuple(array.shape)} and a mask of shape "
+            f"{tuple(drawn_mask.shape)}; preview draws masks of the image's size"
+        )
+    return _display_range(array), drawn_mask
+
+
+def _display_range(image: np.ndarray) -> np.ndarray:
+    """A float image outside [0, 1] (after ``Normalize``) stretched per channel to [0, 1]; others as they are."""
+    if image.dtype.kind != "f" or image.size == 0:
+        return image
+    low, high = float(np.nanmin(image)), float(np.nanmax(image))
+    if low >= 0.0 and high <= 1.0:
+        return image
+    flat = image.reshape(image.shape[0], image.shape[1], -1).astype(np.float32)
+    low_c, high_c = flat.min(axis=(0, 1)), flat.max(axis=(0, 1))
+    stretched = (flat - low_c) / np.where(high_c > low_c, high_c - low_c, 1.0)
+    return stretched.reshape(image.shape)
+
+
 def _draw_record(
     out: dict[str, Any], image: Any, mask: Any, boxes: Any, params: Any, text: str, index: int | None = None
 ) -> dict[str, Any]:
-    image = np.asarray(image)
+    image, mask = _drawable(image, mask)
     anomaly = out.get("anomaly_mask")
     if anomaly is not None and index is not None:
         anomaly = anomaly[index]
@@ -354,17 +411,22 @@ def _draw_record(
         pixels = _to_pixels(boxes, params.format, image.shape[:2])
     return {
         "image": image,
-        "mask": None if mask is None else np.asarray(mask),
-        "anomaly_mask": None if anomaly is None else np.asarray(anomaly),
+        "mask": mask,
+        "anomaly_mask": None if anomaly is None else _numpy(anomaly),
         "boxes": pixels,
         "text": text,
     }
 
 
 # ------------------------------------------------------------------------------- drawing
-def _class_index(mask: np.ndarray) -> np.ndarray:
-    """A drawable (H, W) class-index mask from a class-index, bool or one-hot (K, H, W) mask."""
-    if mask.ndim == 3 and mask.shape[0] < mask.shape[-1] and mask.shape[-1] != 1:  # one-hot (K, H, W)
+def _class_index(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A drawable (H, W) class-index mask from a class-index ((H, W) or (H, W, 1)), bool, multi-hot
+    (H, W, K) or one-hot (K, H, W) mask of an image of size ``hw``: a pixel of several classes shows
+    the lowest."""
+    if mask.ndim == 3 and mask.shape[2] > 1 and mask.shape[:2] == hw:  # multi-hot (H, W, K)
+        present = mask != 0
+        return np.where(present.any(2), present.argmax(2) + 1, 0)
+    if mask.ndim == 3 and mask.shape[0] > 1 and mask.shape[1:] == hw:  # one-hot (K, H, W)
         present = mask != 0
         return np.where(present.any(0), present.argmax(0) + 1, 0)
     return mask[..., 0] if mask.ndim == 3 else mask
@@ -375,7 +437,7 @@ def _tile(record: dict[str, Any], height: int) -> np.ndarray:
     # colour images were read as RGB for the pipeline; the picture is drawn in OpenCV's BGR
     shown = to_display(image[..., 2::-1] if image.ndim == 3 and image.shape[2] >= 3 else image, height)
     if record["mask"] is not None:
-        shown = overlay_class_mask(shown, _class_index(record["mask"]))
+        shown = overlay_class_mask(shown, _class_index(record["mask"], image.shape[:2]))
     if record["anomaly_mask"] is not None and record["anomaly_mask"].any():
         draw_mask_outline(shown, record["anomaly_mask"], _ANOMALY_OUTLINE)
     if record["boxes"] is not None and len(record["boxes"]):

@@ -1,13 +1,15 @@
 """Fixtures of the contract suite, and the example counts that ``benchmarks/fuzz_contract.py`` reports.
 
 With ``ALBU_DEFECTS_CONTRACT_REPORT=path`` set, the session writes a JSON file there: examples run per
-transform and property, and the outcome of every test.
+transform and property (``examples``: test_contract.py, ``generic``: test_generic.py), per property
+of the composition suite (``composition``), and the outcome of every test.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,12 @@ def pytest_sessionfinish(session, exitstatus):
     target = os.environ.get("ALBU_DEFECTS_CONTRACT_REPORT")
     if not target:
         return
-    from .test_contract import EXAMPLE_COUNTS
-
-    Path(target).write_text(json.dumps({"examples": EXAMPLE_COUNTS, "outcomes": _OUTCOMES}, indent=1))
+    report: dict = {"outcomes": _OUTCOMES}
+    for key, module, name in (
+        ("examples", "test_contract", "EXAMPLE_COUNTS"),
+        ("generic", "test_generic", "GENERIC_COUNTS"),
+        ("composition", "test_composition", "COMPOSITION_COUNTS"),
+    ):
+        loaded = sys.modules.get(f"{__package__}.{module}")  # only the modules this session collected
+        report[key] = getattr(loaded, name, {}) if loaded is not None else {}
+    Path(target).write_text(json.dumps(report, indent=1))

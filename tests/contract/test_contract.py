@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +38,9 @@ from albu_defects import IS_ALBUMENTATIONS_X, DefectTransform
 from .data import assert_same, differs, freeze
 from .specs import ABSTRACT_BASES, SPECS, BadCall, Case, Spec, pipeline, with_inputs
 
-#: Examples the loaded profile asks for (30 under "ci", 2000 under "fuzz").
+#: Examples the loaded profile asks for (30 under "ci", 2000 under "fuzz" unless ALBU_DEFECTS_FUZZ_EXAMPLES says).
 PROFILE_EXAMPLES = settings().max_examples
-FUZZING = PROFILE_EXAMPLES > 100
+FUZZING = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
 #: Examples run per (transform, property), filled while the suite runs (read by the fuzz report).
 EXAMPLE_COUNTS: dict[str, dict[str, int]] = {}
 #: Output keys albumentations may convert (formats, containers): compared within 1e-3.

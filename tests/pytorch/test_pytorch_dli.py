@@ -80,7 +80,7 @@ def test_pickling_the_collate_sends_only_the_bank_path(bank_path):
     for bank in (bank_path, DefectBank.load(bank_path)):
         collate = DLICollate(DynamicLabelInjection(bank))
         blob = pickle.dumps(collate)
-        assert bank_path.encode() in blob and len(blob) < 20_000
+        assert bank_path.encode() in blob and len(blob) < 32_000  # transforms and their random states only
         entry = DefectBank.load(bank_path).entries[0]
         assert entry.crop.tobytes()[:64] not in blob
         assert isinstance(pickle.loads(blob).dli.bank, (str, DefectBank))

@@ -12,7 +12,7 @@ import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import BaseModel, Field
 
-from albu_defects.core.labels import is_multi_hot, write_class
+from albu_defects.core.labels import carried_anomaly_mask, is_multi_hot, write_class
 from albu_defects.core.transform import DefectCompose, DefectTransform, check_sample_inputs
 from albu_defects.core.validation import validated_options
 
@@ -96,6 +96,17 @@ class AnomalyTransform(DefectTransform):
         return normal_outputs(data)
 
 
+#: The params an AnomalySynthesis records for a normal draw under ReplayCompose (see ``_record_normal_draw``).
+NORMAL_DRAW = "albu_defects_normal_draw"
+
+
+def _is_normal_record(child: Any) -> bool:
+    """Whether a child restored by ``ReplayCompose.replay`` holds the normal-draw marker as its params."""
+    # AlbumentationsX keeps a restored transform's params in ``_replay_params``; 2.0.8 in ``params``
+    params = getattr(child, "_replay_params", None) or getattr(child, "params", None)
+    return isinstance(params, dict) and params.get(NORMAL_DRAW) is True
+
+
 def _anomaly_keys(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """The anomaly keys as they came in (the anomaly mask as the shared step left it), when present."""
     return {key: result[key] for key in (ANOMALY_LABEL_KEY, ANOMALY_MASK_KEY) if key in data}
@@ -166,18 +177,6 @@ class AnomalySynthesis(DefectCompose):
             raise ValueError("every transform has p=0: give at least one a positive p (p weighs the choice)")
         self.transform_weights = (weights / weights.sum()).tolist()
 
-    def set_random_seed(self, seed: int | None) -> None:
-        """Seed the choice with ``seed`` and each child with a seed derived from it.
-
-        albumentations gives every child the parent's seed; here that would tie a child's first draws
-        to the choice that selected it (e.g. a CutPaste chosen when ``u >= normal_p`` would then draw
-        its area from the top of its range), so each child gets its own stream.
-        """
-        super().set_random_seed(seed)
-        for index, transform in enumerate(self.transforms):
-            child_seed = None if seed is None else int(np.random.SeedSequence([seed, index + 1]).generate_state(1)[0])
-            transform.set_random_seed(child_seed)
-
     def to_dict_private(self) -> dict[str, Any]:
         dictionary = super().to_dict_private()
         dictionary.update({"normal_p": self.normal_p, "labels": list(self.labels), "normal_label": self.normal_label})
@@ -193,11 +192,17 @@ class AnomalySynthesis(DefectCompose):
 
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
         if self.replay_mode:  # ReplayCompose replays the recorded child, or the recorded normal draw
-            applied = [i for i, t in enumerate(self.transforms) if getattr(t, "applied_in_replay", False)]
+            applied = [
+                i
+                for i, t in enumerate(self.transforms)
+                if getattr(t, "applied_in_replay", False) and not _is_normal_record(t)
+            ]
             index = applied[0] if applied else None
         else:
             index = self.choose(force_apply)
         if index is None:
+            if not self.replay_mode:
+                self._record_normal_draw(data)
             check_sample_inputs(data)  # a chosen transform checks them itself; a normal draw must too
             return self._label(data, normal_outputs(data), None)
         transform = self.transforms[index]
@@ -207,6 +212,18 @@ class AnomalySynthesis(DefectCompose):
             self._track_transform_params(transform, out)
         changed = out.get(ANOMALY_LABEL_KEY, 0) != 0
         return self._label(out, {}, index if changed else None, data.get(ANOMALY_LABEL_KEY))
+
+    def _record_normal_draw(self, data: dict[str, Any]) -> None:
+        """Under ReplayCompose, record a normal draw as its first child's params (a marker, never applied).
+
+        A replay runs only what the recording says ran, and it says a compose ran when one of its
+        children did: without the marker, AlbumentationsX's ``OneOf`` (or ``Sequential``, ``SomeOf``)
+        would skip this synthesis in the replay, and its keys with it.
+        """
+        child = self.transforms[0]
+        record = data.get(getattr(child, "save_key", "replay")) if getattr(child, "deterministic", False) else None
+        if isinstance(record, dict):
+            record[id(child)] = {NORMAL_DRAW: True}
 
     def _label(
         self, data: dict[str, Any], defaults: dict[str, Any], index: int | None, incoming: Any = None
@@ -223,4 +240,6 @@ class AnomalySynthesis(DefectCompose):
             data[ANOMALY_LABEL_KEY] = incoming
         else:
             data[ANOMALY_LABEL_KEY] = self.normal_label
+        if ANOMALY_MASK_KEY in data and ANOMALY_MASK_KEY in self.transforms[0].target_keys("mask"):
+            data[ANOMALY_MASK_KEY] = carried_anomaly_mask(data[ANOMALY_MASK_KEY])  # built-ins move it after
         return data

@@ -204,11 +204,14 @@ class ContextMix(DefectTransform):
                 np.zeros(partner_hw, bool) if anomaly is None else as_bool_mask(anomaly, partner_hw, name_a)
             )
         if data.get("bboxes") is not None:
-            raw = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
-            out["partner_bboxes"] = bboxes_into_box(raw, out["box"], hw)
+            # the partner's rows, scaled into the box in apply_* (their labels encoded there: see encode_partner_labels)
+            out["partner_bboxes"] = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
+            out["partner_bbox_labels"] = self.partner_labels(partner, "bboxes")
         if data.get("keypoints") is not None:
-            raw = self.partner_annotations(partner, "keypoints", name, np.asarray(data["keypoints"]))
-            out["partner_keypoints"] = keypoints_into_box(raw, out["box"], partner_hw)
+            out["partner_keypoints"] = self.partner_annotations(
+                partner, "keypoints", name, np.asarray(data["keypoints"])
+            )
+            out["partner_keypoint_labels"] = self.partner_labels(partner, "keypoints")
         if self.num_classes is not None:
             if partner.get("label") is None:
                 raise ValueError(f"{name} has no 'label' but num_classes is set: give every partner its class id")
@@ -283,11 +286,18 @@ class ContextMix(DefectTransform):
         min_area = float(processor.params.min_area) if processor is not None else 0.0
         hw = tuple(params["shape"][:2])
         kept = occlude_bboxes(bboxes, box, hw, min_visibility, min_area)
+        if partner_bboxes is not None:
+            partner_bboxes = self.encode_partner_labels("bboxes", partner_bboxes, params.get("partner_bbox_labels", {}))
+            partner_bboxes = bboxes_into_box(partner_bboxes, box, hw)
         return _concat_rows(kept, partner_bboxes, bboxes.dtype)
 
     def apply_to_keypoints(
         self, keypoints: np.ndarray, box: tuple[int, int, int, int], partner_keypoints: Any = None, **params: Any
     ):
+        if partner_keypoints is not None:
+            labels = params.get("partner_keypoint_labels", {})
+            partner_keypoints = self.encode_partner_labels("keypoints", partner_keypoints, labels)
+            partner_keypoints = keypoints_into_box(partner_keypoints, box, image_hw(params["partner_image"]))
         return _concat_rows(drop_keypoints_in_box(keypoints, box), partner_keypoints, keypoints.dtype)
 
     # ------------------------------------------------------------------ outputs

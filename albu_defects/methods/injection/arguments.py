@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from albu_defects.bank import DefectBank, bank_reference, check_bank_arg
+from albu_defects.core.transform import IS_ALBUMENTATIONS_X
 from albu_defects.core.validation import int_at_least
 
 from .flip_affine import FlipAffine
@@ -73,6 +74,16 @@ def as_defect_transform(value: Any, name: str = "defect_transform") -> Any:
 def defect_transform_fn(transform: Any, rng: np.random.Generator, py_random: random.Random) -> Callable:
     """The transform as a ``(crop, mask) -> (crop, mask)`` function drawing from the given generators."""
     transform.set_random_state(rng, py_random)
+    if IS_ALBUMENTATIONS_X and isinstance(transform, FlipAffine):
+        # X hands a transform called inside a running Compose that Compose's streams, not the ones set
+        # here: draw from these directly (DLI's replay reproduces them, and with them the defects)
+        def run_direct(crop: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if transform.p < 1 and not py_random.random() < transform.p:
+                return crop, mask
+            params = transform.draw(crop.shape, py_random)
+            return transform.apply(crop, **params), transform.apply_to_mask(mask, **params)
+
+        return run_direct
 
     def run(crop: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = transform(image=crop, mask=mask)

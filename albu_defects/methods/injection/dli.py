@@ -63,7 +63,8 @@ Errors (``ValueError``)
 
 Reproducibility
     Every random draw comes from the compose's generators (``seed`` here, or the enclosing
-    ``A.Compose(seed=...)``); the nested ``defect_transform`` draws from the same generators.
+    ``A.Compose(seed=...)``); the nested ``defect_transform`` draws from its own stream, seeded from
+    this compose's seed (:mod:`albu_defects.core.seeds`).
     Inputs are never modified.
 
 :class:`InjectDefect` is the per-sample form for a Dataset's ``A.Compose``.
@@ -71,9 +72,12 @@ Reproducibility
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import random
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from albu_defects.bank import DefectBank, resolve_bank
@@ -153,6 +157,8 @@ class DynamicLabelInjection(DefectCompose):
         size_mode: Literal["relative", "absolute", "absolute_crop"] = "relative",
         p: float = 1.0,
         seed: int | None = None,
+        *,
+        _replayed_draw: Mapping[str, Any] | None = None,
     ) -> None:
         options = validated_options(
             BalanceSchema,
@@ -173,15 +179,13 @@ class DynamicLabelInjection(DefectCompose):
         self.defect_transform = transform
         for name, value in options.items():
             setattr(self, name, value)
+        # ReplayCompose: the last call's draw is recorded (get_dict_with_id) and handed back to replay it
+        self._last_draw: dict[str, Any] | None = None
+        self._replayed_draw = None if _replayed_draw is None else dict(_replayed_draw)
         self._available_keys.update({"images", "masks", "labels"})
         class_ids_of(resolve_bank(self.bank), self.classes)  # fail early on unknown or empty classes
 
     # ------------------------------------------------------------------ albumentations plumbing
-    def set_random_seed(self, seed: int | None) -> None:
-        super().set_random_seed(seed)
-        # the nested transform draws from this compose's generators (not a copy of the same seed)
-        self.set_random_state(self.random_generator, self.py_random)
-
     def to_dict_private(self) -> dict[str, Any]:
         return self._init_args(serialized_bank(self.bank))
 
@@ -201,6 +205,40 @@ class DynamicLabelInjection(DefectCompose):
             "size_mode": self.size_mode,
             "p": self.p,
         }
+
+    def set_deterministic(self, flag: bool, save_key: str = "replay") -> None:
+        # not handed to the nested defect transform: it runs many times a call, and DLI's own draw
+        # (the call seed, recorded below) replays all of them
+        self.deterministic, self.save_key = flag, save_key
+
+    def get_dict_with_id(self) -> dict[str, Any]:
+        dictionary = super().get_dict_with_id()
+        dictionary["_replayed_draw"] = self._last_draw
+        return dictionary
+
+    def _draw_call(self, force_apply: bool) -> tuple[bool, np.random.Generator, random.Random]:
+        """Whether this call injects, and the generators it draws the rest from.
+
+        Under ``ReplayCompose`` the generators' states are recorded (:meth:`get_dict_with_id`) and a
+        replay draws from copies of them: the same plan, defect transforms included.
+        """
+        if self.replay_mode and self._replayed_draw is not None:
+            draw = self._replayed_draw
+            return bool(draw["applied"]), copy.deepcopy(draw["random_generator"]), copy.deepcopy(draw["py_random"])
+        applied = bool(force_apply) or self.py_random.random() < self.p
+        if getattr(self, "deterministic", False):
+            self._last_draw = {
+                "applied": applied,
+                "random_generator": copy.deepcopy(self.random_generator),
+                "py_random": copy.deepcopy(self.py_random),
+            }
+        return applied, self.random_generator, self.py_random
+
+    def _record_draw(self, data: dict[str, Any]) -> None:
+        """Under ReplayCompose, mark the recorded call applied (its params say so; the draw itself is in the dict)."""
+        record = data.get(getattr(self, "save_key", "replay")) if getattr(self, "deterministic", False) else None
+        if isinstance(record, MutableMapping) and not self.replay_mode and self._last_draw is not None:
+            record[id(self)] = {"applied": self._last_draw["applied"]}
 
     # ------------------------------------------------------------------ the call
     def run(self, data: dict[str, Any], force_apply: bool = False) -> dict[str, Any]:
@@ -227,11 +265,12 @@ class DynamicLabelInjection(DefectCompose):
                         f"holds class(es) {sorted(from_mask)}; labels must agree with masks"
                     )
             held = labels.classes
-        applied = bool(force_apply) or self.py_random.random() < self.p
+        applied, rng, py_random = self._draw_call(force_apply)
+        self._record_draw(data)
         plans = {}
         if applied:
-            transform = defect_transform_fn(self.defect_transform, self.random_generator, self.py_random)
-            plans = plan_batch(bank, class_ids, held, images, self.random_generator, self.options, transform)
+            transform = defect_transform_fn(self.defect_transform, rng, py_random)
+            plans = plan_batch(bank, class_ids, held, images, rng, self.options, transform)
         results = apply_batch(images, plans, **blending_options(self))
         new_images = {i: clip_unit_range(r.image) for i, r in results.items()}  # float32: Poisson may overshoot
         new_masks = {i: masks.injected(i, r.label, plans[i].class_id) for i, r in results.items()}
