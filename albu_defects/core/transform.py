@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import albumentations as A
 import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 
 from .labels import (
@@ -40,6 +41,7 @@ __all__ = [
     "check_sample_inputs",
     "input_image",
     "public_class_fullname",
+    "store_options",
 ]
 
 #: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
@@ -111,12 +113,28 @@ def public_class_fullname(cls: type) -> str:
     return f"albu_defects.{cls.__name__}"
 
 
+_BASE_FIELDS = frozenset(BaseTransformInitSchema.model_fields)  # p, strict: kept by albumentations itself
+
+
+def store_options(transform: A.BasicTransform, arguments: Mapping[str, Any]) -> None:
+    """Store each option of ``transform.InitSchema`` as ``transform.<name>``; ``arguments``: ``locals()`` of ``__init__``.
+
+    albumentations checks the ``__init__`` arguments against ``InitSchema`` before ``__init__`` runs
+    (so ``arguments`` holds validated values) and serializes a transform by reading the attributes
+    named after them: ``store_options(self, locals())`` after ``super().__init__(p=p)`` is the whole
+    body of a transform's ``__init__`` unless an option is stored in another form.
+    """
+    for name in type(transform).InitSchema.model_fields:
+        if name not in _BASE_FIELDS:
+            setattr(transform, name, arguments[name])
+
+
 class DefectTransform(A.DualTransform):
     """A DualTransform whose random parameters come from one pure hook, :meth:`draw_params`.
 
     Subclasses:
     - declare every ``__init__`` argument in ``InitSchema`` and store it as ``self.<same name>``
-      (albumentations serializes by reading attributes of the same name);
+      (albumentations serializes by reading attributes of the same name): :func:`store_options`;
     - implement ``draw_params(params, data, rng)``: draw parameters from ``rng`` only (inputs are
       checked before, by :meth:`check_inputs`); render outputs in ``apply_*`` from the argument each
       gets (so extra targets and ``ReplayCompose.replay`` on another sample render correctly);

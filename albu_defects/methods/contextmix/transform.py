@@ -11,7 +11,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
 from albu_defects.core.labels import ANOMALY_MASK_KEY, check_label_mask, is_multi_hot
-from albu_defects.core.transform import DefectTransform, input_image
+from albu_defects.core.transform import DefectTransform, input_image, store_options
 from albu_defects.core.validation import (
     as_bool_mask,
     check_image,
@@ -124,16 +124,7 @@ class ContextMix(DefectTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.alpha = alpha
-        self.box = box
-        self.box_size = box_size
-        self.interpolation = interpolation
-        self.label_mode = label_mode
-        self.min_visible_pixels = min_visible_pixels
-        self.min_box_side = min_box_side
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        self.metadata_key = metadata_key
+        store_options(self, locals())
 
     @property
     def targets_as_params(self) -> list[str]:

@@ -15,7 +15,7 @@ from albu_defects.bank import (
 from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.labels import CLASS_VECTOR_KEY, check_label_mask, class_vector, is_multi_hot
 from albu_defects.core.new_boxes import NewBox, append_boxes
-from albu_defects.core.transform import DefectTransform, input_image
+from albu_defects.core.transform import DefectTransform, input_image, store_options
 from albu_defects.core.validation import image_hw
 from albu_defects.methods.injection.arguments import bank_argument, serialized_bank
 
@@ -134,24 +134,7 @@ class GuidedCropPaste(DefectTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.bank = bank
-        self.max_defects = max_defects
-        self.weights = weights
-        self.class_weights = class_weights
-        self.crop_brightness = crop_brightness
-        self.crop_contrast = crop_contrast
-        self.crop_saturation = crop_saturation
-        self.crop_hue = crop_hue
-        self.brightness = brightness
-        self.contrast = contrast
-        self.saturation = saturation
-        self.hue = hue
-        self.flip_p = flip_p
-        self.shift_limit = shift_limit
-        self.border_threshold = border_threshold
-        self.size_mode = size_mode
-        self.skip_defective = skip_defective
-        self.bbox_label = bbox_label
+        store_options(self, locals())
 
     # -- serialization: the bank as its path, the live weights left out --------------------------
     def get_transform_init_args(self) -> dict[str, Any]:
