@@ -16,7 +16,7 @@ from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.labels import CLASS_VECTOR_KEY, check_label_mask, class_vector, is_multi_hot
 from albu_defects.core.new_boxes import NewBox, append_boxes
 from albu_defects.core.transform import DefectTransform, input_image, store_options
-from albu_defects.core.validation import image_hw
+from albu_defects.core.validation import image_hw, options_schema
 from albu_defects.methods.injection.arguments import bank_argument, serialized_bank
 
 from .functional import (
@@ -68,23 +68,11 @@ class GuidedCropPaste(DefectTransform):
     rules.
     """
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(BaseTransformInitSchema, options_schema(GuidedCropOptions, "GuidedCropSchema")):
+        # the drawing options (max_defects, the jitters, flip_p, ...) come from GuidedCropOptions
         bank: Any
-        max_defects: int
         weights: Literal["uniform", "inverse_frequency"] | list[float]
         class_weights: Any
-        crop_brightness: float | tuple[float, float]
-        crop_contrast: float | tuple[float, float]
-        crop_saturation: float | tuple[float, float]
-        crop_hue: float | tuple[float, float]
-        brightness: float | tuple[float, float]
-        contrast: float | tuple[float, float]
-        saturation: float | tuple[float, float]
-        hue: float | tuple[float, float]
-        flip_p: float
-        shift_limit: float
-        border_threshold: float
-        size_mode: Literal["relative", "absolute"]
         skip_defective: bool
         bbox_label: Literal["id", "name"]
 
@@ -104,7 +92,7 @@ class GuidedCropPaste(DefectTransform):
 
         @model_validator(mode="after")
         def _options(self) -> Any:
-            GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields}).checked()
+            GuidedCropOptions.of(self).checked()
             bank = resolve_bank(self.bank)
             class_probabilities(self.weights, bank)
             if self.class_weights is not None:
@@ -151,7 +139,7 @@ class GuidedCropPaste(DefectTransform):
     # -- helpers -----------------------------------------------------------------------------------
     @property
     def options(self) -> GuidedCropOptions:
-        return GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields})
+        return GuidedCropOptions.of(self)
 
     def resolved_bank(self, refresh: bool = False) -> DefectBank:
         """The bank object (a path is loaded once per process; ``refresh`` checks the folder again)."""
