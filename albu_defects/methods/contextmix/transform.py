@@ -179,7 +179,7 @@ class ContextMix(DefectTransform):
             "partner_keypoints": None,
         }
         if data.get("mask") is not None:
-            out["partner_mask"] = self._partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
+            out["partner_mask"] = _partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
             if self.label_mode == "defect_area":
                 visible, total = visible_defect_pixels(
                     _defect_map(data["mask"]), _defect_map(out["partner_mask"]), out["box"]
@@ -187,7 +187,7 @@ class ContextMix(DefectTransform):
                 weights = defect_mix_weights(visible, total, weights, self.min_visible_pixels)
                 out["mix_weights"] = weights.astype(np.float32)
         if data.get("masks") is not None and len(data["masks"]) > 0:
-            out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
+            out["partner_masks"] = _partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
         if data.get(ANOMALY_MASK_KEY) is not None:  # the partner's pseudo-anomalies, if it has any
             anomaly = partner.get(ANOMALY_MASK_KEY)
             name_a = f"{name}['{ANOMALY_MASK_KEY}']"
@@ -215,39 +215,6 @@ class ContextMix(DefectTransform):
         if data.get("label") is None:
             raise ValueError("num_classes is set, so the host needs an integer class id under the data key 'label'")
         return data["label"]
-
-    @staticmethod
-    def _partner_mask(
-        mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str, instance: bool = False
-    ) -> np.ndarray:
-        if mask is None:
-            raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
-        if instance:
-            check_mask_shape(mask, partner_hw, name)
-        else:
-            check_label_mask(mask, partner_hw, name)
-            if is_multi_hot(mask) != is_multi_hot(host_mask) or (
-                is_multi_hot(mask) and mask.shape[2] != host_mask.shape[2]
-            ):
-                raise ValueError(
-                    f"{name} has shape {mask.shape} but the host mask {host_mask.shape}: both class-index, or both "
-                    "multi-hot with the same classes"
-                )
-        if mask.dtype != host_mask.dtype:
-            raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
-        # Same layout as the host mask ((H, W), (H, W, 1) or (H, W, K)) so the paste is a plain copy.
-        return mask if is_multi_hot(mask) else mask.reshape(mask.shape[:2] + host_mask.shape[2:])
-
-    def _partner_masks(
-        self, masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
-    ) -> list[np.ndarray]:
-        if masks is None or len(masks) != len(host_masks):
-            got = "none" if masks is None else len(masks)
-            raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
-        return [
-            self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]", instance=True)
-            for k, mask in enumerate(masks)
-        ]
 
     # ------------------------------------------------------------------ targets
     def apply(self, img: np.ndarray, box: tuple[int, int, int, int], partner_image: np.ndarray, **params: Any):
@@ -304,6 +271,42 @@ class ContextMix(DefectTransform):
             host = self._host_label(data)
             out["soft_label"] = soft_labels(host, host, np.array([1.0, 0.0]), self.num_classes, self.label_smoothing)
         return out
+
+
+def _partner_mask(
+    mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str, instance: bool = False
+) -> np.ndarray:
+    """A partner's mask (``instance``: one of its ``masks``), checked against the host's and laid out like it."""
+    if mask is None:
+        raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
+    if instance:
+        check_mask_shape(mask, partner_hw, name)
+    else:
+        check_label_mask(mask, partner_hw, name)
+        if is_multi_hot(mask) != is_multi_hot(host_mask) or (
+            is_multi_hot(mask) and mask.shape[2] != host_mask.shape[2]
+        ):
+            raise ValueError(
+                f"{name} has shape {mask.shape} but the host mask {host_mask.shape}: both class-index, or both "
+                "multi-hot with the same classes"
+            )
+    if mask.dtype != host_mask.dtype:
+        raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
+    # Same layout as the host mask ((H, W), (H, W, 1) or (H, W, K)) so the paste is a plain copy.
+    return mask if is_multi_hot(mask) else mask.reshape(mask.shape[:2] + host_mask.shape[2:])
+
+
+def _partner_masks(
+    masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
+) -> list[np.ndarray]:
+    """A partner's ``masks``, one per host mask, each checked by :func:`_partner_mask`."""
+    if masks is None or len(masks) != len(host_masks):
+        got = "none" if masks is None else len(masks)
+        raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
+    return [
+        _partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]", instance=True)
+        for k, mask in enumerate(masks)
+    ]
 
 
 def _defect_map(mask: np.ndarray) -> np.ndarray:
