@@ -11,6 +11,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
 from albu_defects.core.labels import ANOMALY_MASK_KEY, check_label_mask, is_multi_hot
+from albu_defects.core.partners import encode_partner_labels, partner_annotations, partner_labels
 from albu_defects.core.transform import DefectTransform, input_image, store_options
 from albu_defects.core.validation import (
     as_bool_mask,
@@ -196,13 +197,13 @@ class ContextMix(DefectTransform):
             )
         if data.get("bboxes") is not None:
             # the partner's rows, scaled into the box in apply_* (their labels encoded there: see encode_partner_labels)
-            out["partner_bboxes"] = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
-            out["partner_bbox_labels"] = self.partner_labels(partner, "bboxes")
+            out["partner_bboxes"] = partner_annotations(self, partner, "bboxes", name, np.asarray(data["bboxes"]))
+            out["partner_bbox_labels"] = partner_labels(self, partner, "bboxes")
         if data.get("keypoints") is not None:
-            out["partner_keypoints"] = self.partner_annotations(
-                partner, "keypoints", name, np.asarray(data["keypoints"])
+            out["partner_keypoints"] = partner_annotations(
+                self, partner, "keypoints", name, np.asarray(data["keypoints"])
             )
-            out["partner_keypoint_labels"] = self.partner_labels(partner, "keypoints")
+            out["partner_keypoint_labels"] = partner_labels(self, partner, "keypoints")
         if self.num_classes is not None:
             if partner.get("label") is None:
                 raise ValueError(f"{name} has no 'label' but num_classes is set: give every partner its class id")
@@ -245,7 +246,9 @@ class ContextMix(DefectTransform):
         hw = tuple(params["shape"][:2])
         kept = occlude_bboxes(bboxes, box, hw, min_visibility, min_area)
         if partner_bboxes is not None:
-            partner_bboxes = self.encode_partner_labels("bboxes", partner_bboxes, params.get("partner_bbox_labels", {}))
+            partner_bboxes = encode_partner_labels(
+                self, "bboxes", partner_bboxes, params.get("partner_bbox_labels", {})
+            )
             partner_bboxes = bboxes_into_box(partner_bboxes, box, hw)
         return _concat_rows(kept, partner_bboxes, bboxes.dtype)
 
@@ -254,7 +257,7 @@ class ContextMix(DefectTransform):
     ):
         if partner_keypoints is not None:
             labels = params.get("partner_keypoint_labels", {})
-            partner_keypoints = self.encode_partner_labels("keypoints", partner_keypoints, labels)
+            partner_keypoints = encode_partner_labels(self, "keypoints", partner_keypoints, labels)
             partner_keypoints = keypoints_into_box(partner_keypoints, box, image_hw(params["partner_image"]))
         return _concat_rows(drop_keypoints_in_box(keypoints, box), partner_keypoints, keypoints.dtype)
 
