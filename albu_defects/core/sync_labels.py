@@ -35,7 +35,7 @@ from .labels import (
     mask_num_classes,
     relabel,
 )
-from .transform import IS_ALBUMENTATIONS_X, DefectTransform, input_image
+from .transform import IS_ALBUMENTATIONS_X, DefectTransform, input_image, store_options
 
 __all__ = ["SyncLabels"]
 
@@ -99,10 +99,7 @@ class SyncLabels(DefectTransform):
         p: float = 1.0,
     ):
         super().__init__(p=p)
-        self.num_classes = num_classes
-        self.label_key = label_key
-        self.normal_label = normal_label
-        self.anomaly_keys = anomaly_keys
+        store_options(self, locals())
 
     def check_inputs(self, data: dict[str, Any]) -> None:
         """Nothing to refuse up front: images may be normalised or tensors; masks are read after the call."""

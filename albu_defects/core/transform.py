@@ -15,11 +15,12 @@ Only one of the two methods is defined, chosen when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import albumentations as A
 import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 
 from .labels import (
@@ -40,6 +41,7 @@ __all__ = [
     "check_sample_inputs",
     "input_image",
     "public_class_fullname",
+    "store_options",
 ]
 
 #: True when the installed ``albumentations`` package is AlbumentationsX (the AGPL successor).
@@ -111,12 +113,28 @@ def public_class_fullname(cls: type) -> str:
     return f"albu_defects.{cls.__name__}"
 
 
+_BASE_FIELDS = frozenset(BaseTransformInitSchema.model_fields)  # p, strict: kept by albumentations itself
+
+
+def store_options(transform: A.BasicTransform, arguments: Mapping[str, Any]) -> None:
+    """Store each option of ``transform.InitSchema`` as ``transform.<name>``; ``arguments``: ``locals()`` of ``__init__``.
+
+    albumentations checks the ``__init__`` arguments against ``InitSchema`` before ``__init__`` runs
+    (so ``arguments`` holds validated values) and serializes a transform by reading the attributes
+    named after them: ``store_options(self, locals())`` after ``super().__init__(p=p)`` is the whole
+    body of a transform's ``__init__`` unless an option is stored in another form.
+    """
+    for name in type(transform).InitSchema.model_fields:
+        if name not in _BASE_FIELDS:
+            setattr(transform, name, arguments[name])
+
+
 class DefectTransform(A.DualTransform):
     """A DualTransform whose random parameters come from one pure hook, :meth:`draw_params`.
 
     Subclasses:
     - declare every ``__init__`` argument in ``InitSchema`` and store it as ``self.<same name>``
-      (albumentations serializes by reading attributes of the same name);
+      (albumentations serializes by reading attributes of the same name): :func:`store_options`;
     - implement ``draw_params(params, data, rng)``: draw parameters from ``rng`` only (inputs are
       checked before, by :meth:`check_inputs`); render outputs in ``apply_*`` from the argument each
       gets (so extra targets and ``ReplayCompose.replay`` on another sample render correctly);
@@ -223,70 +241,6 @@ class DefectTransform(A.DualTransform):
         """
         params = getattr(self.get_processor(key), "params", None)
         return list(getattr(params, "label_fields", None) or [])
-
-    def partner_annotations(self, partner: Mapping[str, Any], key: str, name: str, host: np.ndarray) -> np.ndarray:
-        """A partner sample's ``key`` ("bboxes" or "keypoints") in albumentations' internal format, like ``host``.
-
-        For transforms that take extra samples through a metadata key (ContextMix's partners,
-        PoissonPaste's donors): the rows are given in the calling Compose's format with its label
-        fields, and converted by its processor (outside a Compose they are already internal). Raises
-        ``ValueError`` when they are missing, lack label fields, or have other columns than ``host``.
-        """
-        if partner.get(key) is None:
-            raise ValueError(f"the host has {key} but {name} has none: pass its {key} (an empty list if it has none)")
-        processor = self.get_processor(key)
-        if processor is None:  # standalone call: annotations are already in the internal format
-            converted = np.asarray(partner[key], dtype=np.float64)
-        else:
-            label_fields = self.processor_label_fields(key)
-            missing = [field for field in label_fields if field not in partner]
-            if missing:
-                raise ValueError(f"{name} has {key} but lacks their label fields {missing}")
-            temp = {"image": partner["image"], key: partner[key], **{field: partner[field] for field in label_fields}}
-            # A 2.0's preprocess() records whether the input was a list; keep the host's record intact.
-            record = getattr(processor, "is_sequence_input", None)  # AlbumentationsX keeps no such record
-            saved = dict(record) if record is not None else None
-            try:
-                processor.preprocess(temp)
-            finally:
-                if record is not None:
-                    record.clear()
-                    record.update(saved)
-            converted = np.asarray(temp[key], dtype=np.float64)
-        columns = host.shape[1] if host.ndim == 2 and host.size else None
-        if converted.size == 0:
-            return converted.reshape(0, columns or (4 if key == "bboxes" else 2))
-        if converted.ndim != 2:
-            raise ValueError(f"{name}['{key}'] must be a list of rows, got shape {converted.shape}")
-        if columns is not None and converted.shape[1] != columns:
-            raise ValueError(
-                f"{name}['{key}'] has {converted.shape[1]} columns after conversion but the host's have {columns}: "
-                "give partners the same extra columns and label fields as the host"
-            )
-        return converted
-
-    def partner_labels(self, partner: Mapping[str, Any], key: str) -> dict[str, list[Any]]:
-        """A partner's raw values of the Compose's ``key`` label fields, for :meth:`encode_partner_labels`."""
-        return {field: list(partner[field]) for field in self.processor_label_fields(key) if field in partner}
-
-    def encode_partner_labels(self, key: str, rows: np.ndarray, labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """``rows`` (from :meth:`partner_annotations`) with their label columns encoded by this call's Compose.
-
-        Called in ``apply_*``, so a ``ReplayCompose.replay`` encodes the recorded partner's labels with
-        its own label encoder (albumentations 2.0.8 knows a label field only after it has encoded a
-        non-empty one: a replay onto a host without rows could not decode the recorded codes).
-        """
-        manager = getattr(self.get_processor(key), "label_manager", None)
-        fields = self.processor_label_fields(key)
-        if manager is None or not fields or rows.size == 0:
-            return rows
-        rows = np.array(rows, copy=True)
-        first = rows.shape[1] - len(fields)
-        for j, field in enumerate(fields):
-            if field in labels:
-                encoded = manager.process_field(key, field, list(labels[field]))
-                rows[:, first + j] = np.asarray(encoded, np.float64).reshape(-1)
-        return rows
 
     def target_keys(self, target: str) -> list[str]:
         """The data keys processed as ``target`` ("image", "images", "mask"): itself plus declared additional targets."""

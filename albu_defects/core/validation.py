@@ -7,6 +7,7 @@ the same clear ``ValueError`` (naming the argument and saying what to fix) where
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,15 @@ __all__ = [
     "check_probability",
     "check_range",
     "check_unit_range",
+    "count_range_at_least",
     "clip_to_dtype",
     "clip_unit_range",
     "dtype_max",
     "image_hw",
     "num_channels",
     "int_at_least",
+    "options_schema",
+    "range_within",
     "validated_options",
 ]
 
@@ -166,6 +170,42 @@ def int_at_least(minimum: int, hint: str = "") -> Any:
         return check_int(value, info.field_name, minimum, hint)
 
     return check
+
+
+def range_within(minimum: float = -np.inf, maximum: float = np.inf, *, exclusive_min: bool = False) -> Any:
+    """A pydantic field check that runs :func:`check_range` (a ``(low, high)`` pair within the bounds) on the field."""
+
+    def check(value: Any, info: Any) -> tuple[float, float]:
+        return check_range(value, info.field_name, minimum, maximum, exclusive_min=exclusive_min)
+
+    return check
+
+
+def count_range_at_least(minimum: int) -> Any:
+    """A pydantic field check for a count given as an int or an inclusive ``(low, high)`` range, ``minimum <= low``."""
+
+    def check(value: Any, info: Any) -> Any:
+        low, high = (value, value) if isinstance(value, int) else value
+        if not minimum <= low <= high:
+            raise ValueError(
+                f"{info.field_name} must be an int >= {minimum} or a (low, high) range with "
+                f"{minimum} <= low <= high, got {value}"
+            )
+        return value
+
+    return check
+
+
+def options_schema(options: type, name: str) -> type:
+    """A pydantic model with the fields of the NamedTuple ``options``, each required and of its annotated type.
+
+    So a transform whose pure function takes an options tuple declares those options once: its
+    ``InitSchema`` extends this model (the tuple's own ``checked()`` stays the one range check).
+    """
+    from pydantic import create_model  # imported here, as in validated_options
+
+    hints = typing.get_type_hints(options)
+    return create_model(name, **{field: (hints[field], ...) for field in options._fields})
 
 
 def validated_options(schema: type, **values: Any) -> dict[str, Any]:

@@ -40,3 +40,53 @@ def test_dtype_helpers():
     assert clip_to_dtype(np.array([-3.0, 2.5, 300.0]), np.uint8).tolist() == [0, 2, 255]
     out = clip_to_dtype(np.array([np.inf, -2.0]), np.float32)
     assert out.dtype == np.float32 and np.isfinite(out).all() and out[1] == -2.0
+
+
+def test_count_range_at_least_accepts_counts_and_ranges_and_names_the_field():
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from albu_defects.core.validation import count_range_at_least
+
+    class Schema(BaseModel):
+        n: int | tuple[int, int]
+        _n = field_validator("n")(count_range_at_least(1))
+
+    assert Schema(n=2).n == 2 and Schema(n=(1, 3)).n == (1, 3)
+    for bad in (0, (0, 2), (3, 2)):
+        with pytest.raises(ValidationError, match=r"n must be an int >= 1 or a \(low, high\) range"):
+            Schema(n=bad)
+
+
+def test_options_schema_takes_the_fields_and_types_of_an_options_tuple():
+    from typing import NamedTuple
+
+    from pydantic import ValidationError
+
+    from albu_defects.core.validation import options_schema
+
+    class Options(NamedTuple):
+        count: int = 3
+        strength: float | tuple[float, float] = 0.5
+
+    schema = options_schema(Options, "OptionsSchema")
+    assert list(schema.model_fields) == ["count", "strength"]
+    assert schema(count=2, strength=(0.1, 0.2)).strength == (0.1, 0.2)
+    with pytest.raises(ValidationError, match="strength"):
+        schema(count=2, strength="strong")
+    with pytest.raises(ValidationError, match="count"):  # every field required: the transform passes them all
+        schema(strength=0.5)
+
+
+def test_range_within_checks_a_pair_field_by_its_name():
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from albu_defects.core.validation import range_within
+
+    class Schema(BaseModel):
+        ratio_range: tuple[float, float]
+        _ratio = field_validator("ratio_range")(range_within(0.0, 1.0, exclusive_min=True))
+
+    assert Schema(ratio_range=(0.25, 1)).ratio_range == (0.25, 1.0)
+    for bad in ((0.0, 0.5), (0.5, 0.25), (0.5, 2.0)):
+        with pytest.raises(ValidationError, match=r"ratio_range=\(.*\) must satisfy 0.0 < low <= high <= 1.0"):
+            Schema(ratio_range=bad)

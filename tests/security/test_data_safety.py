@@ -372,7 +372,7 @@ def test_temporaries_of_0_1_0_saves_are_reported_not_deleted(tmp_path):
 
 
 def test_one_save_at_a_time(tmp_path):
-    from albu_defects.core.files import folder_lock
+    from albu_defects.core.writing import folder_lock
 
     target = tmp_path / "bank"
     small_bank(0).save(target)

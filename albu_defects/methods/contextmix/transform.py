@@ -11,7 +11,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import Field
 
 from albu_defects.core.labels import ANOMALY_MASK_KEY, check_label_mask, is_multi_hot
-from albu_defects.core.transform import DefectTransform, input_image
+from albu_defects.core.partners import encode_partner_labels, partner_annotations, partner_labels
+from albu_defects.core.transform import DefectTransform, input_image, store_options
 from albu_defects.core.validation import (
     as_bool_mask,
     check_image,
@@ -124,16 +125,7 @@ class ContextMix(DefectTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.alpha = alpha
-        self.box = box
-        self.box_size = box_size
-        self.interpolation = interpolation
-        self.label_mode = label_mode
-        self.min_visible_pixels = min_visible_pixels
-        self.min_box_side = min_box_side
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        self.metadata_key = metadata_key
+        store_options(self, locals())
 
     @property
     def targets_as_params(self) -> list[str]:
@@ -188,7 +180,7 @@ class ContextMix(DefectTransform):
             "partner_keypoints": None,
         }
         if data.get("mask") is not None:
-            out["partner_mask"] = self._partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
+            out["partner_mask"] = _partner_mask(partner.get("mask"), data["mask"], partner_hw, f"{name}['mask']")
             if self.label_mode == "defect_area":
                 visible, total = visible_defect_pixels(
                     _defect_map(data["mask"]), _defect_map(out["partner_mask"]), out["box"]
@@ -196,7 +188,7 @@ class ContextMix(DefectTransform):
                 weights = defect_mix_weights(visible, total, weights, self.min_visible_pixels)
                 out["mix_weights"] = weights.astype(np.float32)
         if data.get("masks") is not None and len(data["masks"]) > 0:
-            out["partner_masks"] = self._partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
+            out["partner_masks"] = _partner_masks(partner.get("masks"), data["masks"], partner_hw, name)
         if data.get(ANOMALY_MASK_KEY) is not None:  # the partner's pseudo-anomalies, if it has any
             anomaly = partner.get(ANOMALY_MASK_KEY)
             name_a = f"{name}['{ANOMALY_MASK_KEY}']"
@@ -205,13 +197,13 @@ class ContextMix(DefectTransform):
             )
         if data.get("bboxes") is not None:
             # the partner's rows, scaled into the box in apply_* (their labels encoded there: see encode_partner_labels)
-            out["partner_bboxes"] = self.partner_annotations(partner, "bboxes", name, np.asarray(data["bboxes"]))
-            out["partner_bbox_labels"] = self.partner_labels(partner, "bboxes")
+            out["partner_bboxes"] = partner_annotations(self, partner, "bboxes", name, np.asarray(data["bboxes"]))
+            out["partner_bbox_labels"] = partner_labels(self, partner, "bboxes")
         if data.get("keypoints") is not None:
-            out["partner_keypoints"] = self.partner_annotations(
-                partner, "keypoints", name, np.asarray(data["keypoints"])
+            out["partner_keypoints"] = partner_annotations(
+                self, partner, "keypoints", name, np.asarray(data["keypoints"])
             )
-            out["partner_keypoint_labels"] = self.partner_labels(partner, "keypoints")
+            out["partner_keypoint_labels"] = partner_labels(self, partner, "keypoints")
         if self.num_classes is not None:
             if partner.get("label") is None:
                 raise ValueError(f"{name} has no 'label' but num_classes is set: give every partner its class id")
@@ -224,39 +216,6 @@ class ContextMix(DefectTransform):
         if data.get("label") is None:
             raise ValueError("num_classes is set, so the host needs an integer class id under the data key 'label'")
         return data["label"]
-
-    @staticmethod
-    def _partner_mask(
-        mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str, instance: bool = False
-    ) -> np.ndarray:
-        if mask is None:
-            raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
-        if instance:
-            check_mask_shape(mask, partner_hw, name)
-        else:
-            check_label_mask(mask, partner_hw, name)
-            if is_multi_hot(mask) != is_multi_hot(host_mask) or (
-                is_multi_hot(mask) and mask.shape[2] != host_mask.shape[2]
-            ):
-                raise ValueError(
-                    f"{name} has shape {mask.shape} but the host mask {host_mask.shape}: both class-index, or both "
-                    "multi-hot with the same classes"
-                )
-        if mask.dtype != host_mask.dtype:
-            raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
-        # Same layout as the host mask ((H, W), (H, W, 1) or (H, W, K)) so the paste is a plain copy.
-        return mask if is_multi_hot(mask) else mask.reshape(mask.shape[:2] + host_mask.shape[2:])
-
-    def _partner_masks(
-        self, masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
-    ) -> list[np.ndarray]:
-        if masks is None or len(masks) != len(host_masks):
-            got = "none" if masks is None else len(masks)
-            raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
-        return [
-            self._partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]", instance=True)
-            for k, mask in enumerate(masks)
-        ]
 
     # ------------------------------------------------------------------ targets
     def apply(self, img: np.ndarray, box: tuple[int, int, int, int], partner_image: np.ndarray, **params: Any):
@@ -287,7 +246,9 @@ class ContextMix(DefectTransform):
         hw = tuple(params["shape"][:2])
         kept = occlude_bboxes(bboxes, box, hw, min_visibility, min_area)
         if partner_bboxes is not None:
-            partner_bboxes = self.encode_partner_labels("bboxes", partner_bboxes, params.get("partner_bbox_labels", {}))
+            partner_bboxes = encode_partner_labels(
+                self, "bboxes", partner_bboxes, params.get("partner_bbox_labels", {})
+            )
             partner_bboxes = bboxes_into_box(partner_bboxes, box, hw)
         return _concat_rows(kept, partner_bboxes, bboxes.dtype)
 
@@ -296,7 +257,7 @@ class ContextMix(DefectTransform):
     ):
         if partner_keypoints is not None:
             labels = params.get("partner_keypoint_labels", {})
-            partner_keypoints = self.encode_partner_labels("keypoints", partner_keypoints, labels)
+            partner_keypoints = encode_partner_labels(self, "keypoints", partner_keypoints, labels)
             partner_keypoints = keypoints_into_box(partner_keypoints, box, image_hw(params["partner_image"]))
         return _concat_rows(drop_keypoints_in_box(keypoints, box), partner_keypoints, keypoints.dtype)
 
@@ -313,6 +274,42 @@ class ContextMix(DefectTransform):
             host = self._host_label(data)
             out["soft_label"] = soft_labels(host, host, np.array([1.0, 0.0]), self.num_classes, self.label_smoothing)
         return out
+
+
+def _partner_mask(
+    mask: Any, host_mask: np.ndarray, partner_hw: tuple[int, int], name: str, instance: bool = False
+) -> np.ndarray:
+    """A partner's mask (``instance``: one of its ``masks``), checked against the host's and laid out like it."""
+    if mask is None:
+        raise ValueError(f"the host has a mask but {name} is missing: give every partner its mask")
+    if instance:
+        check_mask_shape(mask, partner_hw, name)
+    else:
+        check_label_mask(mask, partner_hw, name)
+        if is_multi_hot(mask) != is_multi_hot(host_mask) or (
+            is_multi_hot(mask) and mask.shape[2] != host_mask.shape[2]
+        ):
+            raise ValueError(
+                f"{name} has shape {mask.shape} but the host mask {host_mask.shape}: both class-index, or both "
+                "multi-hot with the same classes"
+            )
+    if mask.dtype != host_mask.dtype:
+        raise ValueError(f"{name} has dtype {mask.dtype} but the host mask has {host_mask.dtype}; convert one")
+    # Same layout as the host mask ((H, W), (H, W, 1) or (H, W, K)) so the paste is a plain copy.
+    return mask if is_multi_hot(mask) else mask.reshape(mask.shape[:2] + host_mask.shape[2:])
+
+
+def _partner_masks(
+    masks: Any, host_masks: Sequence[np.ndarray], partner_hw: tuple[int, int], name: str
+) -> list[np.ndarray]:
+    """A partner's ``masks``, one per host mask, each checked by :func:`_partner_mask`."""
+    if masks is None or len(masks) != len(host_masks):
+        got = "none" if masks is None else len(masks)
+        raise ValueError(f"the host has {len(host_masks)} masks but {name}['masks'] has {got}: they must match")
+    return [
+        _partner_mask(mask, host_masks[k], partner_hw, f"{name}['masks'][{k}]", instance=True)
+        for k, mask in enumerate(masks)
+    ]
 
 
 def _defect_map(mask: np.ndarray) -> np.ndarray:

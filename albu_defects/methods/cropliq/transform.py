@@ -8,8 +8,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from albu_defects.core.geometry import box_hw, box_slices, image_box
-from albu_defects.core.transform import input_image
-from albu_defects.core.validation import as_bool_mask, check_range, image_hw
+from albu_defects.core.transform import input_image, store_options
+from albu_defects.core.validation import as_bool_mask, image_hw, range_within
 from albu_defects.methods.anomaly.transform import FOOTPRINT_PARAM, AnomalyInitSchema, AnomalyTransform
 
 from .functional import (
@@ -73,20 +73,9 @@ class CropLiq(AnomalyTransform):
         object_mask_key: str = Field(min_length=1)
         bbox_choice: Literal["random", "first", "largest"]
 
-        @field_validator("area_range")
-        @classmethod
-        def _area(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "area_range", 0.0, 1.0, exclusive_min=True)
-
-        @field_validator("aspect_range")
-        @classmethod
-        def _aspect(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "aspect_range", 0.0, exclusive_min=True)
-
-        @field_validator("strength_range")
-        @classmethod
-        def _strength(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "strength_range", 0.0, 1.0, exclusive_min=True)
+        _area = field_validator("area_range")(range_within(0.0, 1.0, exclusive_min=True))
+        _aspect = field_validator("aspect_range")(range_within(0.0, exclusive_min=True))
+        _strength = field_validator("strength_range")(range_within(0.0, 1.0, exclusive_min=True))
 
     def __init__(
         self,
@@ -103,16 +92,7 @@ class CropLiq(AnomalyTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.region = region
-        self.area_range = area_range
-        self.aspect_range = aspect_range
-        self.warp = warp
-        self.strength_range = strength_range
-        self.move_threshold = move_threshold
-        self.object_mask_key = object_mask_key
-        self.bbox_choice = bbox_choice
-        self.label = label
-        self.mask_class_id = mask_class_id
+        store_options(self, locals())
 
     def read_keys(self) -> tuple[str, ...]:
         return (*super().read_keys(), self.object_mask_key)

@@ -9,8 +9,8 @@ from pydantic import field_validator
 
 from albu_defects.core.color import ColorJitterFactors, check_jitter, sample_color_jitter
 from albu_defects.core.geometry import Box
-from albu_defects.core.transform import input_image
-from albu_defects.core.validation import check_range, image_hw
+from albu_defects.core.transform import input_image, store_options
+from albu_defects.core.validation import check_range, image_hw, range_within
 from albu_defects.methods.anomaly.transform import FOOTPRINT_PARAM, AnomalyInitSchema, AnomalyTransform
 
 from .functional import (
@@ -65,15 +65,8 @@ class CutPaste(AnomalyTransform):
         saturation: float | tuple[float, float]
         hue: float | tuple[float, float]
 
-        @field_validator("area_ratio_range")
-        @classmethod
-        def _area(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "area_ratio_range", 0.0, 1.0, exclusive_min=True)
-
-        @field_validator("aspect_ratio_range")
-        @classmethod
-        def _aspect(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "aspect_ratio_range", 0.0, exclusive_min=True)
+        _area = field_validator("area_ratio_range")(range_within(0.0, 1.0, exclusive_min=True))
+        _aspect = field_validator("aspect_ratio_range")(range_within(0.0, exclusive_min=True))
 
         @field_validator("scar_width_range", "scar_height_range")
         @classmethod
@@ -81,10 +74,7 @@ class CutPaste(AnomalyTransform):
             check_range(value, info.field_name, 1.0)
             return value
 
-        @field_validator("rotation_range")
-        @classmethod
-        def _rotation(cls, value: tuple[float, float]) -> tuple[float, float]:
-            return check_range(value, "rotation_range", -180.0, 180.0)
+        _rotation = field_validator("rotation_range")(range_within(-180.0, 180.0))
 
         @field_validator("brightness", "contrast", "saturation", "hue")
         @classmethod
@@ -109,18 +99,7 @@ class CutPaste(AnomalyTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.variant = variant
-        self.area_ratio_range = area_ratio_range
-        self.aspect_ratio_range = aspect_ratio_range
-        self.scar_width_range = scar_width_range
-        self.scar_height_range = scar_height_range
-        self.rotation_range = rotation_range
-        self.brightness = brightness
-        self.contrast = contrast
-        self.saturation = saturation
-        self.hue = hue
-        self.label = label
-        self.mask_class_id = mask_class_id
+        store_options(self, locals())
 
     def check_inputs(self, data: dict[str, Any]) -> None:
         super().check_inputs(data)

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -148,7 +148,12 @@ class GuidedCropOptions(NamedTuple):
     flip_p: float = 0.5
     shift_limit: float = 0.5
     border_threshold: float = 0.1
-    size_mode: str = "absolute"
+    size_mode: Literal["relative", "absolute"] = "absolute"
+
+    @classmethod
+    def of(cls, source: Any) -> GuidedCropOptions:
+        """The options held by ``source`` (a :class:`GuidedCropPaste`, or its schema) as attributes of the same names."""
+        return cls(**{name: getattr(source, name) for name in cls._fields})
 
     def checked(self) -> GuidedCropOptions:
         """These options, validated (``ValueError`` naming the argument)."""

@@ -16,12 +16,13 @@ from albu_defects.bank import (
     resolve_bank,
 )
 from albu_defects.core.class_weights import ClassWeights
-from albu_defects.core.files import create_file, folder_lock, load_json, open_inside, recover_output, replace_output
+from albu_defects.core.files import load_json, open_inside
 from albu_defects.core.geometry import Box
 from albu_defects.core.parallel import ordered_map
 from albu_defects.core.validation import (
     check_int,
 )
+from albu_defects.core.writing import create_file, folder_lock, recover_output, replace_output
 
 from .functional import GuidedCropOptions, class_probabilities, plan_guided_crop, render_guided_crop
 

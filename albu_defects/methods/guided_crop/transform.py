@@ -15,8 +15,8 @@ from albu_defects.bank import (
 from albu_defects.core.class_weights import ClassWeights
 from albu_defects.core.labels import CLASS_VECTOR_KEY, check_label_mask, class_vector, is_multi_hot
 from albu_defects.core.new_boxes import NewBox, append_boxes
-from albu_defects.core.transform import DefectTransform, input_image
-from albu_defects.core.validation import image_hw
+from albu_defects.core.transform import DefectTransform, input_image, store_options
+from albu_defects.core.validation import image_hw, options_schema
 from albu_defects.methods.injection.arguments import bank_argument, serialized_bank
 
 from .functional import (
@@ -68,23 +68,11 @@ class GuidedCropPaste(DefectTransform):
     rules.
     """
 
-    class InitSchema(BaseTransformInitSchema):
+    class InitSchema(BaseTransformInitSchema, options_schema(GuidedCropOptions, "GuidedCropSchema")):
+        # the drawing options (max_defects, the jitters, flip_p, ...) come from GuidedCropOptions
         bank: Any
-        max_defects: int
         weights: Literal["uniform", "inverse_frequency"] | list[float]
         class_weights: Any
-        crop_brightness: float | tuple[float, float]
-        crop_contrast: float | tuple[float, float]
-        crop_saturation: float | tuple[float, float]
-        crop_hue: float | tuple[float, float]
-        brightness: float | tuple[float, float]
-        contrast: float | tuple[float, float]
-        saturation: float | tuple[float, float]
-        hue: float | tuple[float, float]
-        flip_p: float
-        shift_limit: float
-        border_threshold: float
-        size_mode: Literal["relative", "absolute"]
         skip_defective: bool
         bbox_label: Literal["id", "name"]
 
@@ -104,7 +92,7 @@ class GuidedCropPaste(DefectTransform):
 
         @model_validator(mode="after")
         def _options(self) -> Any:
-            GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields}).checked()
+            GuidedCropOptions.of(self).checked()
             bank = resolve_bank(self.bank)
             class_probabilities(self.weights, bank)
             if self.class_weights is not None:
@@ -134,24 +122,7 @@ class GuidedCropPaste(DefectTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.bank = bank
-        self.max_defects = max_defects
-        self.weights = weights
-        self.class_weights = class_weights
-        self.crop_brightness = crop_brightness
-        self.crop_contrast = crop_contrast
-        self.crop_saturation = crop_saturation
-        self.crop_hue = crop_hue
-        self.brightness = brightness
-        self.contrast = contrast
-        self.saturation = saturation
-        self.hue = hue
-        self.flip_p = flip_p
-        self.shift_limit = shift_limit
-        self.border_threshold = border_threshold
-        self.size_mode = size_mode
-        self.skip_defective = skip_defective
-        self.bbox_label = bbox_label
+        store_options(self, locals())
 
     # -- serialization: the bank as its path, the live weights left out --------------------------
     def get_transform_init_args(self) -> dict[str, Any]:
@@ -168,7 +139,7 @@ class GuidedCropPaste(DefectTransform):
     # -- helpers -----------------------------------------------------------------------------------
     @property
     def options(self) -> GuidedCropOptions:
-        return GuidedCropOptions(**{name: getattr(self, name) for name in GuidedCropOptions._fields})
+        return GuidedCropOptions.of(self)
 
     def resolved_bank(self, refresh: bool = False) -> DefectBank:
         """The bank object (a path is loaded once per process; ``refresh`` checks the folder again)."""

@@ -20,7 +20,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 from pydantic import Field, model_validator
 
-from albu_defects.core.transform import IS_ALBUMENTATIONS_X
+from albu_defects.core.transform import IS_ALBUMENTATIONS_X, store_options
 
 if IS_ALBUMENTATIONS_X:  # pragma: no cover - exercised by the AlbumentationsX CI step
     from albumentations.core.transform_params import SampledParams
@@ -131,8 +131,7 @@ class FlipAffine(A.DualTransform):
         p: float = 1.0,
     ):
         super().__init__(p=p)
-        self.scale, self.translate_percent, self.rotate = tuple(scale), tuple(translate_percent), tuple(rotate)
-        self.hflip_p, self.vflip_p, self.affine_p = hflip_p, vflip_p, affine_p
+        store_options(self, locals())
 
     def draw(self, shape: tuple[int, ...], draws: random.Random) -> dict[str, Any]:
         """This call's flips and matrix (``None``: no warp), drawn from ``draws`` in the Compose's order."""

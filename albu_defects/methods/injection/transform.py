@@ -21,8 +21,8 @@ from albu_defects.core.labels import (
     write_class,
 )
 from albu_defects.core.new_boxes import NewBox, append_boxes
-from albu_defects.core.transform import DefectTransform, input_image
-from albu_defects.core.validation import image_hw
+from albu_defects.core.transform import DefectTransform, input_image, store_options
+from albu_defects.core.validation import count_range_at_least, image_hw
 
 from .arguments import (
     InjectionOptions,
@@ -83,13 +83,7 @@ class InjectDefect(DefectTransform):
         only_defect_free: bool
         label_key: str
 
-        @field_validator("n")
-        @classmethod
-        def _n(cls, value: Any) -> Any:
-            low, high = (value, value) if isinstance(value, int) else value
-            if not 1 <= low <= high:
-                raise ValueError(f"n must be an int >= 1 or a (low, high) range with 1 <= low <= high, got {value}")
-            return value
+        _n = field_validator("n")(count_range_at_least(1))
 
         @field_validator("class_weights")
         @classmethod
@@ -116,19 +110,12 @@ class InjectDefect(DefectTransform):
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
+        store_options(self, locals())
+        # stored in their YAML form: the bank as its reference, classes as names or ids, the transform built
         self.bank = bank_argument(bank)
         self.classes = yaml_classes(classes)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.n = n
-        self.poisson_p = poisson_p
-        self.poisson_mode = poisson_mode
-        self.poisson_method = poisson_method
-        self.blend_margin = blend_margin
         self.defect_transform = as_defect_transform(defect_transform)
-        self.placement = placement
-        self.size_mode = size_mode
-        self.only_defect_free = only_defect_free
-        self.label_key = label_key
         ids = class_ids_of(resolve_bank(self.bank), self.classes)
         if self.class_weights is not None and len(self.class_weights) != len(ids):
             raise ValueError(f"class_weights has {len(self.class_weights)} weights for {len(ids)} classes")

@@ -9,6 +9,7 @@ import numpy as np
 
 from albu_defects.core.geometry import Box, box_slices
 from albu_defects.core.labels import CLASS_VECTOR_KEY
+from albu_defects.core.partners import partner_annotations
 from albu_defects.core.validation import as_bool_mask, check_image, check_mask_shape, image_hw
 from albu_defects.methods.cropliq.functional import bbox_to_pixels
 from albu_defects.methods.injection.functional import match_channels
@@ -53,7 +54,7 @@ def donor_candidates(transform: Any, data: dict[str, Any], host: np.ndarray) -> 
         boxes: list[Box | None] = [None]
         if donor.get("bboxes") is not None:
             host_boxes = np.asarray(data["bboxes"]) if data.get("bboxes") is not None else np.zeros((0, 4))
-            rows = transform.partner_annotations(donor, "bboxes", name, host_boxes)
+            rows = partner_annotations(transform, donor, "bboxes", name, host_boxes)
             boxes = [bbox_to_pixels(row, donor_hw) for row in rows]
         for j, box in enumerate(boxes):
             what = name if box is None else f"{name}['bboxes'][{j}]"

@@ -11,8 +11,8 @@ from pydantic import Field, field_validator
 
 from albu_defects.core.labels import CLASS_VECTOR_KEY, class_vector
 from albu_defects.core.new_boxes import NewBox, append_boxes
-from albu_defects.core.transform import DefectTransform, input_image
-from albu_defects.core.validation import check_int, check_range, image_hw
+from albu_defects.core.transform import DefectTransform, input_image, store_options
+from albu_defects.core.validation import check_int, count_range_at_least, image_hw, range_within
 from albu_defects.methods.injection.functional import match_channels
 
 from .donors import donor_candidates, paste_region
@@ -106,18 +106,8 @@ class PoissonPaste(DefectTransform):
         num_classes: int | None = Field(ge=1)
         metadata_key: str = Field(min_length=1)
 
-        @field_validator("n")
-        @classmethod
-        def _n(cls, value: Any) -> Any:
-            low, high = (value, value) if isinstance(value, int) else value
-            if not 0 <= low <= high:
-                raise ValueError(f"n must be an int >= 0 or a (low, high) range with 0 <= low <= high, got {value}")
-            return value
-
-        @field_validator("scale_range")
-        @classmethod
-        def _scale(cls, value: Any) -> tuple[float, float]:
-            return check_range(value, "scale_range", 0.0, exclusive_min=True)
+        _n = field_validator("n")(count_range_at_least(0))
+        _scale = field_validator("scale_range")(range_within(0.0, exclusive_min=True))
 
     def __init__(
         self,
@@ -137,19 +127,7 @@ class PoissonPaste(DefectTransform):
         p: float = 0.5,
     ):
         super().__init__(p=p)
-        self.n = n
-        self.blend = blend
-        self.poisson_p = poisson_p
-        self.poisson_mode = poisson_mode
-        self.poisson_method = poisson_method
-        self.blend_margin = blend_margin
-        self.scale_range = scale_range
-        self.hflip_p = hflip_p
-        self.vflip_p = vflip_p
-        self.region = region
-        self.object_mask_key = object_mask_key
-        self.num_classes = num_classes
-        self.metadata_key = metadata_key
+        store_options(self, locals())
 
     @property
     def targets_as_params(self) -> list[str]:
