@@ -110,14 +110,33 @@ def test_every_exported_transform_is_drawn():
 
 
 # ============================================================================================ end to end
-def test_pipelines_end_to_end_under_strict(banks):
+def case_features(case: PipelineCase) -> set[str]:
+    """What one random pipeline exercises: its steps, built-ins, dtype, mask kind and wrappers."""
+    features = {leaf.label.split("(")[0] for leaf in case.leaves} | set(case.tail) | {case.kind.dtype.__name__}
+    features |= {f"{case.mask_format} mask", *(f"wrapped in {s.label.split('(')[0]}" for s in case.steps if s.children)}
+    return features
+
+
+def test_random_pipelines_reach_every_transform_built_in_dtype_mask_kind_and_wrapper():
+    """The pipeline strategy itself draws everything the suite promises to cover. Checked on draws alone
+    (cheap, derandomized), so it holds under every hypothesis profile, the 3-example dev one included."""
     drawn: Counter = Counter()
 
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    @given(pipeline_cases())
+    def draw(case: PipelineCase) -> None:
+        drawn.update(case_features(case))
+
+    draw()
+    expected = {*RECIPES, SYNC, "HorizontalFlip", "VerticalFlip", "Affine", "RandomCrop", "PadIfNeeded"}
+    expected |= {"ColorJitter", "Normalize", "ToTensorV2", "uint8", "uint16", "float32", "index mask"}
+    expected |= {"multihot mask", "none mask", "wrapped in Sequential", "wrapped in OneOf"}
+    missing = sorted(expected - set(drawn))
+    assert not missing, f"200 random pipelines never drew {missing}: fix the strategy in tests/contract/pipelines.py"
+
+
+def test_pipelines_end_to_end_under_strict(banks):
     def body(case: PipelineCase, seed: int) -> None:
-        drawn.update({leaf.label.split("(")[0] for leaf in case.leaves} | set(case.tail) | {case.kind.dtype.__name__})
-        drawn.update(
-            {f"{case.mask_format} mask", *(f"wrapped in {s.label.split('(')[0]}" for s in case.steps if s.children)}
-        )
         freeze(case.inputs)  # read-only inputs: a transform writing into one raises
         before = inputs_copy(case.inputs)
         out = case.build(banks, seed, strict=True)(**case.inputs)
@@ -125,12 +144,6 @@ def test_pipelines_end_to_end_under_strict(banks):
         check_outputs(case, out)
 
     run("end to end", budget(40, 1.0), st.tuples(pipeline_cases(), SEEDS), body)
-    # what the examples covered: every exported per-sample transform, the built-ins, dtypes, masks, nesting
-    expected = {*RECIPES, SYNC, "HorizontalFlip", "VerticalFlip", "Affine", "RandomCrop", "PadIfNeeded"}
-    expected |= {"ColorJitter", "Normalize", "ToTensorV2", "uint8", "uint16", "float32", "index mask"}
-    expected |= {"multihot mask", "none mask", "wrapped in Sequential", "wrapped in OneOf"}
-    missing = sorted(expected - set(drawn))
-    assert not missing, f"no example drew {missing}: raise the example budget or fix the strategy"
 
 
 def _swap_partner_masks(inputs: dict[str, Any], same: bool) -> dict[str, Any]:
