@@ -6,7 +6,9 @@ alone needs 25-40 (4 x 4 px cells save one iteration but their coarse factor cos
 on wide regions). The box solve is a periodic one by OpenCV's DFT when every
 side of the crop has a Dirichlet ring (the ring keeps the wrap-around out of the mask: as few
 iterations as sine transforms, at half their cost), else sine/cosine transforms matching the
-image-border sides.
+image-border sides. With the periodic box, the coarse correction's right-hand side is read off the
+box solution's leak across the mask's boundary (:class:`_LeakPreconditioner`) instead of a
+product by the matrix and a restriction over the grid.
 """
 
 from __future__ import annotations
@@ -335,6 +337,72 @@ class _CoarseSolver:
         return other
 
 
+#: The 4-neighbour cross, for the mask's boundary pixels (those with a neighbour off the mask).
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+class _LeakPreconditioner:
+    """The same ``z = (I - Q A) B r`` as :class:`_Preconditioner` for the periodic box solve, with
+    ``P^T A B r`` read off the box solution instead of computed over the grid.
+
+    With ``u`` the unmasked box solution and ``L`` the periodic box Laplacian, ``L u = r - mean(r)``
+    (the box solve leaves the constant mode out), and on a masked pixel p,
+    ``A (mask u)(p) = (L u)(p) + sum of u(q) over p's neighbours q off the mask``: the masked box
+    solution differs from ``u`` by what leaked out of the mask. Hence
+    ``P^T A (mask u) = P^T r - mean(r) P^T mask + P^T s``, ``s`` that leak summed along the mask's
+    boundary edges, where ``P^T r = 0``: the deflated iteration keeps every residual orthogonal to
+    the coarse space. A gather and a small sum over the boundary edges replace a product by ``A``
+    and a restriction over the whole grid (a fifth of an iteration); the iterations are the same.
+    """
+
+    def __init__(self, box: _PeriodicBoxSolver, coarse32: _CoarseSolver, mask: np.ndarray, grid: tuple[int, int]):
+        self.box, self.coarse32 = box, coarse32
+        self.work = np.empty(grid, np.float32)
+        width, box_width, k = mask.shape[1], box.buffer.shape[1], coarse32.k
+        # Boundary edges (p, q): p masked, q its neighbour off the mask (inside the crop: its ring).
+        mask8 = mask.view(np.uint8)
+        boundary = np.flatnonzero(mask8 > cv2.erode(mask8, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0))
+        neighbours = boundary + np.array([-width, width, -1, 1])[:, None]  # (4, boundary pixels), crop frame
+        off = ~mask.ravel()[neighbours]
+        p, q = np.broadcast_to(boundary, neighbours.shape)[off], neighbours[off]
+        q += (q // width) * (box_width - width)  # crop frame -> box frame (same top-left corner)
+        # P^T over the edges: each edge's p spreads to its cell's four nodes by the bilinear hats.
+        present = coarse32.present
+        node = np.full(present.size, -1)
+        node[present.ravel()] = np.arange(int(present.sum()))
+        py, px = np.divmod(p, width)
+        row_hats, col_hats = _hats_at(py, k), _hats_at(px, k)
+        weights = (row_hats[:, :, None] * col_hats[:, None, :]).reshape(-1, 4)
+        nodes_wide = present.shape[1]
+        corners = (py // k * nodes_wide + px // k)[:, None] + np.array([0, 1, nodes_wide, nodes_wide + 1])
+        targets = node[corners]
+        keep = (targets >= 0) & (weights > 0)
+        self.edge_node, self.edge_weight = targets[keep], weights[keep]
+        self.edge_source = np.broadcast_to(q[:, None], keep.shape)[keep]
+        self.nodes = int(present.sum())
+        self.mask_restricted = coarse32._restrict(coarse32.maskf)[present].astype(np.float64)
+
+    def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
+        box, coarse = self.box, self.coarse32
+        u, total = box.solve_box(residual)
+        leak = self.edge_weight * u.ravel()[self.edge_source]
+        restricted = np.bincount(self.edge_node, leak, minlength=self.nodes)
+        restricted -= (total / box.buffer.size) * self.mask_restricted
+        solved, _ = coarse.banded_solve(coarse.factor, restricted.astype(np.float32), lower=1, overwrite_b=1)
+        coarse.nodes[coarse.present] = solved
+        fine = coarse._prolong(coarse.nodes, self.work)
+        # z = mask (u - P nodes) on the crop, zero on the rest of the grid (as it came).
+        crop = box.crop
+        np.subtract(u[crop], fine[crop], out=fine[crop])
+        np.multiply(fine[crop], box.crop_mask, out=out[crop])
+
+
+def _hats_at(position: np.ndarray, k: int) -> np.ndarray:
+    """The two 1-D hats of k-pixel cells (their first and second node's) at ``position``: (n, 2)."""
+    u = (position % k) / k
+    return np.stack([1 - u, u], axis=1)
+
+
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """Inner product of two grids by BLAS ``dot``: call inside :func:`single_threaded_blas` (threaded,
     it is 100x slower on busy cores)."""
@@ -362,7 +430,7 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
     if not coarse.ok:
         return None
     box = _box_solver(mask, neumann)
-    if isinstance(box, _PeriodicBoxSolver) and _LEAK:
+    if isinstance(box, _PeriodicBoxSolver):
         preconditioner = _LeakPreconditioner(box, coarse.single(), mask, grid)
     else:
         preconditioner = _Preconditioner(box, operator.single(), coarse.single(), grid)
@@ -424,69 +492,3 @@ def _cg(
         beta *= rz
         cv2.scaleAdd(p, beta, z, dst=p)
     return None
-
-
-_LEAK = True
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-
-
-class _LeakPreconditioner:
-    """``z = (I - Q A) B r`` for the periodic box solve, with ``P^T A B r`` read off the box solution
-    instead of computed on the grid.
-
-    With ``u`` the box solution (unmasked) and ``L`` the periodic box Laplacian, ``L u = r - mean(r)``
-    (the box solve leaves out the constant mode), and on a masked pixel p
-    ``A (mask u) (p) = (L u)(p) + sum of u(q) over p's neighbours q off the mask``: the masked
-    solution differs from ``u`` only by what leaked out of the mask. So
-    ``P^T A (mask u) = P^T r - mean(r) P^T mask + P^T s``, ``s`` the leak summed along the mask's
-    boundary edges, and ``P^T r = 0``: the deflated iteration keeps every residual orthogonal to
-    the coarse space. That replaces a product by ``A`` and a restriction over the whole grid (a
-    sixth of an iteration) by a gather and a small sparse product over the boundary edges.
-    """
-
-    def __init__(self, box: _PeriodicBoxSolver, coarse32: _CoarseSolver, mask: np.ndarray, grid: tuple[int, int]):
-        self.box, self.coarse32 = box, coarse32
-        self.boxed = np.zeros(grid, np.float32)
-        self.work = np.empty(grid, np.float32)
-        (height, width), box_width, k = mask.shape, box.buffer.shape[1], coarse32.k
-        # Boundary edges (p, q): p masked, q its neighbour off the mask (inside the crop: its ring).
-        mask8 = mask.view(np.uint8)
-        boundary = np.flatnonzero(mask8 > cv2.erode(mask8, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0))
-        flat_mask = mask.ravel()
-        p_parts, q_parts = [], []
-        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            p = boundary[~flat_mask[boundary + dy * width + dx]]
-            p_parts.append(p)
-            q_parts.append(p + (dy * box_width + dx) + (p // width) * (box_width - width))
-        p, q = np.concatenate(p_parts), np.concatenate(q_parts)
-        # P^T over the edges: each edge's p spreads to its cell's four nodes by the bilinear hats.
-        present = coarse32.present
-        node = np.full(present.shape, -1)
-        node[present] = np.arange(int(present.sum()))
-        py, px = np.divmod(p, width)
-        cy, cx, u, v = py // k, px // k, (py % k) / k, (px % k) / k
-        nodes, weights, sources = [], [], []
-        for ay, ax, weight in ((0, 0, (1 - u) * (1 - v)), (0, 1, (1 - u) * v), (1, 0, u * (1 - v)), (1, 1, u * v)):
-            target = node[cy + ay, cx + ax]
-            keep = (target >= 0) & (weight > 0)
-            nodes.append(target[keep]), weights.append(weight[keep]), sources.append(q[keep])
-        self.entry_node, self.entry_weight, self.entry_source = map(np.concatenate, (nodes, weights, sources))
-        self.nodes_present = int(present.sum())
-        self.mask_restricted = coarse32._restrict(coarse32.maskf)[present].astype(np.float64)
-        self.box_pixels = box.buffer.size
-        del height
-
-    def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
-        box, coarse = self.box, self.coarse32
-        u, total = box.solve_box(residual)
-        leak = np.bincount(
-            self.entry_node, self.entry_weight * u.ravel()[self.entry_source], minlength=self.nodes_present
-        )
-        restricted = (leak - (total / self.box_pixels) * self.mask_restricted).astype(np.float32)
-        solved, _ = coarse.banded_solve(coarse.factor, restricted, lower=1, overwrite_b=1)
-        coarse.nodes[coarse.present] = solved
-        fine = coarse._prolong(coarse.nodes, self.work)
-        # z = mask (u - P nodes) on the crop; z stays zero on the rest of the grid.
-        crop = box.crop
-        np.subtract(u[crop], fine[crop], out=fine[crop])
-        np.multiply(fine[crop], box.crop_mask, out=out[crop])

@@ -859,3 +859,33 @@ def test_box_solve_is_periodic_inside_the_image_and_trigonometric_on_its_border(
         system = ps._MaskedSystem(inside, neumann)
         exact = ps._solve_splu(system, rhs)
         np.testing.assert_allclose(x[inside], exact[inside], atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("shape", ["disk", "ring", "two blobs", "L", "blob with specks"])
+def test_leak_preconditioner_equals_the_explicit_two_level_preconditioner(shape):
+    """For a residual orthogonal to the coarse space (as the deflated iteration keeps them), reading
+    ``P^T A B r`` off the box solution's leak gives the same ``(I - Q A) B r`` as the product by
+    ``A`` and the restriction over the grid, to float32 precision."""
+    mask = np.zeros((150, 160), bool)
+    mask[5:145, 5:155] = _shape_mask(shape)  # a Dirichlet ring on every side: the periodic box
+    mask[:5], mask[-5:], mask[:, :5], mask[:, -5:] = False, False, False, False
+    k = pcg._COARSE_CELL
+    grid = (-(-mask.shape[0] // k) * k, -(-mask.shape[1] // k) * k)
+    on_grid = np.zeros(grid, bool)
+    on_grid[: mask.shape[0], : mask.shape[1]] = mask
+    operator = pcg._Operator(on_grid, mask.shape, (False,) * 4)
+    coarse = pcg._CoarseSolver(operator, k)
+    box = pcg._box_solver(mask, (False,) * 4)
+    assert coarse.ok and isinstance(box, pcg._PeriodicBoxSolver)
+    leak = pcg._LeakPreconditioner(box, coarse.single(), mask, grid)
+    explicit = pcg._Preconditioner(box, operator.single(), coarse.single(), grid)
+    rng = np.random.default_rng(SHAPES.index(shape))
+    for _ in range(3):
+        residual = rng.normal(size=grid) * on_grid
+        residual -= operator(coarse(residual))  # (I - A Q) r: orthogonal to the coarse space
+        assert np.abs(coarse._restrict(residual)[coarse.present]).max() < 1e-9 * np.abs(residual).max()
+        z_leak, z_explicit = np.zeros(grid), np.zeros(grid)
+        leak(residual, z_leak)
+        explicit(residual, z_explicit)
+        assert not z_leak[~on_grid].any()
+        np.testing.assert_allclose(z_leak, z_explicit, rtol=0, atol=2e-4 * np.abs(z_explicit).max())
