@@ -6,6 +6,7 @@ Cholesky or by the deflated conjugate gradients of :mod:`.pcg`.
 """
 
 from .poisson import (
+    AUTO_OPENCV_MIN_CHANNELS,
     AUTO_OPENCV_MIN_KEPT,
     AUTO_OPENCV_MIN_PIXELS,
     OPENCV_EROSION,
@@ -20,6 +21,7 @@ from .poisson import (
 )
 
 __all__ = [
+    "AUTO_OPENCV_MIN_CHANNELS",
     "AUTO_OPENCV_MIN_KEPT",
     "AUTO_OPENCV_MIN_PIXELS",
     "OPENCV_EROSION",

@@ -690,8 +690,22 @@ def _large_compact_case():
     return target, source, mask
 
 
-def test_auto_uses_opencv_only_where_it_is_faithful():
+def test_auto_solves_gray_images_exactly():
+    """On one channel the exact solve is faster than cv2 (which solves three): auto never calls it."""
     target, source, mask = _large_compact_case()
+    for t, s in (
+        (target, source),
+        (target[:, :, None], source[:, :, None]),
+        (np.dstack([target] * 2), np.dstack([source] * 2)),
+    ):
+        exact = poisson_blend(t, s, mask, (50, 50), method="exact")
+        assert not np.array_equal(exact, poisson_blend(t, s, mask, (50, 50), method="opencv"))
+        np.testing.assert_array_equal(poisson_blend(t, s, mask, (50, 50), method="auto"), exact)
+
+
+def test_auto_uses_opencv_only_where_it_is_faithful():
+    gray_target, gray_source, mask = _large_compact_case()
+    target, source = np.dstack([gray_target] * 3), np.dstack([gray_source] * 3)  # three channels
     opencv = poisson_blend(target, source, mask, (50, 50), method="opencv")
     assert np.array_equal(poisson_blend(target, source, mask, (50, 50), method="auto"), opencv)
     exact_cases = [
@@ -708,10 +722,11 @@ def test_auto_uses_opencv_only_where_it_is_faithful():
 
 def test_auto_falls_back_when_opencv_loses_the_sources_contrast():
     """A bright ring in the mask's outer 3 px, where cv2 drops source gradients: auto goes exact."""
-    target, source, mask = _large_compact_case()
+    target, _, mask = _large_compact_case()
+    target = np.dstack([target] * 3)
     yy, xx = np.mgrid[:100, :100]
     r = np.sqrt((yy - 50) ** 2 + (xx - 50) ** 2)
-    source = np.where((r > 42.5) & (r < 45), 230, 100).astype(np.uint8)
+    source = np.dstack([np.where((r > 42.5) & (r < 45), 230, 100).astype(np.uint8)] * 3)
     opencv = poisson_blend(target, source, mask, (50, 50), method="opencv")
     exact = poisson_blend(target, source, mask, (50, 50), method="exact")
     auto = poisson_blend(target, source, mask, (50, 50), method="auto")
