@@ -16,6 +16,6 @@ run() {
 }
 run --task anomaly --arms cutpaste_normal,cutpaste_scar,cutpaste_3way,cropliq,cropliq_cutpaste_3way
 run --task cls --arms baseline,cutmix,contextmix,contextmix_defect
-run --task seg --arms baseline,dli_all,dli_balance
+run --task seg --arms baseline,dli_all,dli_balance,dli_all_source
 run --task seg --arms guided_crop
 echo "=== $(date '+%F %T') queue done"

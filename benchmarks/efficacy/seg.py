@@ -12,6 +12,8 @@ Arms (what each adds to the baseline's flips):
   code runs it (every defect-free image of the batch gets a defect, rarest class first).
 - ``dli_balance``: ``fill="balance"`` (the paper's text: inject only until the batch's classes are
   even), so most batches keep defect-free images; the training-friendly setting.
+- ``dli_all_source``: ``dli_all`` with ``placement="source"``: each defect where it sat in its own
+  image (relative position) instead of anywhere it fits (the reference code's choice).
 - ``guided_crop``: ``GuidedCropPaste(p=0.5)`` on defect-free tiles with a live ``ClassWeights``
   updated every ``guide_every`` steps from the per-class *training* loss (mean BCE over the class's
   target pixels in the batches since the last update). Never the validation loss: validation
@@ -48,6 +50,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "dli_all": {"dli": {"fill": "all", "poisson_p": 0.5}},
     "dli_balance": {"dli": {"fill": "balance", "poisson_p": 0.5}},
+    "dli_all_source": {"dli": {"fill": "all", "poisson_p": 0.5, "placement": "source"}},
     "guided_crop": {"guided_crop": {"p": 0.5}},
     "dli_paste_only": {"dli": {"fill": "all", "poisson_p": 0.0}},
     "dli_poisson_only": {"dli": {"fill": "all", "poisson_p": 1.0}},
@@ -57,7 +60,7 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_ARMS = {
-    "cpu": ["baseline", "dli_all", "dli_balance", "guided_crop"],
+    "cpu": ["baseline", "dli_all", "dli_balance", "dli_all_source", "guided_crop"],
     "gpu": list(ARMS),
     "tiny": list(ARMS),
 }
@@ -283,6 +286,7 @@ def run(config: dict[str, Any], arm: str, seed: int, dataset: Dataset, show_prog
                 fill=spec["dli"]["fill"],
                 poisson_p=spec["dli"]["poisson_p"],
                 size_mode=spec["dli"].get("size_mode", "relative"),
+                placement=spec["dli"].get("placement", "random"),
                 seed=seed,
             )
             collate = DLICollate(dli, log_key=None)
