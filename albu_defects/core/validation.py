@@ -278,8 +278,10 @@ _OPENCV_DEPTHS = {np.dtype(np.uint8): cv2.CV_8U, np.dtype(np.uint16): cv2.CV_16U
 
 
 def _opencv_shaped(values: np.ndarray) -> bool:
-    """An array OpenCV takes as one image with a scalar operand: (H, W) or (H, W, C <= 4), C order."""
-    return (values.ndim == 2 or (values.ndim == 3 and values.shape[2] <= 4)) and values.flags.c_contiguous
+    """An array OpenCV takes as one image with a scalar operand: (H, W) or (H, W, C <= 4), C order, of
+    at least 64 pixels (OpenCV reads a 1 x 1 to 4 x 1 array as a scalar; small ones gain nothing)."""
+    shaped = values.ndim == 2 or (values.ndim == 3 and values.shape[2] <= 4)
+    return shaped and values.shape[0] * values.shape[1] >= 64 and values.flags.c_contiguous
 
 
 def clip_to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:

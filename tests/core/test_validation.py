@@ -90,3 +90,26 @@ def test_range_within_checks_a_pair_field_by_its_name():
     for bad in ((0.0, 0.5), (0.5, 0.25), (0.5, 2.0)):
         with pytest.raises(ValidationError, match=r"ratio_range=\(.*\) must satisfy 0.0 < low <= high <= 1.0"):
             Schema(ratio_range=bad)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("source", [np.float32, np.float64])
+def test_clip_to_dtype_rounds_half_to_even_and_saturates_for_every_shape(dtype, source):
+    """OpenCV's saturating cast serves the large images; tiny ones (which OpenCV would read as a
+    scalar) and other layouts take numpy's path: the same result for all of them."""
+    rng = np.random.default_rng(0)
+    sizes = (1, 2, 3, 4, 5, 8, 64)
+    shapes = [(h, w) for h in sizes for w in sizes] + [
+        (h, w, c) for h in (1, 4, 9) for w in (1, 9) for c in (1, 3, 4, 5)
+    ]
+    for shape in shapes:
+        values = (rng.normal(size=shape) * 40000).astype(source)
+        values.flat[0] = 2.5  # a tie: rounds to 2
+        expected = np.clip(np.rint(values.astype(np.float64)), 0, np.iinfo(dtype).max).astype(dtype)
+        out = clip_to_dtype(values, dtype)
+        assert out.dtype == dtype and out.shape == shape, shape
+        np.testing.assert_array_equal(out, expected, err_msg=str(shape))
+    transposed = (rng.normal(size=(64, 32)) * 300).astype(source).T  # not C-contiguous
+    np.testing.assert_array_equal(
+        clip_to_dtype(transposed, dtype), np.clip(np.rint(transposed), 0, np.iinfo(dtype).max).astype(dtype)
+    )
