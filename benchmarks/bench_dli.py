@@ -85,7 +85,8 @@ def build_dli(root: Path, poisson_p: float, tag: str):
         warnings.simplefilter("ignore")  # the 4 blank MT_Uneven masks are reported by the bank itself
         bank = DefectBank.from_folder(root, progress=False)
     path = bank.save(SCRATCH / f"bank-{tag}")
-    return bank, DynamicLabelInjection(str(path), poisson_p=poisson_p, seed=0)
+    # placement="random": 72696d0's default (this checkout's is "source"), so both versions place alike.
+    return bank, DynamicLabelInjection(str(path), poisson_p=poisson_p, placement="random", seed=0)
 
 
 def run_batch(dli, images, masks, labels, index) -> dict:

@@ -39,7 +39,7 @@ class BalanceOptions(NamedTuple):
     fill: Literal["all", "balance"] = "all"
     max_inject_fraction: float = 1.0
     size_mode: SizeMode = "relative"
-    placement: Placement = "random"
+    placement: Placement = "source"
     poisson_p: float = 0.5
     blend_margin: int = 2
 

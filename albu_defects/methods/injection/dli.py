@@ -132,8 +132,9 @@ class DynamicLabelInjection(DefectCompose):
         max_inject_fraction: at most this fraction of the batch's defect-free images is injected.
         defect_transform: an Albumentations transform (or its ``to_dict_private()`` form) applied to
             each defect crop + mask on a padded canvas; default :func:`default_defect_transform`.
-        placement: "random" (anywhere the defect fits) or "source" (its relative position in its
-            source image, plus the transform's shift).
+        placement: "source" (default: its relative position in its source image, plus the
+            transform's shift) or "random" (anywhere the defect fits). "source" segmented better in
+            the efficacy benchmark (mean IoU 0.412 against 0.325, higher on 3 of 3 seeds, Magnetic Tile).
         size_mode: "relative" (scale by target size / source size: images resized from the bank's
             resolution), "absolute" (keep pixel size; only defects that fit the image) or
             "absolute_crop" (keep pixel size; a defect larger than the image is cut to an
@@ -153,7 +154,7 @@ class DynamicLabelInjection(DefectCompose):
         fill: Literal["all", "balance"] = "all",
         max_inject_fraction: float = 1.0,
         defect_transform: Any = None,
-        placement: Literal["random", "source"] = "random",
+        placement: Literal["random", "source"] = "source",
         size_mode: Literal["relative", "absolute", "absolute_crop"] = "relative",
         p: float = 1.0,
         seed: int | None = None,
