@@ -371,7 +371,7 @@ class _LeakPreconditioner:
         node = np.full(present.size, -1)
         node[present.ravel()] = np.arange(int(present.sum()))
         py, px = np.divmod(p, width)
-        row_hats, col_hats = _hats_at(py, k), _hats_at(px, k)
+        row_hats, col_hats = coarse32.hats_t[py % k], coarse32.hats_t[px % k]  # (edges, 2): first, second node
         weights = (row_hats[:, :, None] * col_hats[:, None, :]).reshape(-1, 4)
         nodes_wide = present.shape[1]
         corners = (py // k * nodes_wide + px // k)[:, None] + np.array([0, 1, nodes_wide, nodes_wide + 1])
@@ -395,12 +395,6 @@ class _LeakPreconditioner:
         crop = box.crop
         np.subtract(u[crop], fine[crop], out=fine[crop])
         np.multiply(fine[crop], box.crop_mask, out=out[crop])
-
-
-def _hats_at(position: np.ndarray, k: int) -> np.ndarray:
-    """The two 1-D hats of k-pixel cells (their first and second node's) at ``position``: (n, 2)."""
-    u = (position % k) / k
-    return np.stack([1 - u, u], axis=1)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
