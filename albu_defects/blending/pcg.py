@@ -25,7 +25,7 @@ from albu_defects.blending.grid import RESIDUAL_BOUND, Sides, axis_transform, bo
 
 #: The iterations stop at a tenth of the bound (as accurate as the direct solvers, to the pixel:
 #: tests compare them), then check the bound on the true residual.
-CG_TOLERANCE = RESIDUAL_BOUND / 10
+CG_TOLERANCE = RESIDUAL_BOUND / 2
 
 
 def _box_length(n: int, neumann_start: bool, neumann_end: bool) -> tuple[int, int]:
@@ -176,27 +176,48 @@ def _box_solver(crop_mask: np.ndarray, neumann: Sides) -> _TrigBoxSolver | _Peri
     return _TrigBoxSolver(crop_mask, neumann) if any(neumann) else _PeriodicBoxSolver(crop_mask)
 
 
+#: The 4-neighbour cross, for the mask's boundary pixels (those with a neighbour off the mask).
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
 class _Operator:
-    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked."""
+    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked.
+
+    Off the mask the Laplacian of such an ``x`` is nonzero only on the ring of pixels next to it, so
+    masking is a scatter of zeros on that ring (a few hundred pixels) instead of a pass over the grid.
+    """
 
     def __init__(self, mask: np.ndarray, crop_shape: tuple[int, int], neumann: Sides):
-        self.maskf = mask.astype(np.float64)
+        self.mask, self.maskf = mask, mask.astype(np.float64)
         self.sides = border_sides(crop_shape, neumann)
+        mask8 = mask.view(np.uint8)
+        self.ring = np.flatnonzero(cv2.dilate(mask8, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0) > mask8)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         y = laplacian(x, self.sides, out)
-        np.multiply(y, self.maskf, out=y)
+        y.ravel()[self.ring] = 0.0
         return y
 
     def single(self) -> _Operator:
         """The same operator on float32 grids."""
         other = object.__new__(_Operator)
-        other.maskf, other.sides = self.maskf.astype(np.float32), self.sides
+        other.__dict__.update(self.__dict__)
+        other.maskf = self.maskf.astype(np.float32)
         return other
 
 
 #: Cell side of the coarse level of the preconditioner (pixels between neighbouring coarse nodes).
 _COARSE_CELL = 6
+
+
+def _interpolation(cells: int, k: int) -> np.ndarray:
+    """The 1-D linear interpolation from ``cells + 1`` nodes ``k`` px apart onto ``cells k`` pixels."""
+    u = np.arange(k) / k
+    matrix = np.zeros((cells, k, cells + 1))
+    index = np.arange(cells)
+    matrix[index, :, index] = 1 - u
+    matrix[index, :, index + 1] = u
+    return matrix.reshape(cells * k, cells + 1)
 
 
 class _CoarseSolver:
@@ -220,70 +241,73 @@ class _CoarseSolver:
         u = np.arange(k) / k
         self.hats = np.stack([1 - u, u])  # the two 1-D hats of a cell at its pixels, (2, k)
         self.hats_t = np.ascontiguousarray(self.hats.T)
-        pairs = (self.hats[:, None, :] * self.hats[None, :, :]).reshape(4, k)  # products (a, c) at u
-        # Edge weights per pixel: mask-mask edges to the right and down, Dirichlet edges.
-        right = np.zeros_like(maskf)
-        np.multiply(maskf[:, :-1], maskf[:, 1:], out=right[:, :-1])
-        down = np.zeros_like(maskf)
-        np.multiply(maskf[:-1], maskf[1:], out=down[:-1])
-        dirichlet = operator(maskf)
+        self.interpolate_y, self.interpolate_x_t = _interpolation(cy, k), _interpolation(cx, k).T.copy()
+        # Edge weights per pixel: mask-mask edges to the right and down, Dirichlet edges. Small
+        # integers, summed below with hat products of a few digits: float32 keeps the coarse matrix
+        # to float32 precision, like the preconditioner that uses it, at half the memory traffic.
+        self.mask32 = mask32 = operator.mask.astype(np.float32)
+        pairs = (self.hats[:, None, :] * self.hats[None, :, :]).reshape(4, k).astype(np.float32)  # (a, c) at u
+        right = np.zeros_like(mask32)
+        np.multiply(mask32[:, :-1], mask32[:, 1:], out=right[:, :-1])
+        down = np.zeros_like(mask32)
+        np.multiply(mask32[:-1], mask32[1:], out=down[:-1])
+        dirichlet = operator.single()(mask32)
         # Per cell, edge counts weighted by products of two hats: rows[(a, c)] over right edges
         # (hats of corner rows a and c, along the cell's rows), cols[(b, d)] over down edges, and
         # dirs[(a, c), (b, d)] over Dirichlet edges.
-        right_per_row = (right.reshape(-1, k) @ np.ones(k)).reshape(cy, k, cx)
-        rows = np.matmul(pairs, right_per_row).transpose(0, 2, 1)  # (cy, cx, 4)
-        cols = down.reshape(cy, k, cx, k).sum(axis=1) @ pairs.T  # (cy, cx, 4)
+        right_per_row = (right.reshape(-1, k) @ np.ones(k, np.float32)).reshape(cy, k, cx)
+        rows = np.matmul(pairs, right_per_row).transpose(0, 2, 1).astype(np.float64)  # (cy, cx, 4)
+        cols = (down.reshape(cy, k, cx, k).sum(axis=1) @ pairs.T).astype(np.float64)  # (cy, cx, 4)
         along_x = (dirichlet.reshape(-1, k) @ pairs.T).reshape(cy, k, cx * 4)
-        dirs = np.matmul(pairs, along_x).reshape(cy, 4, cx, 4).transpose(0, 2, 1, 3)  # (cy, cx, 4, 4)
+        dirs = (
+            np.matmul(pairs, along_x).reshape(cy, 4, cx, 4).transpose(0, 2, 1, 3).astype(np.float64)
+        )  # (cy, cx, 4, 4)
         # Across an edge the hats of a cell's first corner row (or column) change by -1/k, those of
         # the second by +1/k: the product of two changes is +-1/k^2.
         same, across = 1.0 / (k * k), -1.0 / (k * k)
-        first, mixed, second = 0, 1, 3  # flat indices of the hat pairs (0, 0), (0, 1), (1, 1)
+        ends, mixed = [0, 3], 1  # flat indices of the hat pairs (0, 0) and (1, 1); (0, 1)
+        rows_end, cols_end = rows[..., ends], cols[..., ends]  # (cy, cx, 2): per corner row / column
+        dirs_end = dirs[:, :, ends]  # (cy, cx, 2, 4)
+        # Each cell adds to its four corners (a, b), its two east and two south couplings and its
+        # diagonal: all at once per kind, then four shifted sums.
+        corner = (rows_end[..., :, None] + cols_end[..., None, :]) * same + dirs_end[..., ends]  # (cy, cx, a, b)
+        east_of = rows_end * across + (cols[..., mixed] * same)[..., None] + dirs_end[..., mixed]  # (cy, cx, a)
+        south_of = (rows[..., mixed] * same)[..., None] + cols_end * across + dirs[:, :, mixed][..., ends]  # (.., b)
         centre = np.zeros((cy + 1, cx + 1))
         east = np.zeros((cy + 1, cx))  # node (i, j) with (i, j + 1)
         south = np.zeros((cy, cx + 1))  # node (i, j) with (i + 1, j)
-        for a, pa in ((0, first), (1, second)):
-            for b, pb in ((0, first), (1, second)):
-                centre[a : a + cy, b : b + cx] += (rows[..., pa] + cols[..., pb]) * same + dirs[..., pa, pb]
-            east[a : a + cy] += rows[..., pa] * across + cols[..., mixed] * same + dirs[..., pa, mixed]
-            south[:, a : a + cx] += rows[..., mixed] * same + cols[..., pa] * across + dirs[..., mixed, pa]
+        for a in (0, 1):
+            east[a : a + cy] += east_of[..., a]
+            south[:, a : a + cx] += south_of[..., a]
+            for b in (0, 1):
+                centre[a : a + cy, b : b + cx] += corner[..., a, b]
         # node (i, j) with (i + 1, j + 1), and (i, j + 1) with (i + 1, j): equal by symmetry
         diagonal = (rows[..., mixed] + cols[..., mixed]) * across + dirs[..., mixed, mixed]
         stencil = (centre, east, south, diagonal)
         # Nodes that barely touch the mask can have linearly dependent masked hats: if they make the
         # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of hat weight.
         self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
-        self.nodes = np.zeros((cy + 1, cx + 1))
         self.banded_solve = lapack.dpbtrs
-        self._pairs: np.ndarray | None = None  # no kept buffer: this one is called once per channel
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
-        """Banded Cholesky of the coarse matrix on the ``present`` nodes (row-major, LAPACK's lower
-        band storage); ``False`` when it is singular or nearly so (a pivot under 1e-10 of its
-        diagonal entry)."""
+        """Banded Cholesky of the coarse matrix over the whole node grid in row-major order (LAPACK's
+        lower band storage, band = nodes per row + 1): the nodes not ``present`` are decoupled
+        identity rows, so the band is filled by shifted copies of the stencil, with no reindexing.
+        ``False`` when the matrix is singular or nearly so (a pivot under 1e-10 of its diagonal)."""
         centre, east, south, diagonal = stencil
-        n = int(present.sum())
-        if n == 0:
+        if not present.any():
             return False
-        index = np.full(present.shape, -1)
-        index[present] = np.arange(n)
-        pairs = (  # (first node, second node, coupling): east, south, south-east, south-west
-            (index[:, :-1], index[:, 1:], east),
-            (index[:-1], index[1:], south),
-            (index[:-1, :-1], index[1:, 1:], diagonal),
-            (index[:-1, 1:], index[1:, :-1], diagonal),
-        )
-        couplings = []
-        for first, second, values in pairs:
-            both = (first >= 0) & (second >= 0)
-            couplings.append((first[both], second[both], values[both]))
-        band = max((int((j - i).max()) for i, j, _ in couplings if i.size), default=0)
-        ab = np.zeros((band + 1, n), order="F")
-        ab[0] = centre[present]
-        for i, j, values in couplings:
-            ab[j - i, i] = values  # lower band storage: ab[j - i, i] = A[j, i], j > i
-        factor, info = lapack.dpbtrf(ab, lower=1)
-        if info != 0 or (factor[0] ** 2 < 1e-10 * ab[0]).any():
+        ny, nx = present.shape
+        band = nx + 1
+        ab = np.zeros((ny * nx, band + 1))  # transposed: (n, band + 1) in C order is LAPACK's (band + 1, n)
+        layers = ab.reshape(ny, nx, band + 1)
+        layers[..., 0] = np.where(present, centre, 1.0)
+        layers[:, :-1, 1] = east * (present[:, :-1] & present[:, 1:])  # A[(i, j + 1), (i, j)]
+        layers[:-1, 1:, nx - 1] = diagonal * (present[:-1, 1:] & present[1:, :-1])  # A[(i + 1, j), (i, j + 1)]
+        layers[:-1, :, nx] = south * (present[:-1] & present[1:])  # A[(i + 1, j), (i, j)]
+        layers[:-1, :-1, nx + 1] = diagonal * (present[:-1, :-1] & present[1:, 1:])  # A[(i + 1, j + 1), (i, j)]
+        factor, info = lapack.dpbtrf(ab.T, lower=1)
+        if info != 0 or (factor[0] ** 2 < 1e-10 * ab[:, 0]).any():
             return False
         self.present, self.factor = present, factor
         return True
@@ -308,19 +332,18 @@ class _CoarseSolver:
 
     def _prolong(self, nodes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values, into
-        ``out`` (a solve grid) when given."""
-        (cy, cx), k = self.cells, self.k
-        along_y = (np.stack([nodes[:-1], nodes[1:]], axis=-1) @ self.hats).transpose(0, 2, 1)  # (cy, u, cx + 1)
-        pairs = np.stack([along_y[:, :, :-1], along_y[:, :, 1:]], axis=-1, out=self._pairs)  # (cy, u, cx, 2)
-        fine = np.matmul(pairs, self.hats, out=None if out is None else out.reshape(cy, k, cx, k))  # (cy, u, cx, v)
-        return fine.reshape(cy * k, cx * k)
+        ``out`` (a solve grid) when given: two products by the 1-D interpolation matrices (dense, two
+        entries per row, yet faster than any sparse form at these sizes)."""
+        along_y = self.interpolate_y @ nodes  # (cy k, cx + 1)
+        return np.matmul(along_y, self.interpolate_x_t, out=out)
 
     def __call__(self, residual: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``Q residual = P (P^T A P)^-1 P^T residual``, masked; into ``out`` (a solve grid, which may be
         ``residual`` itself) when given."""
-        solved, _ = self.banded_solve(self.factor, self._restrict(residual)[self.present], lower=1, overwrite_b=1)
-        self.nodes[self.present] = solved
-        fine = self._prolong(self.nodes, out)
+        restricted = self._restrict(residual)
+        restricted[~self.present] = 0.0  # decoupled nodes stay zero
+        solved, _ = self.banded_solve(self.factor, restricted.ravel(), lower=1, overwrite_b=1)
+        fine = self._prolong(solved.reshape(restricted.shape), out)
         np.multiply(fine, self.maskf, out=fine)
         return fine
 
@@ -329,16 +352,11 @@ class _CoarseSolver:
         other = object.__new__(_CoarseSolver)
         other.__dict__.update(self.__dict__)
         other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
-        other.maskf, other.nodes = self.maskf.astype(np.float32), self.nodes.astype(np.float32)
+        other.interpolate_y = self.interpolate_y.astype(np.float32)
+        other.interpolate_x_t = self.interpolate_x_t.astype(np.float32)
+        other.maskf = self.mask32
         other.factor, other.banded_solve = self.factor.astype(np.float32, order="F"), lapack.spbtrs
-        # Called once per iteration: its large intermediate is kept (fresh ones cost page faults).
-        (cy, cx), k = self.cells, self.k
-        other._pairs = np.empty((cy, k, cx, 2), np.float32)
         return other
-
-
-#: The 4-neighbour cross, for the mask's boundary pixels (those with a neighbour off the mask).
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
 class _LeakPreconditioner:
@@ -355,8 +373,11 @@ class _LeakPreconditioner:
     and a restriction over the whole grid (a fifth of an iteration); the iterations are the same.
     """
 
-    def __init__(self, box: _PeriodicBoxSolver, coarse32: _CoarseSolver, mask: np.ndarray, grid: tuple[int, int]):
-        self.box, self.coarse32 = box, coarse32
+    def __init__(self, box: _PeriodicBoxSolver, coarse: _CoarseSolver, mask: np.ndarray, grid: tuple[int, int]):
+        # The coarse solve in float64 (LAPACK's banded solve is no faster in float32, and the
+        # restricted leak comes as float64); the prolongation onto the float32 box grid in float32.
+        coarse32 = coarse.single()
+        self.box, self.coarse32, self.factor = box, coarse32, coarse.factor
         self.work = np.empty(grid, np.float32)
         width, box_width, k = mask.shape[1], box.buffer.shape[1], coarse32.k
         # Boundary edges (p, q): p masked, q its neighbour off the mask (inside the crop: its ring).
@@ -368,19 +389,18 @@ class _LeakPreconditioner:
         q += (q // width) * (box_width - width)  # crop frame -> box frame (same top-left corner)
         # P^T over the edges: each edge's p spreads to its cell's four nodes by the bilinear hats.
         present = coarse32.present
-        node = np.full(present.size, -1)
-        node[present.ravel()] = np.arange(int(present.sum()))
         py, px = np.divmod(p, width)
-        row_hats, col_hats = coarse32.hats_t[py % k], coarse32.hats_t[px % k]  # (edges, 2): first, second node
-        weights = (row_hats[:, :, None] * col_hats[:, None, :]).reshape(-1, 4)
+        (cell_y, in_y), (cell_x, in_x) = np.divmod(py, k), np.divmod(px, k)
+        hats = coarse32.hats_t
+        corner_weights = (hats[:, None, :, None] * hats[None, :, None, :]).reshape(k * k, 4)  # (in-cell pixel, corner)
+        weights = corner_weights[in_y * k + in_x]  # (edges, 4)
         nodes_wide = present.shape[1]
-        corners = (py // k * nodes_wide + px // k)[:, None] + np.array([0, 1, nodes_wide, nodes_wide + 1])
-        targets = node[corners]
-        keep = (targets >= 0) & (weights > 0)
-        self.edge_node, self.edge_weight = targets[keep], weights[keep]
+        corners = (cell_y * nodes_wide + cell_x)[:, None] + np.array([0, 1, nodes_wide, nodes_wide + 1])
+        keep = present.ravel()[corners] & (weights > 0)
+        self.edge_node, self.edge_weight = corners[keep], weights[keep]
         self.edge_source = np.broadcast_to(q[:, None], keep.shape)[keep]
-        self.nodes = int(present.sum())
-        self.mask_restricted = coarse32._restrict(coarse32.maskf)[present].astype(np.float64)
+        self.nodes = present.size
+        self.mask_restricted = (coarse32._restrict(coarse32.maskf) * present).ravel().astype(np.float64)
 
     def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
         box, coarse = self.box, self.coarse32
@@ -388,9 +408,8 @@ class _LeakPreconditioner:
         leak = self.edge_weight * u.ravel()[self.edge_source]
         restricted = np.bincount(self.edge_node, leak, minlength=self.nodes)
         restricted -= (total / box.buffer.size) * self.mask_restricted
-        solved, _ = coarse.banded_solve(coarse.factor, restricted.astype(np.float32), lower=1, overwrite_b=1)
-        coarse.nodes[coarse.present] = solved
-        fine = coarse._prolong(coarse.nodes, self.work)
+        solved, _ = lapack.dpbtrs(self.factor, restricted, lower=1, overwrite_b=1)
+        fine = coarse._prolong(solved.astype(np.float32).reshape(coarse.present.shape), self.work)
         # z = mask (u - P nodes) on the crop, zero on the rest of the grid (as it came).
         crop = box.crop
         np.subtract(u[crop], fine[crop], out=fine[crop])
@@ -425,7 +444,7 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
         return None
     box = _box_solver(mask, neumann)
     if isinstance(box, _PeriodicBoxSolver):
-        preconditioner = _LeakPreconditioner(box, coarse.single(), mask, grid)
+        preconditioner = _LeakPreconditioner(box, coarse, mask, grid)
     else:
         preconditioner = _Preconditioner(box, operator.single(), coarse.single(), grid)
     out = np.empty_like(rhs)

@@ -340,8 +340,11 @@ def test_pcg_agrees_with_the_direct_solvers_on_large_regions(shape, channels, mo
         solutions[solver] = target.astype(np.float64)
         bl._write_masked(solutions[solver], region, grid)
         assert perez_residual(solutions[solver], target, source, mask, (0, 0), mode) <= RESIDUAL_BOUND, solver
-    np.testing.assert_allclose(solutions["pcg"], solutions["banded"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(solutions["splu"], solutions["banded"], atol=1e-5, rtol=0)
+    # The direct solvers agree to rounding. Conjugate gradients stop at half the residual bound:
+    # the bound allows errors of about bound * ||b|| / 4 on a pixel with no masked neighbour (the
+    # specks: e_p = r_p / 4), 3e-5 here; 1e-4 of the value range is 1/40 of a uint8 grey level.
+    np.testing.assert_allclose(solutions["splu"], solutions["banded"], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(solutions["pcg"], solutions["banded"], atol=1e-4, rtol=0)
 
 
 def test_pcg_solves_every_channel_as_if_alone():
@@ -892,13 +895,14 @@ def test_leak_preconditioner_equals_the_explicit_two_level_preconditioner(shape)
     coarse = pcg._CoarseSolver(operator, k)
     box = pcg._box_solver(mask, (False,) * 4)
     assert coarse.ok and isinstance(box, pcg._PeriodicBoxSolver)
-    leak = pcg._LeakPreconditioner(box, coarse.single(), mask, grid)
+    leak = pcg._LeakPreconditioner(box, coarse, mask, grid)
     explicit = pcg._Preconditioner(box, operator.single(), coarse.single(), grid)
     rng = np.random.default_rng(SHAPES.index(shape))
     for _ in range(3):
         residual = rng.normal(size=grid) * on_grid
         residual -= operator(coarse(residual))  # (I - A Q) r: orthogonal to the coarse space
-        assert np.abs(coarse._restrict(residual)[coarse.present]).max() < 1e-9 * np.abs(residual).max()
+        # to float32 precision: the coarse matrix is assembled in float32, like the preconditioner
+        assert np.abs(coarse._restrict(residual)[coarse.present]).max() < 1e-6 * np.abs(residual).max()
         z_leak, z_explicit = np.zeros(grid), np.zeros(grid)
         leak(residual, z_leak)
         explicit(residual, z_explicit)
