@@ -23,8 +23,9 @@ from scipy.linalg import lapack
 
 from albu_defects.blending.grid import RESIDUAL_BOUND, Sides, axis_transform, border_sides, laplacian
 
-#: The iterations stop at a tenth of the bound (as accurate as the direct solvers, to the pixel:
-#: tests compare them), then check the bound on the true residual.
+#: The iterations stop at half the bound, then check the bound on the true residual (the recurrence
+#: drifts from it by far less than that margin). A tenth took 8.18 box solves per Magnetic Tile
+#: region of 10k px or more instead of 7.53, for pixels 1e-4 grey levels closer to the direct solvers'.
 CG_TOLERANCE = RESIDUAL_BOUND / 2
 
 
@@ -348,7 +349,7 @@ class _CoarseSolver:
         return fine
 
     def single(self) -> _CoarseSolver:
-        """The same coarse solve on float32 grids (its factor and solve stay float64)."""
+        """The same coarse solve on float32 grids (factor and solve too)."""
         other = object.__new__(_CoarseSolver)
         other.__dict__.update(self.__dict__)
         other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
