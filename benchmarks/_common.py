@@ -165,7 +165,20 @@ def base_checkout(ref: str = BASE_REF, path: Path | None = None) -> Path:
 
 def load_package(folder: Path, name: str) -> ModuleType:
     """Import the ``albu_defects`` package found in ``folder`` under another top-level ``name``, beside
-    the one in use (its modules import each other relatively)."""
+    the one in use. Only for versions whose modules import each other relatively (72696d0 does):
+    an absolute ``albu_defects`` import inside it would bind to this checkout's modules and time a
+    mix of both versions, so such a package is refused (time it in a subprocess instead, as
+    ``bench_dli`` does)."""
+    absolute = re.compile(r"^(from|import)\s+albu_defects\b", re.MULTILINE)  # at module level
+    mixed = sorted(
+        str(path.relative_to(folder))
+        for path in (folder / "albu_defects").rglob("*.py")
+        if absolute.search(path.read_text(encoding="utf-8"))
+    )
+    if mixed:
+        raise SystemExit(
+            f"{folder} imports albu_defects absolutely ({', '.join(mixed[:3])}, ...): load it in a subprocess"
+        )
     spec = importlib.util.spec_from_file_location(
         name, folder / "albu_defects" / "__init__.py", submodule_search_locations=[str(folder / "albu_defects")]
     )

@@ -151,20 +151,24 @@ class _PeriodicBoxSolver:
         h, w = crop_mask.shape
         bh, bw = _dft_size(h), _dft_size(w)
         self.inverse = _periodic_inverse(bh, bw)
-        self.buffer = np.zeros((bh, bw), np.float32)
-        self.spectrum = np.empty((bh, bw), np.float32)
-        self.solution = np.empty((bh, bw), np.float32)
+        # One buffer, transformed in place (less memory to bring back into cache on every call):
+        # its padding beyond the crop is zeroed again before each forward transform.
+        self.buffer = np.empty((bh, bw), np.float32)
+        self.padding = ((slice(h, None), slice(None)), (slice(0, h), slice(w, None)))
         self.crop = (slice(0, h), slice(0, w))
         self.crop_mask = crop_mask.astype(np.float32)
 
     def solve_box(self, residual: np.ndarray) -> tuple[np.ndarray, float]:
-        """The box solution of ``residual`` on the whole (unmasked) box, and the residual's sum over
-        the box (the constant mode, which the box solve does not invert)."""
-        self.buffer[self.crop] = residual[self.crop]
-        spectrum = cv2.dft(self.buffer, self.spectrum)
-        total = float(spectrum[0, 0])
-        np.multiply(spectrum, self.inverse, out=spectrum)
-        return cv2.dft(spectrum, self.solution, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT), total
+        """The box solution of ``residual`` on the whole (unmasked) box (valid until the next call),
+        and the residual's sum over the box (the constant mode, which the box solve does not invert)."""
+        buffer = self.buffer
+        buffer[self.crop] = residual[self.crop]
+        for part in self.padding:
+            buffer[part] = 0.0
+        cv2.dft(buffer, buffer)
+        total = float(buffer[0, 0])
+        np.multiply(buffer, self.inverse, out=buffer)
+        return cv2.dft(buffer, buffer, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT), total
 
     def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
         """Write the masked box solution of ``residual`` into the crop part of ``out`` (solve grid)."""
@@ -189,7 +193,7 @@ class _Operator:
     """
 
     def __init__(self, mask: np.ndarray, crop_shape: tuple[int, int], neumann: Sides):
-        self.mask, self.maskf = mask, mask.astype(np.float64)
+        self.mask = mask
         self.sides = border_sides(crop_shape, neumann)
         mask8 = mask.view(np.uint8)
         self.ring = np.flatnonzero(cv2.dilate(mask8, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0) > mask8)
@@ -200,25 +204,30 @@ class _Operator:
         return y
 
     def single(self) -> _Operator:
-        """The same operator on float32 grids."""
-        other = object.__new__(_Operator)
-        other.__dict__.update(self.__dict__)
-        other.maskf = self.maskf.astype(np.float32)
-        return other
+        """The same operator on float32 grids (it is the same: :func:`laplacian` keeps the dtype)."""
+        return self
 
 
 #: Cell side of the coarse level of the preconditioner (pixels between neighbouring coarse nodes).
 _COARSE_CELL = 6
 
 
-def _interpolation(cells: int, k: int) -> np.ndarray:
-    """The 1-D linear interpolation from ``cells + 1`` nodes ``k`` px apart onto ``cells k`` pixels."""
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _interpolation(cells: int, k: int, dtype: type = np.float64) -> np.ndarray:
+    """The 1-D linear interpolation from ``cells + 1`` nodes ``k`` px apart onto ``cells k`` pixels
+    (read-only: cached, sizes recur)."""
     u = np.arange(k) / k
     matrix = np.zeros((cells, k, cells + 1))
     index = np.arange(cells)
     matrix[index, :, index] = 1 - u
     matrix[index, :, index + 1] = u
-    return matrix.reshape(cells * k, cells + 1)
+    return _read_only(matrix.reshape(cells * k, cells + 1).astype(dtype))
+
+
+@functools.lru_cache(maxsize=_BOX_CACHE)
+def _interpolation_t(cells: int, k: int, dtype: type = np.float64) -> np.ndarray:
+    """The transpose of :func:`_interpolation`, C-contiguous (the right factor of the prolongation)."""
+    return _read_only(np.ascontiguousarray(_interpolation(cells, k, dtype).T))
 
 
 class _CoarseSolver:
@@ -236,23 +245,24 @@ class _CoarseSolver:
     """
 
     def __init__(self, operator: _Operator, k: int):
-        maskf = operator.maskf
-        cy, cx = maskf.shape[0] // k, maskf.shape[1] // k
-        self.k, self.cells, self.maskf = k, (cy, cx), maskf
+        cy, cx = operator.mask.shape[0] // k, operator.mask.shape[1] // k
+        self.k, self.cells = k, (cy, cx)
         u = np.arange(k) / k
         self.hats = np.stack([1 - u, u])  # the two 1-D hats of a cell at its pixels, (2, k)
         self.hats_t = np.ascontiguousarray(self.hats.T)
-        self.interpolate_y, self.interpolate_x_t = _interpolation(cy, k), _interpolation(cx, k).T.copy()
+        self.interpolate_y, self.interpolate_x_t = _interpolation(cy, k), _interpolation_t(cx, k)
+        self.interpolate_y_t, self.interpolate_x = _interpolation_t(cy, k), _interpolation(cx, k)
         # Edge weights per pixel: mask-mask edges to the right and down, Dirichlet edges. Small
         # integers, summed below with hat products of a few digits: float32 keeps the coarse matrix
         # to float32 precision, like the preconditioner that uses it, at half the memory traffic.
-        self.mask32 = mask32 = operator.mask.astype(np.float32)
+        # The mask as float32 multiplies the float64 grids too (numpy casts it on the fly): no float64 copy.
+        self.maskf = mask32 = operator.mask.astype(np.float32)
         pairs = (self.hats[:, None, :] * self.hats[None, :, :]).reshape(4, k).astype(np.float32)  # (a, c) at u
         right = np.zeros_like(mask32)
         np.multiply(mask32[:, :-1], mask32[:, 1:], out=right[:, :-1])
         down = np.zeros_like(mask32)
         np.multiply(mask32[:-1], mask32[1:], out=down[:-1])
-        dirichlet = operator.single()(mask32)
+        dirichlet = operator(mask32)
         # Per cell, edge counts weighted by products of two hats: rows[(a, c)] over right edges
         # (hats of corner rows a and c, along the cell's rows), cols[(b, d)] over down edges, and
         # dirs[(a, c), (b, d)] over Dirichlet edges.
@@ -287,7 +297,7 @@ class _CoarseSolver:
         stencil = (centre, east, south, diagonal)
         # Nodes that barely touch the mask can have linearly dependent masked hats: if they make the
         # coarse matrix (nearly) singular, keep only nodes with a pixel's worth of hat weight.
-        self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(maskf) >= 1.0)
+        self.ok = self._factor(stencil, centre > 0) or self._factor(stencil, self._restrict(mask32) >= 1.0)
         self.banded_solve = lapack.dpbtrs
 
     def _factor(self, stencil: tuple[np.ndarray, ...], present: np.ndarray) -> bool:
@@ -314,22 +324,9 @@ class _CoarseSolver:
         return True
 
     def _restrict(self, fine: np.ndarray) -> np.ndarray:
-        """``P^T fine`` for fine values that are zero off the mask: (cy + 1, cx + 1) node values."""
-        (cy, cx), k = self.cells, self.k
-        height = cy * k
-        # Along the rows: each cell's k pixels go to its left and right node (one BLAS product).
-        to_nodes = (fine.reshape(-1, k) @ self.hats_t).reshape(height, cx, 2)
-        along_x = np.empty((height, cx + 1), fine.dtype)
-        along_x[:, :-1] = to_nodes[:, :, 0]
-        along_x[:, -1] = 0.0
-        along_x[:, 1:] += to_nodes[:, :, 1]
-        # Along the columns: the same for each cell's k rows, to its upper and lower node.
-        to_rows = self.hats @ along_x.reshape(cy, k, cx + 1)  # (cy, 2, cx + 1)
-        out = np.empty((cy + 1, cx + 1), fine.dtype)
-        out[:-1] = to_rows[:, 0]
-        out[-1] = 0.0
-        out[1:] += to_rows[:, 1]
-        return out
+        """``P^T fine`` for fine values that are zero off the mask: (cy + 1, cx + 1) node values, by the
+        transposes of the prolongation's two products."""
+        return self.interpolate_y_t @ (fine @ self.interpolate_x)
 
     def _prolong(self, nodes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``P nodes`` before masking: bilinear interpolation of (cy + 1, cx + 1) node values, into
@@ -353,9 +350,15 @@ class _CoarseSolver:
         other = object.__new__(_CoarseSolver)
         other.__dict__.update(self.__dict__)
         other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
-        other.interpolate_y = self.interpolate_y.astype(np.float32)
-        other.interpolate_x_t = self.interpolate_x_t.astype(np.float32)
-        other.maskf = self.mask32
+        (cy, cx), k = self.cells, self.k
+        other.interpolate_y, other.interpolate_x_t = (
+            _interpolation(cy, k, np.float32),
+            _interpolation_t(cx, k, np.float32),
+        )
+        other.interpolate_y_t, other.interpolate_x = (
+            _interpolation_t(cy, k, np.float32),
+            _interpolation(cx, k, np.float32),
+        )
         other.factor, other.banded_solve = self.factor.astype(np.float32, order="F"), lapack.spbtrs
         return other
 
@@ -485,15 +488,21 @@ def _cg(
     work = np.empty_like(b)
     x = coarse(b)
     r = b - apply_a(x, out=work)
-    precondition(r, z)
-    p = z.copy()
-    rz = _dot(r, z)
+    p, rz = None, 1.0
     for _ in range(max_iter):
+        # The stop is tested before preconditioning: the residual that meets it needs no box solve.
         if _dot(r, r) <= goal:
             true_r = b - apply_a(x, out=work)
             if _dot(true_r, true_r) <= bound:
                 return x
             goal /= 100  # the recurrence drifted from the true residual: go on a little further
+        precondition(r, z)
+        rz, beta = _dot(r, z), 1.0 / rz
+        if p is None:
+            p = z.copy()
+        else:
+            beta *= rz
+            cv2.scaleAdd(p, beta, z, dst=p)
         ap = apply_a(p, out=work)
         pap = _dot(p, ap)
         if not (pap > 0 and rz > 0):
@@ -501,8 +510,4 @@ def _cg(
         alpha = rz / pap
         cv2.scaleAdd(p, alpha, x, dst=x)
         cv2.scaleAdd(ap, -alpha, r, dst=r)
-        precondition(r, z)
-        rz, beta = _dot(r, z), 1.0 / rz
-        beta *= rz
-        cv2.scaleAdd(p, beta, z, dst=p)
     return None
