@@ -1,7 +1,7 @@
 """Conjugate gradients for large compact regions of the masked Perez system (see :mod:`.grid`).
 
 Preconditioned by a fast Poisson solve on the crop's box, deflated by a bilinear coarse space on
-6 x 6 px cells: 7-8 iterations on Magnetic Tile regions of 10k-30k pixels, where the box solve
+6 x 6 px cells: 6-7 box solves on Magnetic Tile regions of 10k-30k pixels, where the box solve
 alone needs 25-40 (4 x 4 px cells save one iteration but their coarse factor costs more than it
 on wide regions). The box solve is a periodic one by OpenCV's DFT when every
 side of the crop has a Dirichlet ring (the ring keeps the wrap-around out of the mask: as few

@@ -47,7 +47,7 @@ __all__ = [
 #: ``cv2.seamlessClone`` erodes the mask by this many pixels (3x3 kernel, 3 iterations) before it uses the source.
 OPENCV_EROSION = 3
 #: ``auto`` considers OpenCV only for images of at least this many channels (OpenCV solves every
-#: channel; the exact solver's one channel is about half of OpenCV's three-channel call, measured) ...
+#: channel; the exact solver's one channel takes under half of OpenCV's three-channel call, measured) ...
 AUTO_OPENCV_MIN_CHANNELS = 3
 #: ... and regions of at least this many pixels ...
 AUTO_OPENCV_MIN_PIXELS = 4000
@@ -444,7 +444,7 @@ def poisson_blend(
     that its erosion deletes entirely (features under 7 px wide).
 
     ``method="auto"`` uses OpenCV only where it is faithful and may be faster: images of at least
-    ``AUTO_OPENCV_MIN_CHANNELS`` (3) channels (on one channel the exact solve takes about half of
+    ``AUTO_OPENCV_MIN_CHANNELS`` (3) channels (on one channel the exact solve takes under half of
     cv2's time), normal mode (cv2's MIXED_CLONE mixes over
     the whole bounding box), uint8, a region at least 1 px away from
     the target's border, of at least ``AUTO_OPENCV_MIN_PIXELS`` (4,000) pixels, that keeps at least
