@@ -908,3 +908,32 @@ def test_leak_preconditioner_equals_the_explicit_two_level_preconditioner(shape)
         explicit(residual, z_explicit)
         assert not z_leak[~on_grid].any()
         np.testing.assert_allclose(z_leak, z_explicit, rtol=0, atol=2e-4 * np.abs(z_explicit).max())
+
+
+@pytest.mark.parametrize("shape", ["disk", "touching every border"])
+def test_cg_never_preconditions_the_residual_that_meets_its_stop(shape, monkeypatch):
+    """Every box solve serves a search direction: the stop is tested before preconditioning (the
+    residual that meets it used to get a box and a coarse solve whose direction was thrown away)."""
+    mask = _shape_mask(shape)
+    rng = np.random.default_rng(9)
+    target = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    source = rng.uniform(0, 1, mask.shape).astype(np.float32)
+    region = bl._region(bl.check_blend_inputs(target, source, mask, (0, 0)))
+    rhs = bl._rhs_grid(region, "normal")
+    b = rhs[:, :, 0][region.mask]
+    goal = (pcg.CG_TOLERANCE**2) * float(b @ b)
+    seen: list[float] = []
+    for name in ("_LeakPreconditioner", "_Preconditioner"):
+        cls = getattr(pcg, name)
+        original = cls.__call__
+        monkeypatch.setattr(
+            cls, "__call__", lambda self, r, z, _o=original: seen.append(float(np.vdot(r, r))) or _o(self, r, z)
+        )
+    x = pcg.solve_pcg(region.mask, region.neumann, rhs)
+    assert x is not None and len(seen) >= 3
+    assert min(seen) > goal  # no preconditioned residual had already met the stop
+    residual = grid.laplacian(
+        np.where(region.mask, x[:, :, 0], 0.0), grid.border_sides(region.mask.shape, region.neumann)
+    )
+    r = rhs[:, :, 0][region.mask] - residual[region.mask]
+    assert np.sqrt(r @ r) <= RESIDUAL_BOUND * np.sqrt(b @ b)
