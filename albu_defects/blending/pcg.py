@@ -18,7 +18,6 @@ import functools
 import cv2
 import numpy as np
 import scipy.fft
-import scipy.sparse
 from scipy.linalg import lapack
 
 from albu_defects.blending.grid import RESIDUAL_BOUND, Sides, axis_transform, border_sides, laplacian
@@ -186,7 +185,8 @@ _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
 class _Operator:
-    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked.
+    """``A x`` on the solve grid for ``x`` that is zero outside the mask: :func:`laplacian`, masked
+    (float64 or float32 grids alike: the Laplacian keeps the dtype).
 
     Off the mask the Laplacian of such an ``x`` is nonzero only on the ring of pixels next to it, so
     masking is a scatter of zeros on that ring (a few hundred pixels) instead of a pass over the grid.
@@ -202,10 +202,6 @@ class _Operator:
         y = laplacian(x, self.sides, out)
         y.ravel()[self.ring] = 0.0
         return y
-
-    def single(self) -> _Operator:
-        """The same operator on float32 grids (it is the same: :func:`laplacian` keeps the dtype)."""
-        return self
 
 
 #: Cell side of the coarse level of the preconditioner (pixels between neighbouring coarse nodes).
@@ -249,7 +245,6 @@ class _CoarseSolver:
         self.k, self.cells = k, (cy, cx)
         u = np.arange(k) / k
         self.hats = np.stack([1 - u, u])  # the two 1-D hats of a cell at its pixels, (2, k)
-        self.hats_t = np.ascontiguousarray(self.hats.T)
         self.interpolate_y, self.interpolate_x_t = _interpolation(cy, k), _interpolation_t(cx, k)
         self.interpolate_y_t, self.interpolate_x = _interpolation_t(cy, k), _interpolation(cx, k)
         # Edge weights per pixel: mask-mask edges to the right and down, Dirichlet edges. Small
@@ -349,7 +344,7 @@ class _CoarseSolver:
         """The same coarse solve on float32 grids (factor and solve too)."""
         other = object.__new__(_CoarseSolver)
         other.__dict__.update(self.__dict__)
-        other.hats, other.hats_t = self.hats.astype(np.float32), self.hats_t.astype(np.float32)
+        other.hats = self.hats.astype(np.float32)
         (cy, cx), k = self.cells, self.k
         other.interpolate_y, other.interpolate_x_t = (
             _interpolation(cy, k, np.float32),
@@ -395,8 +390,10 @@ class _LeakPreconditioner:
         present = coarse32.present
         py, px = np.divmod(p, width)
         (cell_y, in_y), (cell_x, in_x) = np.divmod(py, k), np.divmod(px, k)
-        hats = coarse32.hats_t
-        corner_weights = (hats[:, None, :, None] * hats[None, :, None, :]).reshape(k * k, 4)  # (in-cell pixel, corner)
+        hats = coarse32.hats  # (first / second node, in-cell offset)
+        corner_weights = (hats.T[:, None, :, None] * hats.T[None, :, None, :]).reshape(
+            k * k, 4
+        )  # (in-cell pixel, corner)
         weights = corner_weights[in_y * k + in_x]  # (edges, 4)
         nodes_wide = present.shape[1]
         corners = (cell_y * nodes_wide + cell_x)[:, None] + np.array([0, 1, nodes_wide, nodes_wide + 1])
@@ -450,7 +447,7 @@ def solve_pcg(mask: np.ndarray, neumann: Sides, rhs: np.ndarray, max_iter: int =
     if isinstance(box, _PeriodicBoxSolver):
         preconditioner = _LeakPreconditioner(box, coarse, mask, grid)
     else:
-        preconditioner = _Preconditioner(box, operator.single(), coarse.single(), grid)
+        preconditioner = _Preconditioner(box, operator, coarse.single(), grid)
     out = np.empty_like(rhs)
     for channel in range(rhs.shape[2]):
         b = np.zeros(grid)
@@ -467,14 +464,14 @@ class _Preconditioner:
     ``A`` and the coarse correction are computed at that precision too (half the memory traffic);
     the iteration itself stays float64."""
 
-    def __init__(self, box, operator32: _Operator, coarse32: _CoarseSolver, grid: tuple[int, int]):
-        self.box, self.operator32, self.coarse32 = box, operator32, coarse32
+    def __init__(self, box, operator: _Operator, coarse32: _CoarseSolver, grid: tuple[int, int]):
+        self.box, self.operator, self.coarse32 = box, operator, coarse32
         self.boxed = np.zeros(grid, np.float32)
         self.work = np.empty(grid, np.float32)
 
     def __call__(self, residual: np.ndarray, out: np.ndarray) -> None:
         self.box(residual, self.boxed)
-        correction = self.coarse32(self.operator32(self.boxed, out=self.work), out=self.work)
+        correction = self.coarse32(self.operator(self.boxed, out=self.work), out=self.work)
         np.subtract(self.boxed, correction, out=out)
 
 
@@ -488,7 +485,7 @@ def _cg(
     work = np.empty_like(b)
     x = coarse(b)
     r = b - apply_a(x, out=work)
-    p, rz = None, 1.0
+    p, rz = None, 0.0
     for _ in range(max_iter):
         # The stop is tested before preconditioning: the residual that meets it needs no box solve.
         if _dot(r, r) <= goal:
@@ -497,12 +494,11 @@ def _cg(
                 return x
             goal /= 100  # the recurrence drifted from the true residual: go on a little further
         precondition(r, z)
-        rz, beta = _dot(r, z), 1.0 / rz
+        rz_before, rz = rz, _dot(r, z)
         if p is None:
             p = z.copy()
         else:
-            beta *= rz
-            cv2.scaleAdd(p, beta, z, dst=p)
+            cv2.scaleAdd(p, (1.0 / rz_before) * rz, z, dst=p)  # beta = rz / rz_before
         ap = apply_a(p, out=work)
         pap = _dot(p, ap)
         if not (pap > 0 and rz > 0):

@@ -896,7 +896,7 @@ def test_leak_preconditioner_equals_the_explicit_two_level_preconditioner(shape)
     box = pcg._box_solver(mask, (False,) * 4)
     assert coarse.ok and isinstance(box, pcg._PeriodicBoxSolver)
     leak = pcg._LeakPreconditioner(box, coarse, mask, grid)
-    explicit = pcg._Preconditioner(box, operator.single(), coarse.single(), grid)
+    explicit = pcg._Preconditioner(box, operator, coarse.single(), grid)
     rng = np.random.default_rng(SHAPES.index(shape))
     for _ in range(3):
         residual = rng.normal(size=grid) * on_grid
